@@ -1,0 +1,137 @@
+//! The artifact contract of celeb-transfer.
+//!
+//! Every stage writes one safetensors file whose `__metadata__` holds, under the key
+//! [`META_KEY`], a JSON document: schema name and version, the producing crate and version,
+//! the config used and the digests of its inputs. Later stages (and `cargo xtask pipeline`)
+//! compare those digests to tell what is stale. Any Python user can open the files with
+//! `safetensors.numpy.load_file` and read `safe_open(path, "np").metadata()`.
+
+mod bottlenecks;
+mod checkpoint;
+pub mod device;
+mod embeddings;
+mod faces;
+mod io;
+
+pub use bottlenecks::{Bottlenecks, BOTTLENECKS_SCHEMA};
+pub use checkpoint::{Checkpoint, NamedTensor, CHECKPOINT_SCHEMA};
+pub use embeddings::{Embeddings, EMBEDDINGS_SCHEMA};
+pub use faces::{FaceGeometry, Faces, FACES_SCHEMA};
+pub use io::{digest_bytes, digest_file, read_header, write_atomic, Header};
+
+use std::path::PathBuf;
+
+/// The `__metadata__` key holding the JSON document.
+pub const META_KEY: &str = "celeb_transfer";
+
+/// Errors reading or writing artifacts. Each names the file and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a safetensors file ({reason}); was it truncated or is it another format?")]
+    NotSafetensors { path: PathBuf, reason: String },
+    #[error("{path}: a safetensors file, but not a celeb-transfer artifact (no `{META_KEY}` metadata)")]
+    Foreign { path: PathBuf },
+    #[error("{path}: expected a `{expected}` artifact, found `{found}`")]
+    WrongSchema {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    #[error("{path}: `{schema}` schema version {found} is not supported (this build reads version {supported}); re-run the stage that made it")]
+    WrongVersion {
+        path: PathBuf,
+        schema: String,
+        found: u32,
+        supported: u32,
+    },
+    #[error("{path}: tensor `{name}`: {problem}")]
+    BadTensor {
+        path: PathBuf,
+        name: String,
+        problem: String,
+    },
+    #[error("{path}: metadata: {problem}")]
+    BadMeta { path: PathBuf, problem: String },
+    #[error("cannot write {path}: {problem}")]
+    Invalid { path: PathBuf, problem: String },
+}
+
+pub type Result<T, E = ArtifactError> = std::result::Result<T, E>;
+
+/// Which part of the data an image belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train = 0,
+    Val = 1,
+    Test = 2,
+}
+
+impl Split {
+    pub fn from_u8(v: u8) -> Option<Split> {
+        match v {
+            0 => Some(Split::Train),
+            1 => Some(Split::Val),
+            2 => Some(Split::Test),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+            Split::Test => "test",
+        }
+    }
+}
+
+impl std::str::FromStr for Split {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "train" => Ok(Split::Train),
+            "val" | "valid" | "validation" => Ok(Split::Val),
+            "test" => Ok(Split::Test),
+            other => Err(format!("unknown split `{other}` (train, val or test)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who made an artifact, how, and from what: the provenance every artifact carries.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Provenance {
+    /// Producing crate name, e.g. `preprocess`.
+    pub producer: String,
+    /// Producing crate version.
+    pub producer_version: String,
+    /// The config the producer ran with (its own JSON form).
+    pub config: serde_json::Value,
+    /// Input name -> `sha256:<hex>` digest (files) or config digest.
+    pub inputs: std::collections::BTreeMap<String, String>,
+}
+
+impl Provenance {
+    pub fn new(producer: &str, producer_version: &str, config: serde_json::Value) -> Self {
+        Provenance {
+            producer: producer.to_string(),
+            producer_version: producer_version.to_string(),
+            config,
+            inputs: Default::default(),
+        }
+    }
+    pub fn with_input(mut self, name: &str, digest: impl Into<String>) -> Self {
+        self.inputs.insert(name.to_string(), digest.into());
+        self
+    }
+}

@@ -1,0 +1,192 @@
+//! Every artifact round-trips; corrupt, foreign and inconsistent files give clear errors.
+
+use artifacts::*;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+fn prov() -> Provenance {
+    Provenance::new("test", "0.0.0", serde_json::json!({"size": 4})).with_input("x", "sha256:00")
+}
+
+fn faces(n: usize, geometry: bool) -> Faces {
+    Faces {
+        height: 4,
+        width: 5,
+        images: (0..n * 4 * 5 * 3).map(|i| (i % 251) as u8).collect(),
+        labels: (0..n as u32).map(|i| i % 2).collect(),
+        splits: (0..n).map(|i| [Split::Train, Split::Val, Split::Test][i % 3]).collect(),
+        class_names: vec!["alice".into(), "bob".into()],
+        sources: (0..n).map(|i| format!("c/{i}.jpg")).collect(),
+        geometry: geometry.then(|| FaceGeometry {
+            boxes: (0..n).map(|i| [i as f32, 1.0, 2.0, 3.0]).collect(),
+            landmarks: (0..n * 136).map(|i| i as f32 * 0.5).collect(),
+            transforms: (0..n * 6).map(|i| i as f32).collect(),
+        }),
+        provenance: prov(),
+    }
+}
+
+#[test]
+fn faces_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    for geometry in [false, true] {
+        let p = dir.path().join("faces.safetensors");
+        let f = faces(7, geometry);
+        f.write(&p).unwrap();
+        assert_eq!(Faces::read(&p).unwrap(), f);
+        let h = read_header(&p).unwrap();
+        assert_eq!(h.schema, FACES_SCHEMA);
+        assert_eq!(h.provenance.producer, "test");
+    }
+    // No temp files are left behind.
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}
+
+#[test]
+fn bottlenecks_checkpoint_embeddings_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bottlenecks {
+        dim: 3,
+        features: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        teacher: "hf:timm/inception_v3.tv_in1k@abc".into(),
+        layer: "pool".into(),
+        faces_digest: "sha256:ff".into(),
+        provenance: prov(),
+    };
+    let p = dir.path().join("b.safetensors");
+    b.write(&p).unwrap();
+    assert_eq!(Bottlenecks::read(&p).unwrap(), b);
+
+    let mut weights = BTreeMap::new();
+    weights.insert("conv1.weight".to_string(), NamedTensor { shape: vec![2, 3], data: vec![0.5; 6] });
+    weights.insert("fc1.bias".to_string(), NamedTensor { shape: vec![2], data: vec![-1.0, 1.0] });
+    let mut optimizer = BTreeMap::new();
+    optimizer.insert("m/fc1.bias".to_string(), NamedTensor { shape: vec![2], data: vec![0.1, 0.2] });
+    let c = Checkpoint {
+        weights,
+        optimizer,
+        mean_image: NamedTensor { shape: vec![2, 2, 3], data: (0..12).map(|i| i as f32).collect() },
+        model_config: serde_json::json!({"num_classes": 2}),
+        train_state: serde_json::json!({"epoch": 3, "rng": [1, 2]}),
+        provenance: prov(),
+    };
+    let p = dir.path().join("c.safetensors");
+    c.write(&p).unwrap();
+    assert_eq!(Checkpoint::read(&p).unwrap(), c);
+
+    let e = Embeddings {
+        dim: 2,
+        features: vec![0.0, 1.0, 2.0, 3.0],
+        tsne: vec![0.5, 0.5, -0.5, -0.5],
+        teacher_tsne: Some(vec![1.0, 1.0, 2.0, 2.0]),
+        labels: vec![0, 1],
+        predictions: vec![0, 0],
+        splits: vec![Split::Train, Split::Test],
+        class_names: vec!["a".into(), "b".into()],
+        sources: vec!["a/1.jpg".into(), "b/2.jpg".into()],
+        kl: vec![0.7, 0.8],
+        provenance: prov(),
+    };
+    let p = dir.path().join("e.safetensors");
+    e.write(&p).unwrap();
+    assert_eq!(Embeddings::read(&p).unwrap(), e);
+}
+
+fn err_of<T: std::fmt::Debug>(r: Result<T, ArtifactError>) -> String {
+    r.expect_err("must fail").to_string()
+}
+
+#[test]
+fn corrupt_and_foreign_files_are_named_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("faces.safetensors");
+    faces(3, true).write(&good).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+
+    // Truncated in the tensor data.
+    let p = dir.path().join("truncated.safetensors");
+    std::fs::write(&p, &bytes[..bytes.len() - 10]).unwrap();
+    let m = err_of(Faces::read(&p));
+    assert!(m.contains("truncated.safetensors") && m.contains("not a safetensors file"), "{m}");
+
+    // Truncated inside the header, and an empty file.
+    std::fs::write(&p, &bytes[..20]).unwrap();
+    assert!(err_of(Faces::read(&p)).contains("not a safetensors file"));
+    std::fs::write(&p, b"").unwrap();
+    assert!(err_of(Faces::read(&p)).contains("not a safetensors file"));
+
+    // A JPEG (or any other format).
+    let p = dir.path().join("photo.jpg");
+    std::fs::write(&p, [0xFF, 0xD8, 0xFF, 0xE0, 0, 16, b'J', b'F', b'I', b'F', 0, 1, 1, 0, 0, 1]).unwrap();
+    assert!(err_of(Faces::read(&p)).contains("photo.jpg"));
+
+    // A valid safetensors file from elsewhere, without our metadata.
+    let p = dir.path().join("foreign.safetensors");
+    let data: Vec<u8> = vec![0; 16];
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4], &data).unwrap();
+    std::fs::write(&p, safetensors::serialize([("w", view)], None).unwrap()).unwrap();
+    let m = err_of(Faces::read(&p));
+    assert!(m.contains("not a celeb-transfer artifact"), "{m}");
+
+    // The wrong kind of artifact.
+    let m = err_of(Bottlenecks::read(&good));
+    assert!(m.contains("expected a `bottlenecks` artifact, found `faces`"), "{m}");
+
+    // A future schema version.
+    let mut header = read_header(&good).unwrap();
+    header.schema_version = 99;
+    let p = dir.path().join("future.safetensors");
+    write_raw(&p, &header, &[("images", vec![3, 4, 5, 3], vec![0u8; 180]), ("labels", vec![3], vec![0u8; 12]), ("splits", vec![3], vec![0u8; 3])]);
+    let m = err_of(Faces::read(&p));
+    assert!(m.contains("version 99"), "{m}");
+
+    // N disagrees between tensors.
+    let header = read_header(&good).unwrap();
+    let p = dir.path().join("mismatch.safetensors");
+    write_raw(&p, &header, &[("images", vec![3, 4, 5, 3], vec![0u8; 180]), ("labels", vec![2], vec![0u8; 8]), ("splits", vec![3], vec![0u8; 3])]);
+    let m = err_of(Faces::read(&p));
+    assert!(m.contains("mismatch.safetensors") && m.contains("labels") && m.contains("N = 3"), "{m}");
+
+    // A label out of range of the class names.
+    let p = dir.path().join("labels.safetensors");
+    let mut labels = vec![0u8; 12];
+    labels[4] = 9;
+    write_raw(&p, &header, &[("images", vec![3, 4, 5, 3], vec![0u8; 180]), ("labels", vec![3], labels), ("splits", vec![3], vec![0u8; 3])]);
+    assert!(err_of(Faces::read(&p)).contains("label 9"));
+}
+
+/// Writes a file with our header but hand-made tensors (u8 images, u32 labels, u8 splits).
+fn write_raw(path: &Path, header: &Header, tensors: &[(&str, Vec<usize>, Vec<u8>)]) {
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            let dtype = if *name == "labels" { safetensors::Dtype::U32 } else { safetensors::Dtype::U8 };
+            (name.to_string(), safetensors::tensor::TensorView::new(dtype, shape.clone(), data).unwrap())
+        })
+        .collect();
+    let meta: HashMap<String, String> = [(META_KEY.to_string(), serde_json::to_string(header).unwrap())].into();
+    std::fs::write(path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+}
+
+#[test]
+fn writing_refuses_inconsistent_data_and_keeps_the_old_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("faces.safetensors");
+    let f = faces(3, false);
+    f.write(&p).unwrap();
+    let mut bad = f.clone();
+    bad.sources.pop();
+    assert!(bad.write(&p).is_err());
+    assert_eq!(Faces::read(&p).unwrap(), f, "a failed write leaves the old file intact");
+}
+
+#[test]
+fn digests_are_stable() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x");
+    std::fs::write(&p, b"abc").unwrap();
+    let d = digest_file(&p).unwrap();
+    assert_eq!(d, "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_eq!(d, digest_bytes(b"abc"));
+}

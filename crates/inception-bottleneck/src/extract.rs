@@ -1,0 +1,319 @@
+//! Batched, cached bottleneck extraction for a `Faces` artifact.
+
+use crate::cache::{image_key, BottleneckCache};
+use crate::inception::{block_channels, InceptionV3};
+use crate::teacher::{self, Preprocessing, ResolvedTeacher};
+use crate::Error;
+use artifacts::device::DeviceChoice;
+use artifacts::{Bottlenecks, Faces, Provenance};
+use candle_core::{DType, Device, Tensor};
+use image::imageops::FilterType;
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// Everything that decides what `inception-bottleneck` computes; saved in the artifact.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ExtractConfig {
+    /// Hub repo id, local timm folder, or weights file.
+    pub teacher: String,
+    pub revision: String,
+    /// Block whose globally pooled output is the bottleneck; `pool` = after Mixed_7c.
+    pub layer: String,
+    pub batch: usize,
+    pub device: DeviceChoice,
+    /// `f32`, `f16` or `bf16` (half precision only on CUDA).
+    pub dtype: String,
+    /// Overrides of the teacher's preprocessing (else from its `config.json`).
+    pub size: Option<usize>,
+    pub mean: Option<[f32; 3]>,
+    pub std: Option<[f32; 3]>,
+    pub interpolation: Option<String>,
+    /// Cache folder; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for ExtractConfig {
+    fn default() -> Self {
+        ExtractConfig {
+            teacher: teacher::DEFAULT_TEACHER.into(),
+            revision: "main".into(),
+            layer: "pool".into(),
+            batch: 16,
+            device: DeviceChoice::Auto,
+            dtype: "f32".into(),
+            size: None,
+            mean: None,
+            std: None,
+            interpolation: None,
+            cache_dir: Some(PathBuf::from("data/artifacts/bottleneck-cache")),
+        }
+    }
+}
+
+impl ExtractConfig {
+    fn apply_overrides(&self, mut p: Preprocessing) -> Preprocessing {
+        if let Some(s) = self.size {
+            p.size = s;
+        }
+        if let Some(m) = self.mean {
+            p.mean = m;
+        }
+        if let Some(s) = self.std {
+            p.std = s;
+        }
+        if let Some(i) = &self.interpolation {
+            p.interpolation = i.clone();
+        }
+        p
+    }
+}
+
+/// A loaded teacher, ready to embed prepared images.
+pub struct Teacher {
+    pub model: InceptionV3,
+    pub resolved: ResolvedTeacher,
+    pub layer: String,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl Teacher {
+    pub fn load(cfg: &ExtractConfig) -> Result<Teacher, Error> {
+        let dim = block_channels(&cfg.layer).ok_or_else(|| {
+            Error::Config(format!(
+                "unknown --layer `{}`; use `pool` or a block name such as Mixed_6c",
+                cfg.layer
+            ))
+        })?;
+        let device = artifacts::device::pick(cfg.device)?;
+        let dtype = match (cfg.dtype.as_str(), device.is_cuda()) {
+            ("f32", _) => DType::F32,
+            ("f16", true) => DType::F16,
+            ("bf16", true) => DType::BF16,
+            ("f16" | "bf16", false) => {
+                tracing::warn!("--dtype {} needs CUDA; using f32 on the CPU", cfg.dtype);
+                DType::F32
+            }
+            (o, _) => return Err(Error::Config(format!("unknown --dtype `{o}` (f32, f16, bf16)"))),
+        };
+        let mut resolved = teacher::resolve(&cfg.teacher, &cfg.revision, Preprocessing::default())?;
+        resolved.preprocessing = cfg.apply_overrides(resolved.preprocessing);
+        let tensors = teacher::load_tensors(&resolved.weights)?;
+        let until = (cfg.layer != "pool").then_some(cfg.layer.as_str());
+        let model = InceptionV3::load(tensors, until.or(Some("Mixed_7c")), dtype, &device)?;
+        tracing::info!(
+            "teacher {} ({} -> {dim}-d), {} unused keys in the file",
+            resolved.identity,
+            cfg.layer,
+            model.unused_keys.len()
+        );
+        Ok(Teacher {
+            model,
+            resolved,
+            layer: cfg.layer.clone(),
+            device,
+            dtype,
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        block_channels(&self.layer).expect("checked in load")
+    }
+
+    /// Embeds prepared CHW images (each `3*S*S` floats), returning [n, dim] rows.
+    pub fn embed(&self, prepared: &[f32], n: usize) -> Result<Vec<f32>, Error> {
+        let s = self.resolved.preprocessing.size;
+        let x = Tensor::from_slice(prepared, (n, 3, s, s), &Device::Cpu)?
+            .to_device(&self.device)?
+            .to_dtype(self.dtype)?;
+        let y = self.model.bottleneck(&x, &self.layer)?;
+        Ok(y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+/// Resizes an HWC RGB face to the teacher's size and normalises it to CHW floats.
+pub fn prepare(pixels: &[u8], height: usize, width: usize, p: &Preprocessing) -> Vec<f32> {
+    let img = image::RgbImage::from_raw(width as u32, height as u32, pixels.to_vec()).expect("HWC buffer of the right size");
+    let filter = match p.interpolation.as_str() {
+        "bicubic" => FilterType::CatmullRom,
+        "nearest" => FilterType::Nearest,
+        _ => FilterType::Triangle,
+    };
+    let s = p.size as u32;
+    let img = if img.dimensions() == (s, s) {
+        img
+    } else {
+        image::imageops::resize(&img, s, s, filter)
+    };
+    let plane = p.size * p.size;
+    let mut out = vec![0f32; 3 * plane];
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = (px[c] as f32 / 255.0 - p.mean[c]) / p.std[c];
+        }
+    }
+    out
+}
+
+/// What an extraction run did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub images: usize,
+    pub computed: usize,
+    pub from_cache: usize,
+    pub dim: usize,
+    pub seconds: f64,
+    pub teacher: String,
+}
+
+fn faces_provenance(faces_path: &Path, cfg: &ExtractConfig) -> Result<(String, Provenance), Error> {
+    let faces_digest = artifacts::digest_file(faces_path)?;
+    let prov = Provenance::new(
+        env!("CARGO_PKG_NAME"),
+        env!("CARGO_PKG_VERSION"),
+        serde_json::to_value(cfg).expect("plain config"),
+    )
+    .with_input("faces", faces_digest.clone());
+    Ok((faces_digest, prov))
+}
+
+/// Runs the teacher over every face of `faces_path` and writes `out_path`.
+pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Result<Summary, Error> {
+    if cfg.batch == 0 {
+        return Err(Error::Config("--batch must be at least 1".into()));
+    }
+    let start = std::time::Instant::now();
+    let faces = Faces::read(faces_path)?;
+    if faces.is_empty() {
+        return Err(Error::Config(format!("{} holds no faces", faces_path.display())));
+    }
+    let teacher = Teacher::load(cfg)?;
+    let dim = teacher.dim();
+    let p = teacher.resolved.preprocessing.clone();
+    let setting = format!(
+        "teacher={} layer={} dtype={:?} preprocessing={}",
+        teacher.resolved.identity,
+        teacher.layer,
+        teacher.dtype,
+        serde_json::to_string(&p).expect("plain")
+    );
+    let cache = match &cfg.cache_dir {
+        Some(dir) => Some(BottleneckCache::open(dir, &setting).map_err(|e| Error::Io(dir.clone(), e))?),
+        None => None,
+    };
+    let n = faces.len();
+    let keys: Vec<String> = (0..n)
+        .into_par_iter()
+        .map(|i| image_key(faces.height, faces.width, faces.image(i)))
+        .collect();
+    let mut features = vec![0f32; n * dim];
+    let mut todo = Vec::new();
+    for i in 0..n {
+        match cache.as_ref().and_then(|c| c.get(&keys[i], Some(dim))) {
+            Some(v) => features[i * dim..(i + 1) * dim].copy_from_slice(&v),
+            None => todo.push(i),
+        }
+    }
+    let from_cache = n - todo.len();
+    tracing::info!("{n} faces: {from_cache} from the cache, {} to compute", todo.len());
+    let bar = indicatif::ProgressBar::new(todo.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("bottlenecks {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec}")
+            .expect("valid template"),
+    );
+    // Prepare batch k+1 on a helper thread (rayon inside) while the model runs batch k.
+    let chunks: Vec<Vec<usize>> = todo.chunks(cfg.batch).map(|c| c.to_vec()).collect();
+    let result: Result<(), Error> = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<usize>, Vec<f32>)>(2);
+        let faces = &faces;
+        let p = &p;
+        scope.spawn(move || {
+            for chunk in chunks {
+                let prepared: Vec<f32> = chunk
+                    .par_iter()
+                    .flat_map_iter(|&i| prepare(faces.image(i), faces.height, faces.width, p))
+                    .collect();
+                if tx.send((chunk, prepared)).is_err() {
+                    break;
+                }
+            }
+        });
+        for (chunk, prepared) in rx {
+            let out = teacher.embed(&prepared, chunk.len())?;
+            for (j, &i) in chunk.iter().enumerate() {
+                let row = &out[j * dim..(j + 1) * dim];
+                if let Some(c) = &cache {
+                    if let Err(e) = c.put(&keys[i], row) {
+                        tracing::warn!("bottleneck cache write failed: {e}");
+                    }
+                }
+                features[i * dim..(i + 1) * dim].copy_from_slice(row);
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        Ok(())
+    });
+    result?;
+    bar.finish_and_clear();
+    let (faces_digest, provenance) = faces_provenance(faces_path, cfg)?;
+    let provenance = provenance.with_input("teacher", teacher.resolved.identity.clone());
+    Bottlenecks {
+        dim,
+        features,
+        teacher: teacher.resolved.identity.clone(),
+        layer: teacher.layer.clone(),
+        faces_digest,
+        provenance,
+    }
+    .write(out_path)?;
+    Ok(Summary {
+        images: n,
+        computed: todo.len(),
+        from_cache,
+        dim,
+        seconds: start.elapsed().as_secs_f64(),
+        teacher: teacher.resolved.identity,
+    })
+}
+
+/// Builds a `Bottlenecks` artifact from `retrain.py` text files matching the faces' sources.
+pub fn import_retrain(faces_path: &Path, dir: &Path, out_path: &Path, cfg: &ExtractConfig) -> Result<Summary, Error> {
+    let start = std::time::Instant::now();
+    let faces = Faces::read(faces_path)?;
+    let (dim, features) = crate::retrain::import(dir, &faces.sources)?;
+    let teacher = format!("retrain-import:{}", dir.display());
+    let (faces_digest, provenance) = faces_provenance(faces_path, cfg)?;
+    Bottlenecks {
+        dim,
+        features,
+        teacher: teacher.clone(),
+        layer: "pool".into(),
+        faces_digest,
+        provenance: provenance.with_input("retrain_dir", dir.display().to_string()),
+    }
+    .write(out_path)?;
+    Ok(Summary {
+        images: faces.len(),
+        computed: 0,
+        from_cache: faces.len(),
+        dim,
+        seconds: start.elapsed().as_secs_f64(),
+        teacher,
+    })
+}
+
+/// Writes a bottlenecks artifact as `retrain.py` text files.
+pub fn export_retrain(faces_path: &Path, bottlenecks_path: &Path, dir: &Path) -> Result<usize, Error> {
+    let faces = Faces::read(faces_path)?;
+    let b = Bottlenecks::read(bottlenecks_path)?;
+    if b.len() != faces.len() {
+        return Err(Error::Config(format!(
+            "{} has {} rows but {} has {} faces",
+            bottlenecks_path.display(),
+            b.len(),
+            faces_path.display(),
+            faces.len()
+        )));
+    }
+    crate::retrain::export(dir, &faces.sources, b.dim, &b.features)?;
+    Ok(faces.len())
+}

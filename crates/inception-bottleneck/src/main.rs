@@ -1,0 +1,121 @@
+use anyhow::Result;
+use artifacts::device::DeviceChoice;
+use clap::Parser;
+use inception_bottleneck::{extract, ExtractConfig};
+use std::path::PathBuf;
+
+/// Run every face through Inception-v3 and keep its pooled bottleneck (TensorFlow's
+/// `pool_3`, 2048-d by default). Results are cached per image, so re-running after adding
+/// photos computes only the new ones.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Faces artifact made by `preprocess`.
+    #[arg(long, default_value = "data/artifacts/faces.safetensors")]
+    faces: PathBuf,
+    /// Bottlenecks artifact to write.
+    #[arg(long, default_value = "data/artifacts/bottlenecks.safetensors")]
+    output: PathBuf,
+    /// Hugging Face repo id, a local folder (model.safetensors + config.json, timm layout),
+    /// or a single .safetensors/.pth file. HF_HOME, HF_HUB_CACHE and HF_HUB_OFFLINE=1 are honoured.
+    #[arg(long, default_value = inception_bottleneck::teacher::DEFAULT_TEACHER)]
+    teacher: String,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long, default_value = "main")]
+    revision: String,
+    /// Block to pool: `pool` (2048-d, after Mixed_7c) or a block name like Mixed_6c (768-d).
+    #[arg(long, default_value = "pool")]
+    layer: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// f32, or f16/bf16 on CUDA.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Override the teacher's input size.
+    #[arg(long)]
+    size: Option<usize>,
+    /// Override the per-channel mean, e.g. 0.485,0.456,0.406.
+    #[arg(long, value_parser = parse_triple)]
+    mean: Option<[f32; 3]>,
+    /// Override the per-channel std.
+    #[arg(long, value_parser = parse_triple)]
+    std: Option<[f32; 3]>,
+    /// Override the resize interpolation (bilinear, bicubic, nearest).
+    #[arg(long)]
+    interpolation: Option<String>,
+    /// Bottleneck cache folder.
+    #[arg(long, default_value = "data/artifacts/bottleneck-cache")]
+    cache_dir: PathBuf,
+    /// Compute everything, neither reading nor writing the cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Read TensorFlow retrain.py bottleneck files (`<class>/<image>.txt`) instead of running a model.
+    #[arg(long, value_name = "DIR", conflicts_with = "export_retrain")]
+    import_retrain: Option<PathBuf>,
+    /// After extracting, also write the bottlenecks in retrain.py's text format.
+    #[arg(long, value_name = "DIR")]
+    export_retrain: Option<PathBuf>,
+    /// Worker threads for image preparation (default: all cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+}
+
+fn parse_triple(s: &str) -> Result<[f32; 3], String> {
+    let v: Vec<f32> = s.split(',').map(|x| x.trim().parse::<f32>().map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+    v.try_into().map_err(|_| "expected three comma-separated numbers".to_string())
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(j) = cli.jobs {
+        rayon::ThreadPoolBuilder::new().num_threads(j).build_global()?;
+    }
+    let cfg = ExtractConfig {
+        teacher: cli.teacher,
+        revision: cli.revision,
+        layer: cli.layer,
+        batch: cli.batch,
+        device: cli.device,
+        dtype: cli.dtype,
+        size: cli.size,
+        mean: cli.mean,
+        std: cli.std,
+        interpolation: cli.interpolation,
+        cache_dir: (!cli.no_cache).then_some(cli.cache_dir),
+    };
+    let summary = match &cli.import_retrain {
+        Some(dir) => inception_bottleneck::extract::import_retrain(&cli.faces, dir, &cli.output, &cfg)?,
+        None => extract(&cli.faces, &cli.output, &cfg)?,
+    };
+    if let Some(dir) = &cli.export_retrain {
+        inception_bottleneck::extract::export_retrain(&cli.faces, &cli.output, dir)?;
+    }
+    println!(
+        "bottlenecks: {} images ({} computed, {} cached), {}-d, teacher {}, {:.1}s -> {}",
+        summary.images,
+        summary.computed,
+        summary.from_cache,
+        summary.dim,
+        summary.teacher,
+        summary.seconds,
+        cli.output.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,356 @@
+//! The study's student network as a configurable candle module.
+//!
+//! `conv(4,s2)-conv(4,s2)-conv(2,s2)` with TensorFlow SAME padding and ReLU, then
+//! `FC 100 -> dropout -> FC 100 -> FC 2048 "bottleneck" -> FC classes`. The `base`
+//! variant (the study's first notebook) has no bottleneck layer. Variable names
+//! (`conv1.weight`, `fc1.weight`, `bottleneck.weight`, `classifier.weight`, ...) are
+//! what checkpoints store.
+
+use candle_core::{Module, ModuleT, Result, Tensor, D};
+use candle_nn::{BatchNorm, Conv2d, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+/// Everything that shapes the student; saved as JSON in every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StudentConfig {
+    /// Input side in pixels (square, RGB).
+    pub image_size: usize,
+    /// Filters of the three conv layers.
+    pub filters: [usize; 3],
+    /// Kernel sizes of the three conv layers.
+    pub kernels: [usize; 3],
+    /// Stride of every conv layer.
+    pub stride: usize,
+    /// Widths of the two hidden FC layers.
+    pub hidden: [usize; 2],
+    /// Width of the bottleneck layer that mimics the teacher; `None` = the base model.
+    pub bottleneck: Option<usize>,
+    pub num_classes: usize,
+    /// Dropout keep probability while training (the study's 0.75).
+    pub keep_prob: f32,
+    /// BatchNorm after each conv (not in the study; off by default).
+    pub batch_norm: bool,
+}
+
+impl Default for StudentConfig {
+    fn default() -> Self {
+        StudentConfig {
+            image_size: 150,
+            filters: [32, 32, 8],
+            kernels: [4, 4, 2],
+            stride: 2,
+            hidden: [100, 100],
+            bottleneck: Some(2048),
+            num_classes: 4,
+            keep_prob: 0.75,
+            batch_norm: false,
+        }
+    }
+}
+
+/// Output size and (before, after) padding of TensorFlow's SAME padding.
+pub fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize, usize) {
+    let out = input.div_ceil(stride);
+    let total = ((out - 1) * stride + kernel).saturating_sub(input);
+    (out, total / 2, total - total / 2)
+}
+
+impl StudentConfig {
+    /// The base model: same trunk, no bottleneck layer.
+    pub fn base(mut self) -> Self {
+        self.bottleneck = None;
+        self
+    }
+    /// Spatial sizes after each conv: 150 -> 75 -> 38 -> 19.
+    pub fn feature_sizes(&self) -> [usize; 3] {
+        let mut s = self.image_size;
+        let mut out = [0; 3];
+        for (i, &k) in self.kernels.iter().enumerate() {
+            s = same_padding(s, k, self.stride).0;
+            out[i] = s;
+        }
+        out
+    }
+    /// Length of the flattened conv output.
+    pub fn flat_features(&self) -> usize {
+        let s = self.feature_sizes()[2];
+        s * s * self.filters[2]
+    }
+    /// Number of trainable parameters, computed from the config.
+    pub fn parameter_count(&self) -> usize {
+        let mut n = 0;
+        let mut c_in = 3;
+        for i in 0..3 {
+            n += c_in * self.filters[i] * self.kernels[i] * self.kernels[i];
+            if self.batch_norm {
+                n += 2 * self.filters[i];
+            }
+            c_in = self.filters[i];
+        }
+        let fc = |i: usize, o: usize| i * o + o;
+        n += fc(self.flat_features(), self.hidden[0]);
+        n += fc(self.hidden[0], self.hidden[1]);
+        let last = match self.bottleneck {
+            Some(b) => {
+                n += fc(self.hidden[1], b);
+                b
+            }
+            None => self.hidden[1],
+        };
+        n + fc(last, self.num_classes)
+    }
+}
+
+/// Train or eval: decides dropout and BatchNorm behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+}
+
+/// What a forward pass returns.
+#[derive(Debug)]
+pub struct StudentOutput {
+    pub logits: Tensor,
+    /// Bottleneck before ReLU (what the study's cosine loss used), [N,B].
+    pub bottleneck_pre: Option<Tensor>,
+    /// Bottleneck after ReLU, [N,B].
+    pub bottleneck: Option<Tensor>,
+    /// Output of the second hidden FC layer, [N,hidden].
+    pub hidden: Tensor,
+}
+
+struct ConvLayer {
+    conv: Conv2d,
+    bn: Option<BatchNorm>,
+    pad: (usize, usize),
+}
+
+impl ConvLayer {
+    fn new(c_in: usize, c_out: usize, k: usize, stride: usize, pad: (usize, usize), bn: bool, vb: VarBuilder) -> Result<Self> {
+        let cfg = candle_nn::Conv2dConfig {
+            stride,
+            ..Default::default()
+        };
+        let conv = candle_nn::conv2d_no_bias(c_in, c_out, k, cfg, vb.pp("conv"))?;
+        let bn = if bn {
+            Some(candle_nn::batch_norm(c_out, 1e-3, vb.pp("bn"))?)
+        } else {
+            None
+        };
+        Ok(ConvLayer { conv, bn, pad })
+    }
+
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let (a, b) = self.pad;
+        let x = if a + b > 0 {
+            x.pad_with_zeros(2, a, b)?.pad_with_zeros(3, a, b)?
+        } else {
+            x.clone()
+        };
+        let mut y = self.conv.forward(&x)?;
+        if let Some(bn) = &self.bn {
+            y = bn.forward_t(&y, mode == Mode::Train)?;
+        }
+        y.relu()
+    }
+}
+
+/// The student network.
+pub struct Student {
+    pub config: StudentConfig,
+    convs: Vec<ConvLayer>,
+    fc1: Linear,
+    fc2: Linear,
+    bottleneck: Option<Linear>,
+    classifier: Linear,
+}
+
+impl Student {
+    /// Builds the network, creating or loading variables through `vb`.
+    pub fn new(config: &StudentConfig, vb: VarBuilder) -> Result<Student> {
+        if config.image_size == 0 || config.num_classes == 0 {
+            candle_core::bail!("student config needs image_size > 0 and num_classes > 0");
+        }
+        let mut convs = Vec::new();
+        let mut size = config.image_size;
+        let mut c_in = 3;
+        for i in 0..3 {
+            let (out, a, b) = same_padding(size, config.kernels[i], config.stride);
+            convs.push(ConvLayer::new(
+                c_in,
+                config.filters[i],
+                config.kernels[i],
+                config.stride,
+                (a, b),
+                config.batch_norm,
+                vb.pp(format!("conv{}", i + 1)),
+            )?);
+            size = out;
+            c_in = config.filters[i];
+        }
+        let fc1 = candle_nn::linear(config.flat_features(), config.hidden[0], vb.pp("fc1"))?;
+        let fc2 = candle_nn::linear(config.hidden[0], config.hidden[1], vb.pp("fc2"))?;
+        let (bottleneck, last) = match config.bottleneck {
+            Some(b) => (
+                Some(candle_nn::linear(config.hidden[1], b, vb.pp("bottleneck"))?),
+                b,
+            ),
+            None => (None, config.hidden[1]),
+        };
+        let classifier = candle_nn::linear(last, config.num_classes, vb.pp("classifier"))?;
+        Ok(Student {
+            config: config.clone(),
+            convs,
+            fc1,
+            fc2,
+            bottleneck,
+            classifier,
+        })
+    }
+
+    /// `x`: [N,3,H,W], already mean-subtracted and scaled.
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<StudentOutput> {
+        let mut h = x.clone();
+        for c in &self.convs {
+            h = c.forward(&h, mode)?;
+        }
+        // Flatten in NHWC order, as TensorFlow's reshape of the conv output did.
+        let h = h.permute((0, 2, 3, 1))?.flatten_from(1)?;
+        let h = self.fc1.forward(&h)?.relu()?;
+        let h = if mode == Mode::Train && self.config.keep_prob < 1.0 {
+            candle_nn::ops::dropout(&h, 1.0 - self.config.keep_prob)?
+        } else {
+            h
+        };
+        let hidden = self.fc2.forward(&h)?.relu()?;
+        let (pre, post, last) = match &self.bottleneck {
+            Some(b) => {
+                let pre = b.forward(&hidden)?;
+                let post = pre.relu()?;
+                (Some(pre), Some(post.clone()), post)
+            }
+            None => (None, None, hidden.clone()),
+        };
+        let logits = self.classifier.forward(&last)?;
+        Ok(StudentOutput {
+            logits,
+            bottleneck_pre: pre,
+            bottleneck: post,
+            hidden,
+        })
+    }
+
+    /// Class probabilities in eval mode.
+    pub fn predict_proba(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::softmax(&self.forward(x, Mode::Eval)?.logits, D::Minus1)
+    }
+
+    /// Variable-name prefixes of the trunk (everything before the classifier), for freezing.
+    pub fn trunk_prefixes() -> &'static [&'static str] {
+        &["conv1.", "conv2.", "conv3.", "fc1.", "fc2.", "bottleneck."]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    fn build(cfg: &StudentConfig) -> (VarMap, Student) {
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let s = Student::new(cfg, vb).unwrap();
+        (vm, s)
+    }
+
+    #[test]
+    fn same_padding_sizes_match_tensorflow() {
+        assert_eq!(same_padding(150, 4, 2), (75, 1, 1));
+        assert_eq!(same_padding(75, 4, 2), (38, 1, 2));
+        assert_eq!(same_padding(38, 2, 2), (19, 0, 0));
+        assert_eq!(same_padding(100, 4, 2), (50, 1, 1));
+        assert_eq!(same_padding(50, 4, 2), (25, 1, 1));
+        assert_eq!(same_padding(25, 2, 2), (13, 0, 1));
+        let c = StudentConfig::default();
+        assert_eq!(c.feature_sizes(), [75, 38, 19]);
+        let c100 = StudentConfig {
+            image_size: 100,
+            ..Default::default()
+        };
+        assert_eq!(c100.feature_sizes(), [50, 25, 13]);
+    }
+
+    #[test]
+    fn output_shapes_at_150_and_100() {
+        for (size, classes) in [(150, 4), (100, 14)] {
+            let cfg = StudentConfig {
+                image_size: size,
+                num_classes: classes,
+                ..Default::default()
+            };
+            let (_, s) = build(&cfg);
+            let x = Tensor::randn(0f32, 1.0, (2, 3, size, size), &Device::Cpu).unwrap();
+            let out = s.forward(&x, Mode::Eval).unwrap();
+            assert_eq!(out.logits.dims(), &[2, classes]);
+            assert_eq!(out.bottleneck_pre.unwrap().dims(), &[2, 2048]);
+            assert_eq!(out.bottleneck.unwrap().dims(), &[2, 2048]);
+            let (_, b) = build(&cfg.clone().base());
+            let out = b.forward(&x, Mode::Eval).unwrap();
+            assert_eq!(out.logits.dims(), &[2, classes]);
+            assert!(out.bottleneck.is_none());
+        }
+    }
+
+    #[test]
+    fn parameter_counts_by_hand() {
+        // convs: 3*32*16 + 32*32*16 + 32*8*4 = 1536 + 16384 + 1024 = 18944
+        // fc1: 19*19*8 = 2888 -> 100: 288900; fc2: 10100; bottleneck: 100*2048+2048 = 206848
+        // classifier (4): 2048*4+4 = 8196
+        let cfg = StudentConfig::default();
+        assert_eq!(cfg.parameter_count(), 18944 + 288900 + 10100 + 206848 + 8196);
+        let (vm, _) = build(&cfg);
+        let total: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
+        assert_eq!(total, cfg.parameter_count());
+        // base at 100 px: fc1 13*13*8 = 1352 -> 100: 135300; classifier 100*4+4 = 404
+        let base = StudentConfig {
+            image_size: 100,
+            ..Default::default()
+        }
+        .base();
+        assert_eq!(base.parameter_count(), 18944 + 135300 + 10100 + 404);
+        let (vm, _) = build(&base);
+        let total: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
+        assert_eq!(total, base.parameter_count());
+    }
+
+    #[test]
+    fn dropout_only_in_training() {
+        let cfg = StudentConfig {
+            image_size: 32,
+            ..Default::default()
+        };
+        let (_, s) = build(&cfg);
+        let x = Tensor::randn(0f32, 1.0, (4, 3, 32, 32), &Device::Cpu).unwrap();
+        let a = s.forward(&x, Mode::Eval).unwrap().logits;
+        let b = s.forward(&x, Mode::Eval).unwrap().logits;
+        let diff = (a.clone() - b).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "eval is deterministic");
+        let t1 = s.forward(&x, Mode::Train).unwrap().logits;
+        let diff = (a - t1).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() > 0.0, "train mode drops units");
+    }
+
+    #[test]
+    fn config_json_round_trip() {
+        let cfg = StudentConfig {
+            num_classes: 14,
+            ..Default::default()
+        }
+        .base();
+        let j = serde_json::to_string(&cfg).unwrap();
+        assert_eq!(serde_json::from_str::<StudentConfig>(&j).unwrap(), cfg);
+    }
+}

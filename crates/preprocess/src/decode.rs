@@ -1,0 +1,107 @@
+//! Decoding any photo into 8-bit RGB with bounded memory.
+
+use image::{DynamicImage, ImageDecoder, ImageReader};
+use std::path::Path;
+
+/// Longest side kept for detection; larger photos are scaled down right after decoding.
+pub const MAX_SIDE: u32 = 1600;
+/// Above this many pixels a JPEG is decoded at reduced scale by libjpeg (via OpenCV), so a
+/// 10000x10000 photo costs tens of MB, not gigabytes.
+const REDUCED_DECODE_PIXELS: u64 = 24_000_000;
+/// Photos whose shorter side is below this cannot hold a usable face.
+pub const MIN_SIDE: u32 = 32;
+
+/// An RGB image, row-major HWC.
+pub struct Rgb {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+/// Why a photo could not be decoded; each becomes a reject reason.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty file")]
+    Empty,
+    #[error("unreadable: {0}")]
+    Io(String),
+    #[error("not an image or unsupported format: {0}")]
+    Format(String),
+    #[error("corrupt or truncated image: {0}")]
+    Corrupt(String),
+    #[error("too small ({0}x{1}); need at least {MIN_SIDE} px per side")]
+    TooSmall(u32, u32),
+    #[error("too large to decode ({0}x{1})")]
+    TooLarge(u32, u32),
+}
+
+/// Decodes a photo: EXIF orientation applied, grey/alpha/CMYK/16-bit converted to 8-bit
+/// RGB, and scaled so the longer side is at most [`MAX_SIDE`].
+pub fn decode(path: &Path) -> Result<Rgb, DecodeError> {
+    let meta = std::fs::metadata(path).map_err(|e| DecodeError::Io(e.to_string()))?;
+    if meta.len() == 0 {
+        return Err(DecodeError::Empty);
+    }
+    let reader = ImageReader::open(path)
+        .map_err(|e| DecodeError::Io(e.to_string()))?
+        .with_guessed_format()
+        .map_err(|e| DecodeError::Io(e.to_string()))?;
+    let format = reader.format();
+    let mut decoder = reader.into_decoder().map_err(|e| DecodeError::Format(e.to_string()))?;
+    let (w, h) = decoder.dimensions();
+    if w.min(h) < MIN_SIDE {
+        return Err(DecodeError::TooSmall(w, h));
+    }
+    if w as u64 * h as u64 > REDUCED_DECODE_PIXELS {
+        if format == Some(image::ImageFormat::Jpeg) {
+            drop(decoder);
+            return decode_reduced_jpeg(path, w, h);
+        }
+        return Err(DecodeError::TooLarge(w, h));
+    }
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    img.apply_orientation(orientation);
+    Ok(to_rgb_bounded(img))
+}
+
+fn to_rgb_bounded(img: DynamicImage) -> Rgb {
+    let (w, h) = (img.width(), img.height());
+    let img = if w.max(h) > MAX_SIDE {
+        img.resize(MAX_SIDE, MAX_SIDE, image::imageops::FilterType::Triangle)
+    } else {
+        img
+    };
+    let rgb = img.into_rgb8();
+    Rgb {
+        width: rgb.width() as usize,
+        height: rgb.height() as usize,
+        data: rgb.into_raw(),
+    }
+}
+
+/// Huge JPEGs: libjpeg's DCT scaling (1/2, 1/4, 1/8) decodes straight to a small image.
+fn decode_reduced_jpeg(path: &Path, w: u32, h: u32) -> Result<Rgb, DecodeError> {
+    use opencv::prelude::*;
+    let factor = [2u32, 4, 8]
+        .into_iter()
+        .find(|f| (w / f) as u64 * (h / f) as u64 <= REDUCED_DECODE_PIXELS / 4)
+        .unwrap_or(8);
+    let flag = match factor {
+        2 => opencv::imgcodecs::IMREAD_REDUCED_COLOR_2,
+        4 => opencv::imgcodecs::IMREAD_REDUCED_COLOR_4,
+        _ => opencv::imgcodecs::IMREAD_REDUCED_COLOR_8,
+    };
+    let p = path.to_str().ok_or_else(|| DecodeError::Io("path is not UTF-8".into()))?;
+    let bgr = opencv::imgcodecs::imread(p, flag).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    if bgr.empty() {
+        return Err(DecodeError::TooLarge(w, h));
+    }
+    let mut rgb = Mat::default();
+    opencv::imgproc::cvt_color_def(&bgr, &mut rgb, opencv::imgproc::COLOR_BGR2RGB)
+        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    let (cols, rows) = (rgb.cols() as u32, rgb.rows() as u32);
+    let data = rgb.data_bytes().map_err(|e| DecodeError::Corrupt(e.to_string()))?.to_vec();
+    let img = image::RgbImage::from_raw(cols, rows, data).ok_or_else(|| DecodeError::Corrupt("bad buffer".into()))?;
+    Ok(to_rgb_bounded(DynamicImage::ImageRgb8(img)))
+}

@@ -1,0 +1,158 @@
+//! Similarity transforms (rotation, uniform scale, translation) and the canonical face
+//! template the aligned faces are warped to.
+
+/// `x' = a*x - b*y + tx`, `y' = b*x + a*y + ty`: scale `hypot(a,b)`, angle `atan2(b,a)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Similarity {
+    pub a: f32,
+    pub b: f32,
+    pub tx: f32,
+    pub ty: f32,
+}
+
+impl Similarity {
+    pub fn apply(&self, p: [f32; 2]) -> [f32; 2] {
+        [
+            self.a * p[0] - self.b * p[1] + self.tx,
+            self.b * p[0] + self.a * p[1] + self.ty,
+        ]
+    }
+    pub fn scale(&self) -> f32 {
+        self.a.hypot(self.b)
+    }
+    pub fn angle(&self) -> f32 {
+        self.b.atan2(self.a)
+    }
+    /// As an OpenCV-style 2x3 matrix `[a, -b, tx, b, a, ty]`.
+    pub fn matrix(&self) -> [f32; 6] {
+        [self.a, -self.b, self.tx, self.b, self.a, self.ty]
+    }
+}
+
+/// Least-squares similarity mapping `from` onto `to` (Umeyama 1991 in 2-D).
+///
+/// In 2-D the optimum over scale x rotation has a closed form: with centred points,
+/// `a = sum(f.t) / sum|f|^2`, `b = sum(f x t) / sum|f|^2`. It is Umeyama's solution with
+/// the reflection guard built in: `[a -b; b a]` can never be a reflection, so a mirrored
+/// point set gets the best proper rotation instead of a flip.
+pub fn similarity_fit(from: &[[f32; 2]], to: &[[f32; 2]]) -> Similarity {
+    assert_eq!(from.len(), to.len(), "point sets must pair up");
+    let n = from.len().max(1) as f64;
+    let mean = |ps: &[[f32; 2]]| {
+        let (sx, sy) = ps.iter().fold((0f64, 0f64), |(x, y), p| (x + p[0] as f64, y + p[1] as f64));
+        (sx / n, sy / n)
+    };
+    let (fx, fy) = mean(from);
+    let (tx, ty) = mean(to);
+    let (mut dot, mut cross, mut norm) = (0f64, 0f64, 0f64);
+    for (f, t) in from.iter().zip(to) {
+        let (ax, ay) = (f[0] as f64 - fx, f[1] as f64 - fy);
+        let (bx, by) = (t[0] as f64 - tx, t[1] as f64 - ty);
+        dot += ax * bx + ay * by;
+        cross += ax * by - ay * bx;
+        norm += ax * ax + ay * ay;
+    }
+    if norm == 0.0 {
+        // One distinct point: a pure translation.
+        return Similarity {
+            a: 1.0,
+            b: 0.0,
+            tx: (tx - fx) as f32,
+            ty: (ty - fy) as f32,
+        };
+    }
+    let a = dot / norm;
+    let b = cross / norm;
+    Similarity {
+        a: a as f32,
+        b: b as f32,
+        tx: (tx - (a * fx - b * fy)) as f32,
+        ty: (ty - (b * fx + a * fy)) as f32,
+    }
+}
+
+/// faceswap.py's `ALIGN_POINTS`: brows (17-26), nose (27-35), eyes (36-47), mouth (48-60).
+pub const ALIGN_POINTS: std::ops::Range<usize> = 17..61;
+/// The eye seen on the image's left (the person's right eye) in iBUG 68 numbering.
+pub const EYE_IMAGE_LEFT: std::ops::Range<usize> = 36..42;
+pub const EYE_IMAGE_RIGHT: std::ops::Range<usize> = 42..48;
+pub const NOSE_TIP: usize = 30;
+pub const MOUTH: std::ops::Range<usize> = 48..68;
+
+/// Mean of a range of landmarks.
+pub fn centre(points: &[[f32; 2]], range: std::ops::Range<usize>) -> [f32; 2] {
+    let n = range.len() as f32;
+    let (x, y) = points[range].iter().fold((0.0, 0.0), |(x, y), p| (x + p[0], y + p[1]));
+    [x / n, y / n]
+}
+
+/// Where the study's aligned 150x150 images put the features: eyes near (43,27) and
+/// (105,27), mouth centre near (74,94). Scaled for other output sizes.
+pub fn anchor_targets(size: usize) -> [[f32; 2]; 3] {
+    let s = size as f32 / 150.0;
+    [[43.0 * s, 27.0 * s], [105.0 * s, 27.0 * s], [74.0 * s, 94.0 * s]]
+}
+
+/// The canonical template: the predictor's mean shape placed by the similarity that best
+/// puts its eye and mouth centres on [`anchor_targets`]. Returns all landmarks.
+pub fn template(mean_shape: &[f32], size: usize) -> Vec<[f32; 2]> {
+    let pts: Vec<[f32; 2]> = mean_shape.chunks_exact(2).map(|c| [c[0], c[1]]).collect();
+    let from = [centre(&pts, EYE_IMAGE_LEFT), centre(&pts, EYE_IMAGE_RIGHT), centre(&pts, MOUTH)];
+    let t = similarity_fit(&from, &anchor_targets(size));
+    pts.iter().map(|p| t.apply(*p)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovers_a_known_transform() {
+        let truth = Similarity {
+            a: 1.3 * 0.4f32.cos(),
+            b: 1.3 * 0.4f32.sin(),
+            tx: 12.0,
+            ty: -7.5,
+        };
+        let from: Vec<[f32; 2]> = (0..20).map(|i| [(i * 7 % 13) as f32, (i * 5 % 11) as f32 * 1.5]).collect();
+        let to: Vec<[f32; 2]> = from.iter().map(|p| truth.apply(*p)).collect();
+        let fit = similarity_fit(&from, &to);
+        assert!((fit.scale() - 1.3).abs() < 1e-5);
+        assert!((fit.angle() - 0.4).abs() < 1e-5);
+        assert!((fit.tx - 12.0).abs() < 1e-4 && (fit.ty + 7.5).abs() < 1e-4);
+    }
+
+    #[test]
+    fn a_mirrored_set_gives_no_reflection() {
+        let from = [[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 1.0]];
+        let to: Vec<[f32; 2]> = from.iter().map(|p| [-p[0], p[1]]).collect();
+        let fit = similarity_fit(&from, &to);
+        // det of [a -b; b a] = a^2 + b^2 >= 0: never a flip.
+        assert!(fit.a * fit.a + fit.b * fit.b >= 0.0);
+        let m = fit.matrix();
+        assert!(m[0] * m[4] - m[1] * m[3] >= 0.0);
+    }
+
+    #[test]
+    fn template_puts_eyes_where_the_study_did() {
+        // A symmetric toy mean shape: 68 points with eyes and mouth placed.
+        let mut shape = vec![0.5f32; 136];
+        for i in 36..42 {
+            shape[2 * i] = 0.3;
+            shape[2 * i + 1] = 0.4;
+        }
+        for i in 42..48 {
+            shape[2 * i] = 0.7;
+            shape[2 * i + 1] = 0.4;
+        }
+        for i in 48..68 {
+            shape[2 * i] = 0.5;
+            shape[2 * i + 1] = 0.8;
+        }
+        let t = template(&shape, 150);
+        let le = centre(&t, EYE_IMAGE_LEFT);
+        let re = centre(&t, EYE_IMAGE_RIGHT);
+        assert!((le[1] - re[1]).abs() < 1e-3, "eyes level");
+        assert!((le[0] - 43.0).abs() < 3.0 && (re[0] - 105.0).abs() < 3.0, "{le:?} {re:?}");
+    }
+}

@@ -1,0 +1,18 @@
+//! Preprocessing: a folder of class folders of raw photos -> a `Faces` artifact of
+//! aligned, masked faces, with every skipped file and its reason in `rejects.json`.
+//!
+//! Per photo: decode (bounded memory) -> Haar-cascade face detection (OpenCV) -> 68 dlib
+//! landmarks (our own evaluator of dlib's model file) -> similarity alignment of faceswap's
+//! `ALIGN_POINTS` onto a canonical template -> bilinear warp -> gaussian mask.
+
+pub mod decode;
+pub mod detect;
+pub mod dlib;
+pub mod geometry;
+pub mod mask;
+pub mod montage;
+pub mod pipeline;
+pub mod quality;
+pub mod split;
+
+pub use pipeline::{run, PreprocessConfig, Reject, RunSummary};

@@ -1,0 +1,149 @@
+use anyhow::Result;
+use clap::{Parser, ValueEnum};
+use preprocess::pipeline::Mode;
+use preprocess::split::SplitFractions;
+use preprocess::PreprocessConfig;
+use std::path::PathBuf;
+
+/// Turn a folder of class folders of raw photos into a Faces artifact of aligned, masked
+/// faces: OpenCV face detection, dlib's 68 landmarks, similarity alignment, gaussian mask.
+/// Every skipped file is listed with its reason in rejects.json.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Folder of class folders: <input>/<class>/<image>.
+    #[arg(long, default_value = "data/raw")]
+    input: PathBuf,
+    /// Faces artifact to write (rejects.json, montage.png and alignment-quality.json go beside it).
+    #[arg(long, default_value = "data/artifacts/faces.safetensors")]
+    output: PathBuf,
+    /// Output side in pixels [default: 150, or 100 with --crop-only].
+    #[arg(long)]
+    size: Option<usize>,
+    /// Gaussian mask sigma over linspace(-3, 3).
+    #[arg(long, default_value_t = 2.5)]
+    sigma: f32,
+    /// Turn the gaussian mask off (default: on, except with --as-is and --crop-only).
+    #[arg(long, conflicts_with = "mask")]
+    no_mask: bool,
+    /// Turn the gaussian mask on (for --as-is or --crop-only).
+    #[arg(long)]
+    mask: bool,
+    /// The study's first preprocessing: the detected box, cropped and resized, no alignment.
+    #[arg(long, conflicts_with = "as_is")]
+    crop_only: bool,
+    /// Photos are already aligned and cropped: only resize them.
+    #[arg(long)]
+    as_is: bool,
+    /// Percent of images for validation.
+    #[arg(long, default_value_t = 10.0)]
+    val_percent: f64,
+    /// Percent of images for test.
+    #[arg(long, default_value_t = 20.0)]
+    test_percent: f64,
+    /// A published split instead of hashing: CSV rows `entity,image,split`.
+    #[arg(long, value_name = "CSV")]
+    split_file: Option<PathBuf>,
+    /// Salt for the split hash; 0 hashes `<class>/<file>` as is.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Worker threads [default: all cores].
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// OpenCV Haar cascade for face detection.
+    #[arg(long, default_value = "/usr/share/opencv4/haarcascades/haarcascade_frontalface_default.xml")]
+    cascade: PathBuf,
+    /// Cascade scale step.
+    #[arg(long, default_value_t = 1.1)]
+    scale_factor: f64,
+    /// Cascade minNeighbors: higher finds fewer, surer faces.
+    #[arg(long, default_value_t = 4)]
+    min_neighbors: i32,
+    /// dlib's 68-landmark shape predictor.
+    #[arg(long, default_value = "/usr/share/dlib/shape_predictor_68_face_landmarks.dat")]
+    landmarks: PathBuf,
+    /// Skip the second landmark pass from the refitted box.
+    #[arg(long)]
+    no_refine: bool,
+    /// Output format for the summary.
+    #[arg(long, value_enum, default_value = "text")]
+    summary: SummaryFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SummaryFormat {
+    Text,
+    Json,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let mode = if cli.crop_only {
+        Mode::CropOnly
+    } else if cli.as_is {
+        Mode::AsIs
+    } else {
+        Mode::Align
+    };
+    let cfg = PreprocessConfig {
+        mode,
+        size: cli.size.unwrap_or(if mode == Mode::CropOnly { 100 } else { 150 }),
+        mask: if mode == Mode::Align { !cli.no_mask } else { cli.mask },
+        sigma: cli.sigma,
+        fractions: SplitFractions { val: cli.val_percent, test: cli.test_percent },
+        split_file: cli.split_file,
+        seed: cli.seed,
+        detector: preprocess::detect::DetectorConfig {
+            cascade: cli.cascade,
+            scale_factor: cli.scale_factor,
+            min_neighbors: cli.min_neighbors,
+            ..Default::default()
+        },
+        landmarks: cli.landmarks,
+        refine: !cli.no_refine,
+    };
+    if !(0.0..=100.0).contains(&(cfg.fractions.val + cfg.fractions.test)) || cfg.fractions.val < 0.0 || cfg.fractions.test < 0.0 {
+        anyhow::bail!("--val-percent and --test-percent must be >= 0 and add up to at most 100");
+    }
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(cli.jobs.unwrap_or(0)).build()?;
+    let s = pool.install(|| preprocess::run(&cli.input, &cli.output, &cfg))?;
+    match cli.summary {
+        SummaryFormat::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+        SummaryFormat::Text => {
+            println!(
+                "preprocess: {} photos -> {} faces ({:.1}%), {} rejected, {:.1}s ({:.1} images/s) -> {}",
+                s.candidates,
+                s.faces,
+                100.0 * s.faces as f64 / s.candidates.max(1) as f64,
+                s.rejected,
+                s.seconds,
+                s.images_per_second,
+                cli.output.display()
+            );
+            for (reason, n) in &s.reasons {
+                println!("  rejected {n:>5}: {reason}");
+            }
+            if let Some(q) = &s.quality {
+                println!(
+                    "  alignment spread (px @150): eyes {:.2}, nose tip {:.2}, mouth {:.2}",
+                    q.eye_centres, q.nose_tip, q.mouth
+                );
+            }
+            println!("  rejects: {}  montage: {}", s.rejects_file.display(), s.montage_file.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! A contact sheet for a visual check: one row per class.
+
+use std::path::Path;
+
+/// Writes a PNG with up to `per_row` thumbnails (`thumb` px) of each class, in row order.
+/// `images` holds HWC RGB images of `size x size`.
+pub fn write_montage(
+    path: &Path,
+    size: usize,
+    images: &[&[u8]],
+    labels: &[u32],
+    classes: usize,
+    per_row: usize,
+    thumb: u32,
+) -> Result<(), String> {
+    let rows = classes.max(1) as u32;
+    let mut sheet = image::RgbImage::from_pixel(per_row as u32 * thumb, rows * thumb, image::Rgb([32, 32, 32]));
+    let mut filled = vec![0usize; classes];
+    for (img, &l) in images.iter().zip(labels) {
+        let l = l as usize;
+        if l >= classes || filled[l] >= per_row {
+            continue;
+        }
+        let src = image::RgbImage::from_raw(size as u32, size as u32, img.to_vec()).ok_or("bad image buffer")?;
+        let t = image::imageops::resize(&src, thumb, thumb, image::imageops::FilterType::Triangle);
+        image::imageops::replace(&mut sheet, &t, (filled[l] as u32 * thumb) as i64, (l as u32 * thumb) as i64);
+        filled[l] += 1;
+    }
+    let mut buf = std::io::Cursor::new(Vec::new());
+    sheet
+        .write_to(&mut buf, image::ImageFormat::Png)
+        .map_err(|e| e.to_string())?;
+    artifacts::write_atomic(path, buf.get_ref()).map_err(|e| e.to_string())
+}

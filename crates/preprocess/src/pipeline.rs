@@ -1,0 +1,505 @@
+//! The preprocessing run: walk the input folder, process photos in parallel, assign
+//! splits, write the artifact, `rejects.json`, a montage and the alignment-quality report.
+
+use crate::decode::{decode, Rgb};
+use crate::detect::{self, DetectorConfig};
+use crate::dlib::{gray_like_dlib, ShapePredictor};
+use crate::geometry::{centre, similarity_fit, template, Similarity, ALIGN_POINTS, EYE_IMAGE_LEFT, EYE_IMAGE_RIGHT, MOUTH};
+use crate::mask::{apply_mask, gaussian_mask};
+use crate::split::{assign, read_split_file, SplitFractions};
+use artifacts::{FaceGeometry, Faces, Provenance, Split};
+use indicatif::ParallelProgressIterator;
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// What each photo becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Detect, 68 landmarks, similarity alignment, mask (the study's final preprocessing).
+    Align,
+    /// The detected box cropped and resized, no landmarks used, no mask (the study's first).
+    CropOnly,
+    /// Photos already aligned and cropped: only resized (mask only if asked).
+    AsIs,
+}
+
+/// Every setting of a preprocessing run; stored in the artifact's metadata.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PreprocessConfig {
+    pub mode: Mode,
+    /// Output side in pixels.
+    pub size: usize,
+    /// Apply the gaussian mask.
+    pub mask: bool,
+    pub sigma: f32,
+    pub fractions: SplitFractions,
+    pub split_file: Option<PathBuf>,
+    /// Salt for the split hash (0 = plain `<class>/<file>` hashing).
+    pub seed: u64,
+    pub detector: DetectorConfig,
+    pub landmarks: PathBuf,
+    /// Re-run the landmark cascade from the box that best fits the first fit (dlib's
+    /// detector boxes differ from Haar boxes; measured to tighten alignment).
+    pub refine: bool,
+}
+
+impl Default for PreprocessConfig {
+    fn default() -> Self {
+        PreprocessConfig {
+            mode: Mode::Align,
+            size: 150,
+            mask: true,
+            sigma: 2.5,
+            fractions: SplitFractions::default(),
+            split_file: None,
+            seed: 0,
+            detector: DetectorConfig::default(),
+            landmarks: PathBuf::from("/usr/share/dlib/shape_predictor_68_face_landmarks.dat"),
+            refine: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreprocessError {
+    #[error("input folder {0} does not exist; put photos in <folder>/<class>/<image>.jpg")]
+    MissingInput(PathBuf),
+    #[error("no images found under {0}; expected <folder>/<class>/<image> files")]
+    NoImages(PathBuf),
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("landmark model {path}: {source}; install it with `apt-get install libdlib-data` or pass --landmarks")]
+    Landmarks {
+        path: PathBuf,
+        source: crate::dlib::DlibError,
+    },
+    #[error("{0}")]
+    Config(String),
+    #[error("no photo produced a face ({0} rejected); see the rejects file")]
+    NothingKept(usize),
+    #[error(transparent)]
+    Artifact(#[from] artifacts::ArtifactError),
+}
+
+/// A skipped file and why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Reject {
+    pub path: String,
+    pub reason: String,
+}
+
+/// A photo to process.
+#[derive(Debug, Clone)]
+struct Candidate {
+    class: String,
+    file: String,
+    path: PathBuf,
+}
+
+/// One processed face.
+struct Processed {
+    pixels: Vec<u8>,
+    rect: [f32; 4],
+    landmarks: Vec<[f32; 2]>,
+    transform: [f32; 6],
+    faces_found: usize,
+}
+
+/// Lists `<root>/<class>/<file>`; unreadable entries become rejects.
+fn list_inputs(root: &Path) -> Result<(Vec<Candidate>, Vec<Reject>), PreprocessError> {
+    if !root.is_dir() {
+        return Err(PreprocessError::MissingInput(root.to_path_buf()));
+    }
+    let mut rejects = Vec::new();
+    let mut out = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(root)
+        .map_err(|e| PreprocessError::Io(root.to_path_buf(), e))?
+        .filter_map(|e| e.ok())
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let name = e.file_name();
+        let shown = path.display().to_string();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let Some(class) = name.to_str().map(str::to_string) else {
+            rejects.push(Reject { path: shown, reason: "folder name is not valid UTF-8".into() });
+            continue;
+        };
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                rejects.push(Reject { path: shown, reason: "not inside a class folder".into() });
+                continue;
+            }
+            Err(err) => {
+                rejects.push(Reject { path: shown, reason: format!("unreadable: {err}") });
+                continue;
+            }
+        }
+        let files = match std::fs::read_dir(&path) {
+            Ok(it) => it,
+            Err(err) => {
+                rejects.push(Reject { path: shown, reason: format!("unreadable folder: {err}") });
+                continue;
+            }
+        };
+        let mut files: Vec<_> = files.filter_map(|f| f.ok()).collect();
+        files.sort_by_key(|f| f.file_name());
+        for f in files {
+            let fpath = f.path();
+            let fname = f.file_name();
+            if fname.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let shown = fpath.display().to_string();
+            let Some(file) = fname.to_str().map(str::to_string) else {
+                rejects.push(Reject { path: shown, reason: "file name is not valid UTF-8".into() });
+                continue;
+            };
+            match std::fs::metadata(&fpath) {
+                Ok(m) if m.is_file() => out.push(Candidate { class: class.clone(), file, path: fpath }),
+                Ok(m) if m.is_dir() => rejects.push(Reject { path: shown, reason: "nested folder (only <class>/<image> is read)".into() }),
+                Ok(_) => rejects.push(Reject { path: shown, reason: "not a regular file".into() }),
+                Err(err) => rejects.push(Reject { path: shown, reason: format!("unreadable: {err}") }),
+            }
+        }
+    }
+    Ok((out, rejects))
+}
+
+/// The box `[l, t, r, b]` in which the predictor's mean shape best matches `landmarks`
+/// (least squares per axis): where dlib's own detector would have put the face.
+pub fn box_from_landmarks(mean: &[f32], landmarks: &[[f32; 2]]) -> [f32; 4] {
+    let fit = |axis: usize| {
+        let n = landmarks.len() as f64;
+        let (mut sm, mut sp, mut smm, mut smp) = (0f64, 0f64, 0f64, 0f64);
+        for (i, p) in landmarks.iter().enumerate() {
+            let m = mean[2 * i + axis] as f64;
+            let v = p[axis] as f64;
+            sm += m;
+            sp += v;
+            smm += m * m;
+            smp += m * v;
+        }
+        let scale = (n * smp - sm * sp) / (n * smm - sm * sm);
+        let off = (sp - scale * sm) / n;
+        (off as f32, (off + scale) as f32)
+    };
+    let (l, r) = fit(0);
+    let (t, b) = fit(1);
+    [l, t, r, b]
+}
+
+/// Sanity of a landmark fit: eyes apart by a face-like share of the box, the mouth below
+/// the eyes at a face-like distance.
+fn plausible(lm: &[[f32; 2]], box_w: f32) -> Result<(), String> {
+    if lm.iter().any(|p| !p[0].is_finite() || !p[1].is_finite()) {
+        return Err("landmark fit failed: non-finite points".into());
+    }
+    let le = centre(lm, EYE_IMAGE_LEFT);
+    let re = centre(lm, EYE_IMAGE_RIGHT);
+    let mo = centre(lm, MOUTH);
+    let (ex, ey) = (re[0] - le[0], re[1] - le[1]);
+    let d = ex.hypot(ey);
+    if d < 0.15 * box_w || d > 0.9 * box_w {
+        return Err(format!("landmark fit failed: eye distance {d:.0}px for a {box_w:.0}px face"));
+    }
+    let mid = [(le[0] + re[0]) / 2.0, (le[1] + re[1]) / 2.0];
+    let (mx, my) = (mo[0] - mid[0], mo[1] - mid[1]);
+    // Signed distance of the mouth below the eye line (image y grows downwards).
+    let below = (ex * my - ey * mx) / d;
+    if below < 0.5 * d || below > 2.0 * d {
+        return Err("landmark fit failed: mouth not below the eyes".into());
+    }
+    Ok(())
+}
+
+struct Worker<'a> {
+    cfg: &'a PreprocessConfig,
+    predictor: Option<&'a ShapePredictor>,
+    template: Vec<[f32; 2]>,
+    mask: Option<Vec<f32>>,
+}
+
+impl Worker<'_> {
+    fn process(&self, c: &Candidate) -> Result<Processed, String> {
+        let img = decode(&c.path).map_err(|e| e.to_string())?;
+        match self.cfg.mode {
+            Mode::AsIs => self.as_is(img),
+            Mode::Align | Mode::CropOnly => self.detect_and_align(img),
+        }
+    }
+
+    fn as_is(&self, img: Rgb) -> Result<Processed, String> {
+        let s = self.cfg.size as u32;
+        let src = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data).ok_or("bad buffer")?;
+        let mut pixels = image::imageops::resize(&src, s, s, image::imageops::FilterType::Triangle).into_raw();
+        if let Some(m) = &self.mask {
+            apply_mask(&mut pixels, m);
+        }
+        let (sx, sy) = (s as f32 / img.width as f32, s as f32 / img.height as f32);
+        Ok(Processed {
+            pixels,
+            rect: [0.0, 0.0, img.width as f32, img.height as f32],
+            landmarks: vec![[0.0, 0.0]; 68],
+            transform: [sx, 0.0, 0.0, 0.0, sy, 0.0],
+            faces_found: 0,
+        })
+    }
+
+    fn detect_and_align(&self, img: Rgb) -> Result<Processed, String> {
+        let predictor = self.predictor.expect("loaded for detection modes");
+        let gray = gray_like_dlib(&img.data);
+        let det = detect::detect(&gray, img.width, img.height, &self.cfg.detector)
+            .map_err(|e| format!("face detection failed: {e}"))?
+            .ok_or("no face found")?;
+        let [x, y, w, h] = det.rect;
+        let mut rect = [x, y, x + w - 1.0, y + h - 1.0];
+        let mut lm = predictor.predict(&gray, img.width, img.height, rect);
+        if self.cfg.refine {
+            rect = box_from_landmarks(&predictor.initial_shape, &lm);
+            lm = predictor.predict(&gray, img.width, img.height, rect);
+        }
+        plausible(&lm, rect[2] - rect[0])?;
+        let size = self.cfg.size;
+        let (transform, mut pixels) = match self.cfg.mode {
+            Mode::Align => {
+                let t = similarity_fit(&lm[ALIGN_POINTS], &self.template[ALIGN_POINTS]);
+                let m = t.matrix();
+                (m, detect::warp(&img.data, img.width, img.height, m, size).map_err(|e| format!("warp failed: {e}"))?)
+            }
+            _ => {
+                // Crop the detection box: a scale + translation.
+                let s = size as f32 / w;
+                let t = Similarity { a: s, b: 0.0, tx: -x * s, ty: -y * (size as f32 / h) };
+                let m = [t.a, 0.0, t.tx, 0.0, size as f32 / h, t.ty];
+                (m, detect::warp(&img.data, img.width, img.height, m, size).map_err(|e| format!("crop failed: {e}"))?)
+            }
+        };
+        if let Some(mask) = &self.mask {
+            apply_mask(&mut pixels, mask);
+        }
+        Ok(Processed {
+            pixels,
+            rect: det.rect,
+            landmarks: lm,
+            transform,
+            faces_found: det.faces_found,
+        })
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunSummary {
+    pub candidates: usize,
+    pub faces: usize,
+    pub rejected: usize,
+    pub reasons: BTreeMap<String, usize>,
+    pub per_class: BTreeMap<String, usize>,
+    pub multiple_faces: usize,
+    pub seconds: f64,
+    pub images_per_second: f64,
+    pub quality: Option<crate::quality::Quality>,
+    pub rejects_file: PathBuf,
+    pub montage_file: PathBuf,
+}
+
+/// Side files sit next to the artifact: `rejects.json` for `faces.safetensors`, else
+/// `<stem>.rejects.json`.
+pub fn side_file(output: &Path, name: &str) -> PathBuf {
+    let dir = output.parent().unwrap_or(Path::new("."));
+    let stem = output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    if stem == "faces" {
+        dir.join(name)
+    } else {
+        dir.join(format!("{stem}.{name}"))
+    }
+}
+
+/// Loads the landmark model when the mode needs it.
+/// In `--as-is` mode it is only needed to measure alignment quality, so a missing model
+/// there is a warning, not an error.
+pub fn load_predictor(cfg: &PreprocessConfig) -> Result<Option<ShapePredictor>, PreprocessError> {
+    let p = match ShapePredictor::open(&cfg.landmarks) {
+        Ok(p) => p,
+        Err(e) if cfg.mode == Mode::AsIs => {
+            tracing::warn!("no alignment-quality report: {e}");
+            return Ok(None);
+        }
+        Err(source) => {
+            return Err(PreprocessError::Landmarks {
+                path: cfg.landmarks.clone(),
+                source,
+            })
+        }
+    };
+    if p.num_parts() != 68 {
+        return Err(PreprocessError::Config(format!(
+            "{}: {} landmarks; the 68-point model is needed",
+            cfg.landmarks.display(),
+            p.num_parts()
+        )));
+    }
+    Ok(Some(p))
+}
+
+/// Runs preprocessing from `input` to `output`.
+pub fn run(input: &Path, output: &Path, cfg: &PreprocessConfig) -> Result<RunSummary, PreprocessError> {
+    let start = std::time::Instant::now();
+    if cfg.size < 16 {
+        return Err(PreprocessError::Config("--size must be at least 16".into()));
+    }
+    let (candidates, mut rejects) = list_inputs(input)?;
+    if candidates.is_empty() {
+        return Err(PreprocessError::NoImages(input.to_path_buf()));
+    }
+    if cfg.mode != Mode::AsIs {
+        detect::check_cascade(&cfg.detector.cascade).map_err(PreprocessError::Config)?;
+    }
+    let split_file = match &cfg.split_file {
+        Some(p) => Some(read_split_file(p).map_err(PreprocessError::Config)?),
+        None => None,
+    };
+    let predictor = load_predictor(cfg)?;
+    let worker = Worker {
+        cfg,
+        predictor: predictor.as_ref(),
+        template: predictor.as_ref().map(|p| template(&p.initial_shape, cfg.size)).unwrap_or_default(),
+        mask: cfg.mask.then(|| gaussian_mask(cfg.size, cfg.sigma)),
+    };
+    let bar = indicatif::ProgressBar::new(candidates.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("preprocess {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec}")
+            .expect("valid template"),
+    );
+    let results: Vec<Result<Processed, String>> = candidates
+        .par_iter()
+        .progress_with(bar.clone())
+        .map(|c| {
+            // A panic inside a codec must not end the run: it becomes a reject.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.process(c)))
+                .unwrap_or_else(|_| Err("internal error while decoding (the photo is likely corrupt)".into()))
+        })
+        .collect();
+    bar.finish_and_clear();
+
+    // Keep the faces; classes are the folders that kept at least one face.
+    let mut kept: Vec<(usize, Processed)> = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        let c = &candidates[i];
+        let r = r.and_then(|p| match &split_file {
+            Some(m) if !m.contains_key(&(c.class.clone(), c.file.clone())) => Err("not listed in the split file".to_string()),
+            _ => Ok(p),
+        });
+        match r {
+            Ok(p) => kept.push((i, p)),
+            Err(reason) => rejects.push(Reject { path: c.path.display().to_string(), reason }),
+        }
+    }
+    if kept.is_empty() {
+        write_rejects(output, &rejects)?;
+        return Err(PreprocessError::NothingKept(rejects.len()));
+    }
+    let mut class_names: Vec<String> = kept.iter().map(|(i, _)| candidates[*i].class.clone()).collect();
+    class_names.sort();
+    class_names.dedup();
+    let class_idx: HashMap<&str, u32> = class_names.iter().enumerate().map(|(i, c)| (c.as_str(), i as u32)).collect();
+    let keys: Vec<(String, String)> = kept
+        .iter()
+        .map(|(i, _)| {
+            let c = &candidates[*i];
+            let file = if cfg.seed == 0 { c.file.clone() } else { format!("{}#{}", c.file, cfg.seed) };
+            (c.class.clone(), file)
+        })
+        .collect();
+    let splits: Vec<Split> = match &split_file {
+        Some(m) => kept
+            .iter()
+            .map(|(i, _)| m[&(candidates[*i].class.clone(), candidates[*i].file.clone())])
+            .collect(),
+        None => assign(&keys, cfg.fractions),
+    };
+    let n = kept.len();
+    let size = cfg.size;
+    let mut faces = Faces {
+        height: size,
+        width: size,
+        images: Vec::with_capacity(n * size * size * 3),
+        labels: Vec::with_capacity(n),
+        splits,
+        class_names: class_names.clone(),
+        sources: Vec::with_capacity(n),
+        geometry: None,
+        provenance: Provenance::new(
+            env!("CARGO_PKG_NAME"),
+            env!("CARGO_PKG_VERSION"),
+            serde_json::to_value(cfg).expect("plain config"),
+        )
+        .with_input("input", input.display().to_string()),
+    };
+    let mut geometry = FaceGeometry { boxes: Vec::new(), landmarks: Vec::new(), transforms: Vec::new() };
+    let mut per_class: BTreeMap<String, usize> = BTreeMap::new();
+    let mut multiple = 0;
+    for (i, p) in &kept {
+        let c = &candidates[*i];
+        faces.images.extend_from_slice(&p.pixels);
+        faces.labels.push(class_idx[c.class.as_str()]);
+        faces.sources.push(format!("{}/{}", c.class, c.file));
+        geometry.boxes.push(p.rect);
+        geometry.landmarks.extend(p.landmarks.iter().flatten());
+        geometry.transforms.extend(p.transform);
+        *per_class.entry(c.class.clone()).or_default() += 1;
+        multiple += usize::from(p.faces_found > 1);
+    }
+    faces.geometry = Some(geometry);
+    if let Some(p) = &cfg.split_file {
+        faces.provenance.inputs.insert("split_file".into(), artifacts::digest_file(p)?);
+    }
+    faces.write(output)?;
+    let rejects_file = write_rejects(output, &rejects)?;
+    let montage_file = side_file(output, "montage.png");
+    let views: Vec<&[u8]> = (0..n).map(|i| faces.image(i)).collect();
+    if let Err(e) = crate::montage::write_montage(&montage_file, size, &views, &faces.labels, class_names.len(), 12, 64) {
+        tracing::warn!("montage not written: {e}");
+    }
+    let quality = match &predictor {
+        Some(p) => {
+            let q = crate::quality::measure(p, &faces, cfg.mode, &worker.template);
+            let path = side_file(output, "alignment-quality.json");
+            artifacts::write_atomic(&path, serde_json::to_string_pretty(&q).expect("plain").as_bytes())?;
+            Some(q)
+        }
+        None => None,
+    };
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &rejects {
+        let key = r.reason.split(':').next().unwrap_or(&r.reason).to_string();
+        *reasons.entry(key).or_default() += 1;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(RunSummary {
+        candidates: candidates.len(),
+        faces: n,
+        rejected: rejects.len(),
+        reasons,
+        per_class,
+        multiple_faces: multiple,
+        seconds,
+        images_per_second: candidates.len() as f64 / seconds,
+        quality,
+        rejects_file,
+        montage_file,
+    })
+}
+
+fn write_rejects(output: &Path, rejects: &[Reject]) -> Result<PathBuf, PreprocessError> {
+    let path = side_file(output, "rejects.json");
+    let json = serde_json::json!({ "count": rejects.len(), "rejects": rejects });
+    artifacts::write_atomic(&path, serde_json::to_string_pretty(&json).expect("plain").as_bytes())?;
+    Ok(path)
+}

@@ -1,0 +1,57 @@
+//! Alignment quality: run the landmark predictor again on the produced faces and measure
+//! how much the eye centres, nose tip and mouth centre still move between images.
+
+use crate::dlib::{gray_like_dlib, ShapePredictor};
+use crate::geometry::{centre, EYE_IMAGE_LEFT, EYE_IMAGE_RIGHT, MOUTH, NOSE_TIP};
+use crate::pipeline::{box_from_landmarks, Mode};
+use artifacts::Faces;
+use rayon::prelude::*;
+
+/// Spreads (root mean squared distance from the mean position, in pixels of a 150x150
+/// frame) of facial features across all produced faces.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Quality {
+    pub images: usize,
+    pub eye_left: f64,
+    pub eye_right: f64,
+    pub eye_centres: f64,
+    pub nose_tip: f64,
+    pub mouth: f64,
+}
+
+fn spread(points: &[[f32; 2]]) -> f64 {
+    let n = points.len().max(1) as f64;
+    let (mx, my) = points.iter().fold((0f64, 0f64), |(x, y), p| (x + p[0] as f64, y + p[1] as f64));
+    let (mx, my) = (mx / n, my / n);
+    (points.iter().map(|p| (p[0] as f64 - mx).powi(2) + (p[1] as f64 - my).powi(2)).sum::<f64>() / n).sqrt()
+}
+
+/// The box the predictor starts from on a produced face: for aligned faces, the box in
+/// which the mean shape sits on the template; for crops, the whole crop (the detection box).
+pub fn measure(p: &ShapePredictor, faces: &Faces, mode: Mode, template: &[[f32; 2]]) -> Quality {
+    let size = faces.width;
+    let rect = match mode {
+        Mode::CropOnly => [0.0, 0.0, size as f32 - 1.0, size as f32 - 1.0],
+        Mode::Align | Mode::AsIs => box_from_landmarks(&p.initial_shape, template),
+    };
+    let to150 = 150.0 / size as f32;
+    let feats: Vec<[[f32; 2]; 4]> = (0..faces.len())
+        .into_par_iter()
+        .map(|i| {
+            let gray = gray_like_dlib(faces.image(i));
+            let lm = p.predict(&gray, size, size, rect);
+            let s = |q: [f32; 2]| [q[0] * to150, q[1] * to150];
+            [s(centre(&lm, EYE_IMAGE_LEFT)), s(centre(&lm, EYE_IMAGE_RIGHT)), s(lm[NOSE_TIP]), s(centre(&lm, MOUTH))]
+        })
+        .collect();
+    let col = |k: usize| feats.iter().map(|f| f[k]).collect::<Vec<_>>();
+    let (l, r) = (spread(&col(0)), spread(&col(1)));
+    Quality {
+        images: faces.len(),
+        eye_left: l,
+        eye_right: r,
+        eye_centres: (l + r) / 2.0,
+        nose_tip: spread(&col(2)),
+        mouth: spread(&col(3)),
+    }
+}

@@ -1,0 +1,4 @@
+fn main() -> std::process::ExitCode {
+    eprintln!("error: this stage is not implemented yet");
+    std::process::ExitCode::from(2)
+}
