@@ -36,21 +36,30 @@ impl Similarity {
 /// the reflection guard built in: `[a -b; b a]` can never be a reflection, so a mirrored
 /// point set gets the best proper rotation instead of a flip.
 pub fn similarity_fit(from: &[[f32; 2]], to: &[[f32; 2]]) -> Similarity {
-    assert_eq!(from.len(), to.len(), "point sets must pair up");
-    let n = from.len().max(1) as f64;
+    weighted_similarity_fit(from, to, &vec![1.0; from.len()])
+}
+
+/// [`similarity_fit`] with a non-negative weight per point pair.
+pub fn weighted_similarity_fit(from: &[[f32; 2]], to: &[[f32; 2]], w: &[f32]) -> Similarity {
+    assert!(from.len() == to.len() && w.len() == from.len(), "point sets must pair up");
+    let total: f64 = w.iter().map(|&x| x as f64).sum::<f64>().max(f64::MIN_POSITIVE);
     let mean = |ps: &[[f32; 2]]| {
-        let (sx, sy) = ps.iter().fold((0f64, 0f64), |(x, y), p| (x + p[0] as f64, y + p[1] as f64));
-        (sx / n, sy / n)
+        let (sx, sy) = ps
+            .iter()
+            .zip(w)
+            .fold((0f64, 0f64), |(x, y), (p, &w)| (x + w as f64 * p[0] as f64, y + w as f64 * p[1] as f64));
+        (sx / total, sy / total)
     };
     let (fx, fy) = mean(from);
     let (tx, ty) = mean(to);
     let (mut dot, mut cross, mut norm) = (0f64, 0f64, 0f64);
-    for (f, t) in from.iter().zip(to) {
+    for ((f, t), &w) in from.iter().zip(to).zip(w) {
+        let w = w as f64;
         let (ax, ay) = (f[0] as f64 - fx, f[1] as f64 - fy);
         let (bx, by) = (t[0] as f64 - tx, t[1] as f64 - ty);
-        dot += ax * bx + ay * by;
-        cross += ax * by - ay * bx;
-        norm += ax * ax + ay * ay;
+        dot += w * (ax * bx + ay * by);
+        cross += w * (ax * by - ay * bx);
+        norm += w * (ax * ax + ay * ay);
     }
     if norm == 0.0 {
         // One distinct point: a pure translation.
@@ -73,6 +82,14 @@ pub fn similarity_fit(from: &[[f32; 2]], to: &[[f32; 2]]) -> Similarity {
 
 /// faceswap.py's `ALIGN_POINTS`: brows (17-26), nose (27-35), eyes (36-47), mouth (48-60).
 pub const ALIGN_POINTS: std::ops::Range<usize> = 17..61;
+/// Weights of [`ALIGN_POINTS`] for the alignment fit: eye landmarks count `eye_weight`
+/// times, the rest once.
+pub fn align_weights(eye_weight: f32) -> Vec<f32> {
+    ALIGN_POINTS
+        .map(|i| if (36..48).contains(&i) { eye_weight } else { 1.0 })
+        .collect()
+}
+
 /// The eye seen on the image's left (the person's right eye) in iBUG 68 numbering.
 pub const EYE_IMAGE_LEFT: std::ops::Range<usize> = 36..42;
 pub const EYE_IMAGE_RIGHT: std::ops::Range<usize> = 42..48;
@@ -120,6 +137,20 @@ mod tests {
         assert!((fit.scale() - 1.3).abs() < 1e-5);
         assert!((fit.angle() - 0.4).abs() < 1e-5);
         assert!((fit.tx - 12.0).abs() < 1e-4 && (fit.ty + 7.5).abs() < 1e-4);
+    }
+
+    #[test]
+    fn weights_pull_the_fit_towards_heavy_points() {
+        let from = [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]];
+        let to = [[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]];
+        let even = similarity_fit(&from, &to);
+        let heavy = weighted_similarity_fit(&from, &to, &[10.0, 10.0, 0.1]);
+        let err = |t: Similarity, i: usize| {
+            let p = t.apply(from[i]);
+            (p[0] - to[i][0]).hypot(p[1] - to[i][1])
+        };
+        assert!(err(heavy, 1) < err(even, 1));
+        assert_eq!(align_weights(3.0).len(), ALIGN_POINTS.len());
     }
 
     #[test]

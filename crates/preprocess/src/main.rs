@@ -62,6 +62,9 @@ struct Cli {
     /// dlib's 68-landmark shape predictor.
     #[arg(long, default_value = "/usr/share/dlib/shape_predictor_68_face_landmarks.dat")]
     landmarks: PathBuf,
+    /// Weight of the eye landmarks in the alignment fit (1 = faceswap's plain fit).
+    #[arg(long, default_value_t = 3.0)]
+    eye_weight: f32,
     /// Skip the second landmark pass from the refitted box.
     #[arg(long)]
     no_refine: bool,
@@ -114,6 +117,7 @@ fn run(cli: Cli) -> Result<()> {
         },
         landmarks: cli.landmarks,
         refine: !cli.no_refine,
+        eye_weight: cli.eye_weight,
     };
     if !(0.0..=100.0).contains(&(cfg.fractions.val + cfg.fractions.test)) || cfg.fractions.val < 0.0 || cfg.fractions.test < 0.0 {
         anyhow::bail!("--val-percent and --test-percent must be >= 0 and add up to at most 100");

@@ -1,0 +1,56 @@
+//! Measurements on the study's photos (needs ../shared and Debian's opencv-data and
+//! libdlib-data packages).
+
+use preprocess::pipeline::Mode;
+use preprocess::{run, PreprocessConfig};
+use std::path::PathBuf;
+
+fn shared() -> PathBuf {
+    std::env::var_os("CELEB_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+}
+
+#[test]
+#[ignore = "needs ../shared and Debian data packages"]
+fn msceleb_detection_share_and_landmark_spread() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = shared().join("data/msceleb-samples");
+    let aligned = run(&input, &dir.path().join("faces.safetensors"), &PreprocessConfig::default()).unwrap();
+    assert_eq!(aligned.candidates, 1375);
+    let share = aligned.faces as f64 / aligned.candidates as f64;
+    assert!(share >= 0.89, "detection share {share}");
+    assert_eq!(aligned.rejected, aligned.candidates - aligned.faces);
+    let qa = aligned.quality.clone().unwrap();
+    let crop = run(
+        &input,
+        &dir.path().join("faces-crop.safetensors"),
+        &PreprocessConfig { mode: Mode::CropOnly, size: 100, mask: false, ..Default::default() },
+    )
+    .unwrap();
+    let qc = crop.quality.unwrap();
+    assert!(qa.eye_centres <= 3.0, "aligned eye spread {}", qa.eye_centres);
+    assert!(qc.eye_centres >= 2.0 * qa.eye_centres, "crop {} vs aligned {}", qc.eye_centres, qa.eye_centres);
+    let rejects: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&aligned.rejects_file).unwrap()).unwrap();
+    assert_eq!(rejects["count"].as_u64().unwrap() as usize, aligned.rejected);
+    assert!(aligned.montage_file.is_file());
+}
+
+#[test]
+#[ignore = "needs ../shared and Debian data packages"]
+fn study_aligned_images_match_our_alignment() {
+    let dir = tempfile::tempdir().unwrap();
+    let study = run(
+        &shared().join("data/seed-4x20/aligned_multi_gaus_mask_4_20/corpus"),
+        &dir.path().join("study.safetensors"),
+        &PreprocessConfig { mode: Mode::AsIs, mask: false, ..Default::default() },
+    )
+    .unwrap();
+    assert_eq!(study.faces, 80);
+    let q = study.quality.unwrap();
+    // The study's images are aligned too: re-fitted landmarks stay tight in our frame.
+    assert!(q.eye_centres < 4.0 && q.mouth < 4.0, "{q:?}");
+    // And their mean feature positions agree with our template's placement.
+    let f = artifacts::Faces::read(&dir.path().join("study.safetensors")).unwrap();
+    assert_eq!(f.class_names.len(), 4);
+}
