@@ -17,6 +17,14 @@ pub struct Quality {
     pub eye_centres: f64,
     pub nose_tip: f64,
     pub mouth: f64,
+    /// Mean positions (150x150 frame) of left eye, right eye, nose tip, mouth centre.
+    pub means: [[f64; 2]; 4],
+}
+
+fn mean(points: &[[f32; 2]]) -> [f64; 2] {
+    let n = points.len().max(1) as f64;
+    let (x, y) = points.iter().fold((0f64, 0f64), |(x, y), p| (x + p[0] as f64, y + p[1] as f64));
+    [x / n, y / n]
 }
 
 fn spread(points: &[[f32; 2]]) -> f64 {
@@ -53,5 +61,6 @@ pub fn measure(p: &ShapePredictor, faces: &Faces, mode: Mode, template: &[[f32; 
         eye_centres: (l + r) / 2.0,
         nose_tip: spread(&col(2)),
         mouth: spread(&col(3)),
+        means: [mean(&col(0)), mean(&col(1)), mean(&col(2)), mean(&col(3))],
     }
 }
