@@ -9,6 +9,7 @@
 mod bottlenecks;
 mod checkpoint;
 pub mod device;
+pub mod runtime;
 mod embeddings;
 mod faces;
 mod io;

@@ -7,7 +7,7 @@
 //! what checkpoints store.
 
 use candle_core::{Module, ModuleT, Result, Tensor, D};
-use candle_nn::{BatchNorm, Conv2d, Linear, VarBuilder};
+use candle_nn::{BatchNorm, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 /// Everything that shapes the student; saved as JSON in every checkpoint.
@@ -122,39 +122,84 @@ pub struct StudentOutput {
 }
 
 struct ConvLayer {
-    conv: Conv2d,
+    /// PyTorch layout [out, in, k, k] (what checkpoints store).
+    weight: Tensor,
     bn: Option<BatchNorm>,
+    k: usize,
+    stride: usize,
     pad: (usize, usize),
 }
 
 impl ConvLayer {
     fn new(c_in: usize, c_out: usize, k: usize, stride: usize, pad: (usize, usize), bn: bool, vb: VarBuilder) -> Result<Self> {
-        let cfg = candle_nn::Conv2dConfig {
-            stride,
-            ..Default::default()
-        };
-        let conv = candle_nn::conv2d_no_bias(c_in, c_out, k, cfg, vb.pp("conv"))?;
+        let bound = (6.0 / (c_in * k * k) as f64).sqrt();
+        let weight = vb.pp("conv").get_with_hints(
+            (c_out, c_in, k, k),
+            "weight",
+            candle_nn::Init::Uniform { lo: -bound, up: bound },
+        )?;
         let bn = if bn {
             Some(candle_nn::batch_norm(c_out, 1e-3, vb.pp("bn"))?)
         } else {
             None
         };
-        Ok(ConvLayer { conv, bn, pad })
+        Ok(ConvLayer { weight, bn, k, stride, pad })
     }
 
+    /// NHWC in, NHWC out.
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let (a, b) = self.pad;
         let x = if a + b > 0 {
-            x.pad_with_zeros(2, a, b)?.pad_with_zeros(3, a, b)?
+            x.pad_with_zeros(1, a, b)?.pad_with_zeros(2, a, b)?
         } else {
             x.clone()
         };
-        let mut y = self.conv.forward(&x)?;
+        let mut y = conv_nhwc(&x, &self.weight, self.k, self.stride)?;
         if let Some(bn) = &self.bn {
-            y = bn.forward_t(&y, mode == Mode::Train)?;
+            y = bn.forward_t(&y.permute((0, 3, 1, 2))?, mode == Mode::Train)?.permute((0, 2, 3, 1))?;
         }
         y.relu()
     }
+}
+
+/// Convolution (no padding) of an NHWC tensor with a [out, in, k, k] kernel, as one matrix
+/// product over explicitly gathered patches (im2col).
+///
+/// Why: candle's CPU conv2d backward (a transposed convolution for the input gradient and
+/// an output-sized convolution for the kernel gradient) dominated training time. Here the
+/// patches are one `index_select` of pixel rows, whose backward is a single scatter-add,
+/// and the rest is a matmul.
+pub fn conv_nhwc(x: &Tensor, weight: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
+    let (n, h, w, c) = x.dims4()?;
+    let (c_out, c_in, kh, kw) = weight.dims4()?;
+    if c_in != c || kh != k || kw != k || stride == 0 {
+        candle_core::bail!("conv_nhwc: input has {c} channels, kernel {:?}, stride {stride}", weight.dims());
+    }
+    if h < k || w < k {
+        candle_core::bail!("conv_nhwc: {h}x{w} input is smaller than the {k}x{k} kernel");
+    }
+    let (oh, ow) = ((h - k) / stride + 1, (w - k) / stride + 1);
+    // Row index (into the [n*h*w, c] pixel matrix) of every (patch, dy, dx).
+    let mut idx = Vec::with_capacity(n * oh * ow * k * k);
+    for b in 0..n {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for dy in 0..k {
+                    let row = (b * h + oy * stride + dy) * w + ox * stride;
+                    for dx in 0..k {
+                        idx.push((row + dx) as u32);
+                    }
+                }
+            }
+        }
+    }
+    let idx = Tensor::from_vec(idx, n * oh * ow * k * k, x.device())?;
+    let cols = x
+        .reshape((n * h * w, c))?
+        .index_select(&idx, 0)?
+        .reshape((n * oh * ow, k * k * c))?;
+    let wmat = weight.permute((0, 2, 3, 1))?.reshape((c_out, k * k * c))?;
+    cols.matmul(&wmat.t()?)?.reshape((n, oh, ow, c_out))
 }
 
 /// The student network.
@@ -212,17 +257,28 @@ impl Student {
 
     /// `x`: [N,3,H,W], already mean-subtracted and scaled.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<StudentOutput> {
-        let mut h = x.clone();
+        self.forward_impl(x, mode, None)
+    }
+
+    /// Training forward pass with a caller-made dropout mask [N, hidden0] of 0 and
+    /// 1/keep_prob, so that a seeded RNG outside candle makes training reproducible.
+    pub fn forward_masked(&self, x: &Tensor, dropout_mask: &Tensor) -> Result<StudentOutput> {
+        self.forward_impl(x, Mode::Train, Some(dropout_mask))
+    }
+
+    fn forward_impl(&self, x: &Tensor, mode: Mode, mask: Option<&Tensor>) -> Result<StudentOutput> {
+        // The convolutions run in NHWC, the layout TensorFlow used; flattening NHWC
+        // matches the study's reshape of the conv output.
+        let mut h = x.permute((0, 2, 3, 1))?;
         for c in &self.convs {
             h = c.forward(&h, mode)?;
         }
-        // Flatten in NHWC order, as TensorFlow's reshape of the conv output did.
-        let h = h.permute((0, 2, 3, 1))?.flatten_from(1)?;
+        let h = h.flatten_from(1)?;
         let h = self.fc1.forward(&h)?.relu()?;
-        let h = if mode == Mode::Train && self.config.keep_prob < 1.0 {
-            candle_nn::ops::dropout(&h, 1.0 - self.config.keep_prob)?
-        } else {
-            h
+        let h = match (mode, mask) {
+            (Mode::Train, Some(m)) => h.mul(m)?,
+            (Mode::Train, None) if self.config.keep_prob < 1.0 => candle_nn::ops::dropout(&h, 1.0 - self.config.keep_prob)?,
+            _ => h,
         };
         let hidden = self.fc2.forward(&h)?.relu()?;
         let (pre, post, last) = match &self.bottleneck {
@@ -341,6 +397,23 @@ mod tests {
         let t1 = s.forward(&x, Mode::Train).unwrap().logits;
         let diff = (a - t1).unwrap().abs().unwrap().max_all().unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() > 0.0, "train mode drops units");
+    }
+
+    #[test]
+    fn im2col_conv_equals_candle_conv2d() {
+        let dev = Device::Cpu;
+        for (size, k, s) in [(9usize, 4usize, 2usize), (10, 2, 2), (7, 3, 1), (8, 4, 2)] {
+            let x = Tensor::randn(0f32, 1.0, (2, 5, size, size), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (3, 5, k, k), &dev).unwrap();
+            let want = x.conv2d(&w, 0, s, 1, 1).unwrap();
+            let got = conv_nhwc(&x.permute((0, 2, 3, 1)).unwrap(), &w, k, s)
+                .unwrap()
+                .permute((0, 3, 1, 2))
+                .unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "size {size} k {k} s {s}: {diff}");
+        }
     }
 
     #[test]

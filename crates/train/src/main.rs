@@ -1,4 +1,165 @@
+use anyhow::Result;
+use artifacts::device::DeviceChoice;
+use clap::{ArgGroup, Parser};
+use std::path::PathBuf;
+use train::training::{BottleneckSource, Schedule};
+use train::{Dataset, RunFiles, TargetNorm, TrainConfig, TrainMode};
+
+/// Train the student: `--cosine` (cross entropy + beta x cosine distance to the teacher's
+/// bottleneck, the default), `--two-step` (MSE to the teacher, then cross entropy),
+/// `--base` (no transfer) or `--probe` (linear classifier on the teacher's features).
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+#[command(group(ArgGroup::new("mode").args(["cosine", "two_step", "base", "probe"])))]
+struct Cli {
+    /// Cross entropy + beta x cosine distance to the teacher bottleneck (default mode).
+    #[arg(long)]
+    cosine: bool,
+    /// Phase 1: MSE to the teacher bottleneck; phase 2: cross entropy.
+    #[arg(long)]
+    two_step: bool,
+    /// Cross entropy only, without the bottleneck layer: the no-transfer baseline.
+    #[arg(long)]
+    base: bool,
+    /// A linear softmax classifier on the teacher's bottlenecks alone.
+    #[arg(long)]
+    probe: bool,
+    /// Faces artifact.
+    #[arg(long, default_value = "data/artifacts/faces.safetensors")]
+    faces: PathBuf,
+    /// Teacher bottlenecks artifact (not needed by --base).
+    #[arg(long, default_value = "data/artifacts/bottlenecks.safetensors")]
+    bottlenecks: PathBuf,
+    /// Checkpoint to write [default: data/artifacts/student-<mode>.safetensors].
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Epochs of the main (cross-entropy) phase.
+    #[arg(long, default_value_t = 60)]
+    epochs: usize,
+    /// Epochs of --two-step's MSE phase.
+    #[arg(long, default_value_t = 40)]
+    phase1_epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Decoupled (AdamW) weight decay.
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f64,
+    #[arg(long, value_enum, default_value = "cosine")]
+    schedule: Schedule,
+    /// Stop a phase after this many epochs without a better validation score (0 = never).
+    #[arg(long, default_value_t = 20)]
+    patience: usize,
+    /// Weight of the cosine distance in --cosine.
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    /// Student activation compared with the teacher.
+    #[arg(long, value_enum, default_value = "pre")]
+    bottleneck_source: BottleneckSource,
+    /// How teacher vectors are scaled before they become targets.
+    #[arg(long, value_enum, default_value = "standardize")]
+    target_norm: TargetNorm,
+    /// --two-step phase 2 trains only the classifier.
+    #[arg(long)]
+    freeze_trunk: bool,
+    /// Random horizontal flips and shifts of up to 4 px.
+    #[arg(long)]
+    augment: bool,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// Continue an interrupted run from its last epoch checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Instead of training on the stored split: stratified k-fold cross-validation over all images.
+    #[arg(long, value_name = "K")]
+    cv: Option<usize>,
+    /// Which images --cv folds: `all`, or only the `train` split (for tuning without
+    /// looking at the test split).
+    #[arg(long, default_value = "all", value_parser = ["all", "train"])]
+    cv_scope: String,
+    /// Threads for the CPU backend [default: all cores].
+    #[arg(long)]
+    jobs: Option<usize>,
+}
+
 fn main() -> std::process::ExitCode {
-    eprintln!("error: this stage is not implemented yet");
-    std::process::ExitCode::from(2)
+    artifacts::runtime::init();
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(j) = cli.jobs {
+        rayon::ThreadPoolBuilder::new().num_threads(j).build_global()?;
+    }
+    let mode = if cli.two_step {
+        TrainMode::TwoStep
+    } else if cli.base {
+        TrainMode::Base
+    } else if cli.probe {
+        TrainMode::Probe
+    } else {
+        TrainMode::Cosine
+    };
+    let cfg = TrainConfig {
+        mode,
+        epochs: cli.epochs,
+        phase1_epochs: cli.phase1_epochs,
+        batch: cli.batch,
+        optim: train::optim::AdamWConfig { lr: cli.lr, weight_decay: cli.weight_decay, ..Default::default() },
+        schedule: cli.schedule,
+        patience: cli.patience,
+        beta: cli.beta,
+        bottleneck_source: cli.bottleneck_source,
+        target_norm: cli.target_norm,
+        freeze_trunk: cli.freeze_trunk,
+        augment: cli.augment,
+        seed: cli.seed,
+        device: cli.device,
+        ..Default::default()
+    };
+    let data = Dataset::load(&cli.faces, mode.needs_teacher().then_some(cli.bottlenecks.as_path()))?;
+    if let Some(k) = cli.cv {
+        let pool: Vec<usize> = if cli.cv_scope == "train" {
+            data.indices(artifacts::Split::Train)
+        } else {
+            (0..data.faces.len()).collect()
+        };
+        let r = train::cv::cross_validate(&data, &cfg, &pool, k, cfg.seed)?;
+        println!(
+            "{} {k}-fold cross-validation: mean accuracy {:.4} (folds: {})",
+            mode.name(),
+            r.mean,
+            r.accuracies.iter().map(|a| format!("{a:.3}")).collect::<Vec<_>>().join(", ")
+        );
+        return Ok(());
+    }
+    let output = cli.output.unwrap_or_else(|| PathBuf::from(format!("data/artifacts/student-{}.safetensors", mode.name())));
+    let mut files = RunFiles::beside(&output);
+    files.resume = cli.resume;
+    let part = train::stored_partition(&data);
+    let out = train::train(&data, &cfg, &part, &files)?;
+    println!(
+        "{}: test accuracy {} val accuracy {} ({} train / {} val / {} test images), {:.1}s, {:.0} samples/s on {} -> {}",
+        mode.name(),
+        out.test_acc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into()),
+        out.val_acc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into()),
+        part.train.len(),
+        part.val.len(),
+        part.test.len(),
+        out.seconds,
+        out.samples_per_second,
+        out.device,
+        output.display()
+    );
+    Ok(())
 }

@@ -1,0 +1,23 @@
+//! Process set-up shared by every stage binary: logging and the allocator.
+
+/// Call first thing in `main`: logging to stderr (`RUST_LOG`, default `info`) and
+/// allocator tuning.
+///
+/// Candle allocates and frees tensors of many megabytes at every training step. By
+/// default glibc serves those with `mmap` and unmaps them on free, so every step
+/// page-faults its memory in again (perf showed the kernel's page-fault path above 15%).
+/// Keeping large blocks on the heap and not trimming it measured 1.45x faster student
+/// training here.
+pub fn init() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,699 @@
+//! The training loop: phases, seeded batches, AdamW, validation-based selection, atomic
+//! per-epoch checkpoints that resume exactly, and a NaN guard.
+
+use crate::data::{input_batch, normalize_targets, rows, Dataset, TargetNorm};
+use crate::inference::{student_from_weights, weights_of};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::TrainError;
+use artifacts::device::DeviceChoice;
+use artifacts::{Checkpoint, NamedTensor, Provenance};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{VarBuilder, VarMap};
+use losses::Objective;
+use model::{Mode as NetMode, Student, StudentConfig};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Which study variant to train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrainMode {
+    /// Cross entropy only, no bottleneck layer: the no-transfer baseline.
+    Base,
+    /// Phase 1: MSE to the teacher bottleneck; phase 2: cross entropy.
+    TwoStep,
+    /// Cross entropy + beta x cosine distance to the teacher bottleneck.
+    Cosine,
+    /// Linear softmax classifier on the teacher's bottlenecks alone.
+    Probe,
+}
+
+impl TrainMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            TrainMode::Base => "base",
+            TrainMode::TwoStep => "two-step",
+            TrainMode::Cosine => "cosine",
+            TrainMode::Probe => "probe",
+        }
+    }
+    pub fn needs_teacher(self) -> bool {
+        self != TrainMode::Base
+    }
+}
+
+/// Which student activation the teacher is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BottleneckSource {
+    /// Before the ReLU (what the study's cosine loss used).
+    Pre,
+    /// After the ReLU.
+    Post,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Constant,
+    /// Cosine decay to 1% of the learning rate over the phase's epochs.
+    Cosine,
+}
+
+/// Every training setting; saved in the checkpoint.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    pub mode: TrainMode,
+    /// Epochs of the main (cross-entropy) phase.
+    pub epochs: usize,
+    /// Epochs of two-step's MSE phase.
+    pub phase1_epochs: usize,
+    pub batch: usize,
+    pub optim: AdamWConfig,
+    pub schedule: Schedule,
+    /// Stop a phase after this many epochs without a better validation score (0 = never).
+    pub patience: usize,
+    pub beta: f64,
+    pub bottleneck_source: BottleneckSource,
+    pub target_norm: TargetNorm,
+    /// Two-step phase 2: train only the classifier.
+    pub freeze_trunk: bool,
+    /// Horizontal flips and shifts of up to 4 px.
+    pub augment: bool,
+    pub seed: u64,
+    pub device: DeviceChoice,
+    /// Student architecture (image size, classes and bottleneck width come from the data).
+    pub student: StudentConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            mode: TrainMode::Cosine,
+            epochs: 60,
+            phase1_epochs: 40,
+            batch: 32,
+            optim: AdamWConfig::default(),
+            schedule: Schedule::Cosine,
+            patience: 20,
+            beta: 0.1,
+            bottleneck_source: BottleneckSource::Pre,
+            target_norm: TargetNorm::Standardize,
+            freeze_trunk: false,
+            augment: false,
+            seed: 42,
+            device: DeviceChoice::Auto,
+            student: StudentConfig::default(),
+        }
+    }
+}
+
+/// Which images train, select and test.
+#[derive(Debug, Clone, Default)]
+pub struct Partition {
+    pub train: Vec<usize>,
+    pub val: Vec<usize>,
+    pub test: Vec<usize>,
+}
+
+/// Files of a run; all optional so cross-validation can train in memory.
+#[derive(Debug, Clone, Default)]
+pub struct RunFiles {
+    /// Final checkpoint (the selected epoch's weights).
+    pub output: Option<PathBuf>,
+    /// Per-epoch resumable state.
+    pub resume_file: Option<PathBuf>,
+    pub metrics: Option<PathBuf>,
+    /// Continue from `resume_file`.
+    pub resume: bool,
+    pub progress: bool,
+}
+
+impl RunFiles {
+    /// `<dir>/<stem>.resume.safetensors` and `<dir>/<stem>.metrics.jsonl` beside `output`.
+    pub fn beside(output: &Path) -> RunFiles {
+        let stem = output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let dir = output.parent().unwrap_or(Path::new("."));
+        RunFiles {
+            output: Some(output.to_path_buf()),
+            resume_file: Some(dir.join(format!("{stem}.resume.safetensors"))),
+            metrics: Some(dir.join(format!("{stem}.metrics.jsonl"))),
+            resume: false,
+            progress: true,
+        }
+    }
+}
+
+/// One line of the metrics file.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct EpochMetrics {
+    pub phase: usize,
+    pub epoch: usize,
+    pub loss: f64,
+    pub cross_entropy: Option<f64>,
+    pub mse: Option<f64>,
+    pub cosine: Option<f64>,
+    pub train_acc: f64,
+    pub val_acc: Option<f64>,
+    pub val_loss: Option<f64>,
+    pub lr: f64,
+    pub seconds: f64,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    pub mode: TrainMode,
+    pub test_acc: Option<f64>,
+    pub val_acc: Option<f64>,
+    pub best_epochs: Vec<usize>,
+    pub epochs_run: usize,
+    pub seconds: f64,
+    pub samples_per_second: f64,
+    pub device: String,
+}
+
+/// Progress that survives a restart.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct State {
+    phase: usize,
+    /// Epochs finished in this phase.
+    epoch: usize,
+    step: u64,
+    best_score: f64,
+    best_epoch: usize,
+    bad_epochs: usize,
+    best_epochs: Vec<usize>,
+    train_seconds: f64,
+    samples: u64,
+}
+
+struct Phase {
+    objective: Objective,
+    epochs: usize,
+    /// Select by validation accuracy (true) or by validation loss (MSE phase).
+    by_accuracy: bool,
+    freeze_trunk: bool,
+}
+
+fn phases(cfg: &TrainConfig) -> Vec<Phase> {
+    let ce = |freeze| Phase {
+        objective: Objective::CrossEntropy,
+        epochs: cfg.epochs,
+        by_accuracy: true,
+        freeze_trunk: freeze,
+    };
+    match cfg.mode {
+        TrainMode::Base | TrainMode::Probe => vec![ce(false)],
+        TrainMode::TwoStep => vec![
+            Phase {
+                objective: Objective::Mse,
+                epochs: cfg.phase1_epochs,
+                by_accuracy: false,
+                freeze_trunk: false,
+            },
+            ce(cfg.freeze_trunk),
+        ],
+        TrainMode::Cosine => vec![Phase {
+            objective: Objective::Cosine { beta: cfg.beta },
+            epochs: cfg.epochs,
+            by_accuracy: true,
+            freeze_trunk: false,
+        }],
+    }
+}
+
+fn lr_at(cfg: &TrainConfig, epoch: usize, total: usize) -> f64 {
+    match cfg.schedule {
+        Schedule::Constant => cfg.optim.lr,
+        Schedule::Cosine => {
+            let t = epoch as f64 / total.max(1) as f64;
+            let floor = 0.01 * cfg.optim.lr;
+            floor + 0.5 * (cfg.optim.lr - floor) * (1.0 + (std::f64::consts::PI * t).cos())
+        }
+    }
+}
+
+/// A seeded RNG per (seed, phase, epoch): resuming at an epoch boundary replays exactly.
+fn epoch_rng(seed: u64, phase: usize, epoch: usize) -> StdRng {
+    StdRng::seed_from_u64(seed ^ ((phase as u64 + 1) << 40) ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// The trainer for the student modes (base, two-step, cosine).
+pub struct Trainer<'a> {
+    pub data: &'a Dataset,
+    pub cfg: TrainConfig,
+    pub device: Device,
+    pub student_cfg: StudentConfig,
+    mean: Vec<f32>,
+    targets: Option<(Vec<f32>, usize)>,
+    target_stats: (Vec<f32>, Vec<f32>),
+}
+
+impl<'a> Trainer<'a> {
+    pub fn new(data: &'a Dataset, cfg: &TrainConfig, part: &Partition) -> Result<Trainer<'a>, TrainError> {
+        if cfg.mode == TrainMode::Probe {
+            return Err(TrainError::Config("the probe is trained by probe::train".into()));
+        }
+        if cfg.batch == 0 {
+            return Err(TrainError::Config("--batch must be at least 1".into()));
+        }
+        if part.train.is_empty() {
+            return Err(TrainError::Data("the training split is empty".into()));
+        }
+        let f = &data.faces;
+        if f.height != f.width {
+            return Err(TrainError::Data(format!("faces are {}x{}; the student needs square images", f.height, f.width)));
+        }
+        let device = artifacts::device::pick(cfg.device)?;
+        let targets = if cfg.mode.needs_teacher() {
+            let b = data.teacher.as_ref().ok_or_else(|| {
+                TrainError::Config(format!("--{} needs the teacher's bottlenecks (--bottlenecks FILE)", cfg.mode.name()))
+            })?;
+            Some(b)
+        } else {
+            None
+        };
+        let (targets, target_stats) = match targets {
+            Some(b) => {
+                let (t, m, s) = normalize_targets(&b.features, b.dim, &part.train, cfg.target_norm);
+                (Some((t, b.dim)), (m, s))
+            }
+            None => (None, (vec![], vec![])),
+        };
+        let student_cfg = StudentConfig {
+            image_size: f.height,
+            num_classes: data.num_classes(),
+            bottleneck: match cfg.mode {
+                TrainMode::Base => None,
+                _ => Some(targets.as_ref().map(|t| t.1).unwrap_or(2048)),
+            },
+            ..cfg.student.clone()
+        };
+        Ok(Trainer {
+            mean: data.mean_image(&part.train),
+            data,
+            cfg: cfg.clone(),
+            device,
+            student_cfg,
+            targets,
+            target_stats,
+        })
+    }
+
+    fn labels(&self, idx: &[usize]) -> candle_core::Result<Tensor> {
+        let l: Vec<u32> = idx.iter().map(|&i| self.data.faces.labels[i]).collect();
+        Tensor::from_vec(l, idx.len(), &self.device)
+    }
+
+    fn teacher_rows(&self, idx: &[usize]) -> candle_core::Result<Option<Tensor>> {
+        self.targets.as_ref().map(|(t, d)| rows(t, *d, idx, &self.device)).transpose()
+    }
+
+    fn pick_bottleneck<'o>(&self, out: &'o model::StudentOutput) -> Option<&'o Tensor> {
+        match self.cfg.bottleneck_source {
+            BottleneckSource::Pre => out.bottleneck_pre.as_ref(),
+            BottleneckSource::Post => out.bottleneck.as_ref(),
+        }
+    }
+
+    /// Mean loss and accuracy of `objective` over `idx`, in eval mode.
+    pub fn evaluate(&self, student: &Student, idx: &[usize], objective: &Objective) -> Result<(f64, f64), TrainError> {
+        if idx.is_empty() {
+            return Ok((f64::NAN, f64::NAN));
+        }
+        let (mut loss, mut correct) = (0f64, 0usize);
+        for chunk in idx.chunks(128) {
+            let x = input_batch(&self.data.faces, chunk, &self.mean, None, &self.device)?;
+            let out = student.forward(&x, NetMode::Eval)?;
+            let y = self.labels(chunk)?;
+            let t = self.teacher_rows(chunk)?;
+            let terms = objective.compute(&out.logits, &y, self.pick_bottleneck(&out), t.as_ref())?;
+            loss += terms.total.to_dtype(DType::F64)?.to_scalar::<f64>()? * chunk.len() as f64;
+            let pred = out.logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+            correct += pred.iter().zip(chunk).filter(|(p, &i)| **p == self.data.faces.labels[i]).count();
+        }
+        Ok((loss / idx.len() as f64, correct as f64 / idx.len() as f64))
+    }
+
+    /// Trains through all phases; writes checkpoints and metrics per `files`.
+    pub fn run(&self, part: &Partition, files: &RunFiles) -> Result<Outcome, TrainError> {
+        let start = std::time::Instant::now();
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &self.device);
+        // Seeded initialisation: candle's own RNG is not seedable on every backend, so the
+        // initial weights are drawn here from the run's seed (same shapes and scales).
+        let student = Student::new(&self.student_cfg, vb)?;
+        reinit_seeded(&varmap, self.cfg.seed)?;
+        let phases = phases(&self.cfg);
+        let mut state = State {
+            phase: 0,
+            epoch: 0,
+            step: 0,
+            best_score: f64::NEG_INFINITY,
+            best_epoch: 0,
+            bad_epochs: 0,
+            best_epochs: vec![],
+            train_seconds: 0.0,
+            samples: 0,
+        };
+        let mut best: BTreeMap<String, Tensor> = snapshot(&varmap)?;
+        let mut opt = AdamW::new(vars_of(&varmap), self.cfg.optim)?;
+        if files.resume {
+            let path = files.resume_file.as_ref().ok_or_else(|| TrainError::Config("no resume file".into()))?;
+            if path.exists() {
+                let ck = Checkpoint::read(path)?;
+                let saved: TrainConfig = serde_json::from_value(ck.train_state["config"].clone())
+                    .map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
+                if saved != self.cfg {
+                    return Err(TrainError::Config(format!(
+                        "{} was made with other settings; resume with the same flags or start afresh without --resume",
+                        path.display()
+                    )));
+                }
+                state = serde_json::from_value(ck.train_state["state"].clone())
+                    .map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
+                load_into(&varmap, &ck.weights, &self.device)?;
+                for (name, t) in &ck.optimizer {
+                    let tensor = Tensor::from_slice(&t.data, t.shape.as_slice(), &self.device)?;
+                    if let Some(n) = name.strip_prefix("m/") {
+                        opt.m.insert(n.to_string(), tensor);
+                    } else if let Some(n) = name.strip_prefix("v/") {
+                        opt.v.insert(n.to_string(), tensor);
+                    } else if let Some(n) = name.strip_prefix("best/") {
+                        best.insert(n.to_string(), tensor);
+                    }
+                }
+                opt.step = state.step;
+                tracing::info!("resumed from {} at phase {} epoch {}", path.display(), state.phase, state.epoch);
+            } else {
+                tracing::warn!("--resume: {} does not exist; starting afresh", path.display());
+            }
+        }
+        let mut metrics_file = match &files.metrics {
+            Some(p) => {
+                if let Some(d) = p.parent() {
+                    std::fs::create_dir_all(d).map_err(|e| TrainError::Io(d.to_path_buf(), e))?;
+                }
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(files.resume)
+                    .write(true)
+                    .truncate(!files.resume)
+                    .open(p)
+                    .map_err(|e| TrainError::Io(p.clone(), e))?;
+                Some(f)
+            }
+            None => None,
+        };
+        let total_epochs: usize = phases.iter().map(|p| p.epochs).sum();
+        let bar = if files.progress {
+            indicatif::ProgressBar::new(total_epochs as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("train {msg} {bar:30} epoch {pos}/{len} [{elapsed_precise}]").expect("valid template"),
+        );
+        bar.set_position(phases[..state.phase.min(phases.len())].iter().map(|p| p.epochs).sum::<usize>() as u64 + state.epoch as u64);
+        while state.phase < phases.len() {
+            let ph = &phases[state.phase];
+            let done = state.epoch >= ph.epochs || (self.cfg.patience > 0 && state.bad_epochs >= self.cfg.patience);
+            if done {
+                // End of phase: continue from (and keep) the selected epoch's weights.
+                if state.epoch > 0 {
+                    load_tensors(&varmap, &best)?;
+                }
+                state.best_epochs.push(state.best_epoch);
+                state.phase += 1;
+                state.epoch = 0;
+                state.best_score = f64::NEG_INFINITY;
+                state.bad_epochs = 0;
+                state.step = 0;
+                opt = AdamW::new(vars_of(&varmap), self.cfg.optim)?;
+                if let Some(p) = &files.resume_file {
+                    self.checkpoint(&varmap, Some((&opt, &best)), &state)?.write(p)?;
+                }
+                continue;
+            }
+            let frozen = |name: &str| ph.freeze_trunk && Student::trunk_prefixes().iter().any(|p| name.starts_with(p));
+            let m = self.epoch(&student, &varmap, &mut opt, &mut best, &mut state, part, ph, &frozen, files)?;
+            if let Some(f) = metrics_file.as_mut() {
+                let line = serde_json::to_string(&m).expect("plain");
+                writeln!(f, "{line}").map_err(|e| TrainError::Io(files.metrics.clone().unwrap_or_default(), e))?;
+            }
+            bar.set_message(format!(
+                "{} p{} loss {:.4} acc {:.3}{}",
+                self.cfg.mode.name(),
+                state.phase + 1,
+                m.loss,
+                m.train_acc,
+                m.val_acc.map(|v| format!(" val {v:.3}")).unwrap_or_default()
+            ));
+            bar.inc(1);
+            if let Some(p) = &files.resume_file {
+                self.checkpoint(&varmap, Some((&opt, &best)), &state)?.write(p)?;
+            }
+        }
+        bar.finish_and_clear();
+        let test_acc = if part.test.is_empty() {
+            None
+        } else {
+            Some(self.evaluate(&student, &part.test, &Objective::CrossEntropy)?.1)
+        };
+        let val_acc = if part.val.is_empty() {
+            None
+        } else {
+            Some(self.evaluate(&student, &part.val, &Objective::CrossEntropy)?.1)
+        };
+        if let Some(out) = &files.output {
+            self.checkpoint(&varmap, None, &state)?.write(out)?;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        Ok(Outcome {
+            mode: self.cfg.mode,
+            test_acc,
+            val_acc,
+            best_epochs: state.best_epochs.clone(),
+            epochs_run: total_epochs,
+            seconds: secs,
+            samples_per_second: state.samples as f64 / state.train_seconds.max(1e-9),
+            device: artifacts::device::describe(&self.device),
+        })
+    }
+
+    /// One epoch of `ph`: shuffled seeded batches, updates, validation, selection.
+    #[allow(clippy::too_many_arguments)]
+    fn epoch(
+        &self,
+        student: &Student,
+        varmap: &VarMap,
+        opt: &mut AdamW,
+        best: &mut BTreeMap<String, Tensor>,
+        state: &mut State,
+        part: &Partition,
+        ph: &Phase,
+        frozen: &dyn Fn(&str) -> bool,
+        files: &RunFiles,
+    ) -> Result<EpochMetrics, TrainError> {
+        let t0 = std::time::Instant::now();
+        let lr = lr_at(&self.cfg, state.epoch, ph.epochs);
+        let mut rng = epoch_rng(self.cfg.seed, state.phase, state.epoch);
+        let mut order = part.train.clone();
+        order.shuffle(&mut rng);
+        let (mut sum, mut n_seen, mut correct) = (0f64, 0usize, 0usize);
+        let (mut ce_sum, mut mse_sum, mut cos_sum) = (0f64, 0f64, 0f64);
+        let (mut has_ce, mut has_mse, mut has_cos) = (false, false, false);
+        for (b, chunk) in order.chunks(self.cfg.batch).enumerate() {
+            let aug: Option<Vec<(bool, i32, i32)>> = self
+                .cfg
+                .augment
+                .then(|| chunk.iter().map(|_| (rng.gen_bool(0.5), rng.gen_range(-4..=4), rng.gen_range(-4..=4))).collect());
+            let x = input_batch(&self.data.faces, chunk, &self.mean, aug.as_deref(), &self.device)?;
+            let keep = self.student_cfg.keep_prob;
+            let hidden = self.student_cfg.hidden[0];
+            let mask: Vec<f32> = (0..chunk.len() * hidden)
+                .map(|_| if rng.gen::<f32>() < keep { 1.0 / keep } else { 0.0 })
+                .collect();
+            let mask = Tensor::from_vec(mask, (chunk.len(), hidden), &self.device)?;
+            let out = student.forward_masked(&x, &mask)?;
+            let y = self.labels(chunk)?;
+            let t = self.teacher_rows(chunk)?;
+            let terms = ph.objective.compute(&out.logits, &y, self.pick_bottleneck(&out), t.as_ref())?;
+            let loss = terms.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !loss.is_finite() {
+                return Err(TrainError::NonFinite {
+                    phase: state.phase + 1,
+                    epoch: state.epoch + 1,
+                    batch: b + 1,
+                    checkpoint: files.resume_file.clone(),
+                });
+            }
+            opt.backward_step(&terms.total, lr, frozen)?;
+            let k = chunk.len() as f64;
+            let add = |t: &Option<Tensor>, acc: &mut f64, has: &mut bool| -> candle_core::Result<()> {
+                if let Some(t) = t {
+                    *acc += t.to_dtype(DType::F64)?.to_scalar::<f64>()? * k;
+                    *has = true;
+                }
+                Ok(())
+            };
+            add(&terms.cross_entropy, &mut ce_sum, &mut has_ce)?;
+            add(&terms.mse, &mut mse_sum, &mut has_mse)?;
+            add(&terms.cosine, &mut cos_sum, &mut has_cos)?;
+            sum += loss * k;
+            n_seen += chunk.len();
+            let pred = out.logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+            correct += pred.iter().zip(chunk).filter(|(p, &i)| **p == self.data.faces.labels[i]).count();
+        }
+        state.samples += n_seen as u64;
+        state.step = opt.step;
+        let (val_loss, val_acc) = self.evaluate(student, &part.val, &ph.objective)?;
+        // Selection: accuracy, ties broken by loss; the MSE phase by loss alone. Without a
+        // validation split the latest epoch is kept.
+        let score = if part.val.is_empty() {
+            state.epoch as f64
+        } else if ph.by_accuracy {
+            val_acc - 1e-6 * val_loss
+        } else {
+            -val_loss
+        };
+        state.epoch += 1;
+        if score > state.best_score {
+            state.best_score = score;
+            state.best_epoch = state.epoch;
+            state.bad_epochs = 0;
+            *best = snapshot(varmap)?;
+        } else {
+            state.bad_epochs += 1;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        state.train_seconds += secs;
+        let n = n_seen.max(1) as f64;
+        let has_val = !part.val.is_empty();
+        Ok(EpochMetrics {
+            phase: state.phase + 1,
+            epoch: state.epoch,
+            loss: sum / n,
+            cross_entropy: has_ce.then_some(ce_sum / n),
+            mse: has_mse.then_some(mse_sum / n),
+            cosine: has_cos.then_some(cos_sum / n),
+            train_acc: correct as f64 / n,
+            val_acc: has_val.then_some(val_acc),
+            val_loss: has_val.then_some(val_loss),
+            lr,
+            seconds: secs,
+        })
+    }
+
+    fn checkpoint(&self, varmap: &VarMap, train: Option<(&AdamW, &BTreeMap<String, Tensor>)>, state: &State) -> Result<Checkpoint, TrainError> {
+        let mut optimizer = BTreeMap::new();
+        if let Some((opt, best)) = train {
+            for (k, t) in &opt.m {
+                optimizer.insert(format!("m/{k}"), named(t)?);
+            }
+            for (k, t) in &opt.v {
+                optimizer.insert(format!("v/{k}"), named(t)?);
+            }
+            for (k, t) in best {
+                optimizer.insert(format!("best/{k}"), named(t)?);
+            }
+        }
+        if !self.target_stats.0.is_empty() {
+            let d = self.target_stats.0.len();
+            optimizer.insert("target/mean".into(), NamedTensor { shape: vec![d], data: self.target_stats.0.clone() });
+            optimizer.insert("target/std".into(), NamedTensor { shape: vec![d], data: self.target_stats.1.clone() });
+        }
+        let f = &self.data.faces;
+        let mut prov = Provenance::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"), serde_json::to_value(&self.cfg).expect("plain"))
+            .with_input("faces", self.data.faces_digest.clone());
+        if let Some(d) = &self.data.bottlenecks_digest {
+            prov = prov.with_input("bottlenecks", d.clone());
+        }
+        Ok(Checkpoint {
+            weights: weights_of(varmap)?,
+            optimizer,
+            mean_image: NamedTensor { shape: vec![f.height, f.width, 3], data: self.mean.clone() },
+            model_config: serde_json::json!({ "kind": "student", "student": self.student_cfg, "class_names": f.class_names }),
+            train_state: serde_json::json!({ "config": self.cfg, "state": state, "final": train.is_none() }),
+            provenance: prov,
+        })
+    }
+}
+
+fn named(t: &Tensor) -> Result<NamedTensor, TrainError> {
+    Ok(NamedTensor {
+        shape: t.dims().to_vec(),
+        data: t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+    })
+}
+
+fn vars_of(varmap: &VarMap) -> Vec<(String, candle_core::Var)> {
+    let data = varmap.data().lock().expect("varmap lock");
+    data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn snapshot(varmap: &VarMap) -> candle_core::Result<BTreeMap<String, Tensor>> {
+    let data = varmap.data().lock().expect("varmap lock");
+    data.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?))).collect()
+}
+
+fn load_tensors(varmap: &VarMap, ts: &BTreeMap<String, Tensor>) -> candle_core::Result<()> {
+    let data = varmap.data().lock().expect("varmap lock");
+    for (k, v) in data.iter() {
+        if let Some(t) = ts.get(k) {
+            v.set(t)?;
+        }
+    }
+    Ok(())
+}
+
+fn load_into(varmap: &VarMap, ws: &BTreeMap<String, NamedTensor>, device: &Device) -> Result<(), TrainError> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let missing: Vec<&String> = data.keys().filter(|k| !ws.contains_key(*k)).collect();
+    if !missing.is_empty() {
+        return Err(TrainError::Data(format!("checkpoint lacks weights: {missing:?}")));
+    }
+    for (k, v) in data.iter() {
+        let w = &ws[k];
+        v.set(&Tensor::from_slice(&w.data, w.shape.as_slice(), device)?)?;
+    }
+    Ok(())
+}
+
+/// Re-draws every weight from a seeded RNG: Kaiming-uniform-like for matrices and kernels
+/// (bound 1/sqrt(fan_in), as candle-nn does), zeros for biases.
+fn reinit_seeded(varmap: &VarMap, seed: u64) -> candle_core::Result<()> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for name in names {
+        let var = &data[name];
+        let dims = var.as_tensor().dims().to_vec();
+        let n: usize = dims.iter().product();
+        let values: Vec<f32> = if name.ends_with(".bias") || dims.len() < 2 {
+            if name.contains(".bn.") && name.ends_with("weight") {
+                vec![1.0; n]
+            } else {
+                vec![0.0; n]
+            }
+        } else {
+            // He-uniform: keeps ReLU activations at a steady scale.
+            let fan_in: usize = dims[1..].iter().product();
+            let bound = (6.0 / fan_in as f32).sqrt().min(1.0);
+            (0..n).map(|_| rng.gen_range(-bound..bound)).collect()
+        };
+        var.set(&Tensor::from_vec(values, dims.as_slice(), var.as_tensor().device())?)?;
+    }
+    Ok(())
+}
+
+/// Reconstructs the student of a checkpoint (for evaluation and tests).
+pub fn student_of(ck: &Checkpoint, device: &Device) -> Result<(Student, StudentConfig), TrainError> {
+    student_from_weights(ck, device)
+}
