@@ -1,4 +1,79 @@
+use anyhow::Result;
+use artifacts::device::DeviceChoice;
+use clap::Parser;
+use eval_tsne::{evaluate, EvalConfig};
+use std::path::PathBuf;
+
+/// Evaluate a trained student (or probe): top-1/top-3 accuracy, per-class precision,
+/// recall and F1, confusion matrix, t-SNE maps of student and teacher bottlenecks, a
+/// self-contained report.html, and a list of dirty-data suspects.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Checkpoint made by `train`.
+    #[arg(long, default_value = "data/artifacts/student-cosine.safetensors")]
+    checkpoint: PathBuf,
+    #[arg(long, default_value = "data/artifacts/faces.safetensors")]
+    faces: PathBuf,
+    /// Teacher bottlenecks (for the teacher's map and the suspects); skipped when missing.
+    #[arg(long, default_value = "data/artifacts/bottlenecks.safetensors")]
+    bottlenecks: PathBuf,
+    /// Output folder [default: eval-<mode> beside the checkpoint].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, default_value_t = 30.0)]
+    perplexity: f64,
+    /// Barnes-Hut accuracy (0 = exact, slower).
+    #[arg(long, default_value_t = 0.5)]
+    theta: f64,
+    /// Total t-SNE iterations (the first 250 with early exaggeration 12).
+    #[arg(long, default_value_t = 750)]
+    iters: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// TTF font for plot text.
+    #[arg(long, default_value = eval_tsne::plots::DEFAULT_FONT)]
+    font: PathBuf,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// Threads [default: all cores].
+    #[arg(long)]
+    jobs: Option<usize>,
+}
+
 fn main() -> std::process::ExitCode {
-    eprintln!("error: this stage is not implemented yet");
-    std::process::ExitCode::from(2)
+    artifacts::runtime::init();
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(j) = cli.jobs {
+        rayon::ThreadPoolBuilder::new().num_threads(j).build_global()?;
+    }
+    let out = cli.out.unwrap_or_else(|| eval_tsne::default_out(&cli.checkpoint));
+    let cfg = EvalConfig {
+        checkpoint: cli.checkpoint,
+        faces: cli.faces,
+        bottlenecks: Some(cli.bottlenecks),
+        out: out.clone(),
+        tsne: eval_tsne::tsne::TsneConfig { perplexity: cli.perplexity, theta: cli.theta, iters: cli.iters, seed: cli.seed, ..Default::default() },
+        font: cli.font,
+        device: cli.device,
+        ..Default::default()
+    };
+    let r = evaluate(&cfg)?;
+    let fmt = |m: &Option<eval_tsne::metrics::Metrics>| m.as_ref().map(|m| format!("top-1 {:.4} top-3 {:.4} macro-F1 {:.4} (n={})", m.top1, m.top3, m.macro_f1, m.n)).unwrap_or_else(|| "n/a".into());
+    println!("{} test: {}", r.mode, fmt(&r.test));
+    println!("{} val:  {}", r.mode, fmt(&r.val));
+    println!("t-SNE KL: student {:.4}{}", r.tsne_kl_student, r.tsne_kl_teacher.map(|k| format!(", teacher {k:.4}")).unwrap_or_default());
+    println!("dirty-data suspects: {}", r.suspects.len());
+    println!("report: {}", out.join("report.html").display());
+    Ok(())
 }
