@@ -136,3 +136,17 @@ impl Provenance {
         self
     }
 }
+
+/// True when `output` exists, is a `schema` artifact, and was made with exactly this
+/// config from inputs with exactly these digests: the stage can be skipped.
+pub fn up_to_date(
+    output: &std::path::Path,
+    schema: &str,
+    config: &serde_json::Value,
+    inputs: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    match read_header(output) {
+        Ok(h) => h.schema == schema && &h.provenance.config == config && &h.provenance.inputs == inputs,
+        Err(_) => false,
+    }
+}

@@ -119,14 +119,8 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
     let student_map = tsne::tsne(&pred.embeddings, n, pred.dim, &cfg.tsne);
     let teacher_map = teacher.as_ref().map(|b| tsne::tsne(&b.features, n, b.dim, &cfg.tsne));
     let flat = |m: &tsne::TsneResult| m.embedding.iter().flat_map(|p| [p[0] as f32, p[1] as f32]).collect::<Vec<f32>>();
-    let mut provenance = Provenance::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"), serde_json::to_value(cfg).expect("plain"))
-        .with_input("faces", faces_digest.clone())
-        .with_input("checkpoint", artifacts::digest_file(&cfg.checkpoint)?);
-    if let Some(p) = &cfg.bottlenecks {
-        if teacher.is_some() {
-            provenance = provenance.with_input("bottlenecks", artifacts::digest_file(p)?);
-        }
-    }
+    let mut provenance = Provenance::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"), serde_json::to_value(cfg).expect("plain"));
+    provenance.inputs = provenance_inputs(cfg).ok_or_else(|| EvalError::Data("inputs changed during the evaluation".into()))?;
     let emb = Embeddings {
         dim: pred.dim,
         features: pred.embeddings.clone(),
@@ -231,6 +225,24 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
     };
     report::write(&cfg.out.join("report.html"), &page).map_err(EvalError::Plot)?;
     Ok(report)
+}
+
+/// The inputs an evaluation records; `None` when one cannot be read.
+fn provenance_inputs(cfg: &EvalConfig) -> Option<std::collections::BTreeMap<String, String>> {
+    let mut m = std::collections::BTreeMap::new();
+    m.insert("faces".to_string(), artifacts::digest_file(&cfg.faces).ok()?);
+    m.insert("checkpoint".to_string(), artifacts::digest_file(&cfg.checkpoint).ok()?);
+    if let Some(p) = cfg.bottlenecks.as_ref().filter(|p| p.exists()) {
+        m.insert("bottlenecks".to_string(), artifacts::digest_file(p).ok()?);
+    }
+    Some(m)
+}
+
+/// True when `cfg.out` holds an evaluation of exactly these inputs and settings.
+pub fn up_to_date(cfg: &EvalConfig) -> bool {
+    let Some(inputs) = provenance_inputs(cfg) else { return false };
+    cfg.out.join("report.html").exists()
+        && artifacts::up_to_date(&cfg.out.join("embeddings.safetensors"), artifacts::EMBEDDINGS_SCHEMA, &serde_json::to_value(cfg).expect("plain"), &inputs)
 }
 
 fn sanitize(s: &str) -> String {

@@ -37,6 +37,9 @@ struct Cli {
     /// auto, cpu or cuda.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
+    /// Do nothing when the evaluation was made with the same settings from the same inputs.
+    #[arg(long)]
+    skip_if_fresh: bool,
     /// Threads [default: all cores].
     #[arg(long)]
     jobs: Option<usize>,
@@ -68,6 +71,10 @@ fn run(cli: Cli) -> Result<()> {
         device: cli.device,
         ..Default::default()
     };
+    if cli.skip_if_fresh && eval_tsne::up_to_date(&cfg) {
+        println!("eval-tsne: up to date, skipped ({})", out.display());
+        return Ok(());
+    }
     let r = evaluate(&cfg)?;
     let fmt = |m: &Option<eval_tsne::metrics::Metrics>| m.as_ref().map(|m| format!("top-1 {:.4} top-3 {:.4} macro-F1 {:.4} (n={})", m.top1, m.top3, m.macro_f1, m.n)).unwrap_or_else(|| "n/a".into());
     println!("{} test: {}", r.mode, fmt(&r.test));

@@ -177,6 +177,15 @@ fn faces_provenance(faces_path: &Path, cfg: &ExtractConfig) -> Result<(String, P
     Ok((faces_digest, prov))
 }
 
+/// The inputs an extraction records (faces digest, teacher identity), for up-to-date checks.
+pub fn provenance_inputs(faces_path: &Path, cfg: &ExtractConfig) -> Result<std::collections::BTreeMap<String, String>, Error> {
+    let resolved = teacher::resolve(&cfg.teacher, &cfg.revision, Preprocessing::default())?;
+    let mut m = std::collections::BTreeMap::new();
+    m.insert("faces".to_string(), artifacts::digest_file(faces_path)?);
+    m.insert("teacher".to_string(), resolved.identity);
+    Ok(m)
+}
+
 /// Runs the teacher over every face of `faces_path` and writes `out_path`.
 pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Result<Summary, Error> {
     if cfg.batch == 0 {

@@ -59,6 +59,9 @@ struct Cli {
     /// After extracting, also write the bottlenecks in retrain.py's text format.
     #[arg(long, value_name = "DIR")]
     export_retrain: Option<PathBuf>,
+    /// Do nothing when the output was made with the same settings from the same faces and teacher.
+    #[arg(long)]
+    skip_if_fresh: bool,
     /// Worker threads for image preparation (default: all cores).
     #[arg(long)]
     jobs: Option<usize>,
@@ -97,6 +100,13 @@ fn run(cli: Cli) -> Result<()> {
         interpolation: cli.interpolation,
         cache_dir: (!cli.no_cache).then_some(cli.cache_dir),
     };
+    if cli.skip_if_fresh && cli.import_retrain.is_none() {
+        let inputs = inception_bottleneck::extract::provenance_inputs(&cli.faces, &cfg)?;
+        if artifacts::up_to_date(&cli.output, artifacts::BOTTLENECKS_SCHEMA, &serde_json::to_value(&cfg)?, &inputs) {
+            println!("inception-bottleneck: up to date, skipped ({})", cli.output.display());
+            return Ok(());
+        }
+    }
     let summary = match &cli.import_retrain {
         Some(dir) => inception_bottleneck::extract::import_retrain(&cli.faces, dir, &cli.output, &cfg)?,
         None => extract(&cli.faces, &cli.output, &cfg)?,

@@ -68,6 +68,9 @@ struct Cli {
     /// Skip the second landmark pass from the refitted box.
     #[arg(long)]
     no_refine: bool,
+    /// Do nothing when the output was made with the same settings from the same photos.
+    #[arg(long)]
+    skip_if_fresh: bool,
     /// Output format for the summary.
     #[arg(long, value_enum, default_value = "text")]
     summary: SummaryFormat,
@@ -118,6 +121,13 @@ fn run(cli: Cli) -> Result<()> {
     };
     if !(0.0..=100.0).contains(&(cfg.fractions.val + cfg.fractions.test)) || cfg.fractions.val < 0.0 || cfg.fractions.test < 0.0 {
         anyhow::bail!("--val-percent and --test-percent must be >= 0 and add up to at most 100");
+    }
+    if cli.skip_if_fresh {
+        let inputs = preprocess::pipeline::provenance_inputs(&cli.input, &cfg)?;
+        if artifacts::up_to_date(&cli.output, artifacts::FACES_SCHEMA, &serde_json::to_value(&cfg)?, &inputs) {
+            println!("preprocess: up to date, skipped ({})", cli.output.display());
+            return Ok(());
+        }
     }
     let pool = rayon::ThreadPoolBuilder::new().num_threads(cli.jobs.unwrap_or(0)).build()?;
     let s = pool.install(|| preprocess::run(&cli.input, &cli.output, &cfg))?;

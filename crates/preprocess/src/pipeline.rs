@@ -328,6 +328,48 @@ pub fn side_file(output: &Path, name: &str) -> PathBuf {
     }
 }
 
+/// Digest of an input folder's listing (relative paths, sizes, modification times):
+/// cheap, and changes whenever a photo is added, removed or replaced.
+pub fn tree_digest(root: &Path) -> String {
+    let mut entries = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    let mut seen = 0usize;
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            seen += 1;
+            if seen > 2_000_000 {
+                break;
+            }
+            let p = e.path();
+            let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+            let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().into_owned();
+            if m.is_dir() && p.parent() == Some(root) {
+                stack.push(p);
+            } else {
+                let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+                entries.push(format!("{rel}\t{}\t{mtime}", m.len()));
+            }
+        }
+    }
+    entries.sort();
+    artifacts::digest_bytes(entries.join("\n").as_bytes())
+}
+
+/// What a run's artifact records as its inputs (used for up-to-date checks).
+pub fn provenance_inputs(input: &Path, cfg: &PreprocessConfig) -> Result<BTreeMap<String, String>, PreprocessError> {
+    let mut m = BTreeMap::new();
+    m.insert("input".to_string(), tree_digest(input));
+    if let Some(p) = &cfg.split_file {
+        m.insert("split_file".to_string(), artifacts::digest_file(p)?);
+    }
+    if cfg.mode != Mode::AsIs {
+        let len = std::fs::metadata(&cfg.landmarks).map(|m| m.len()).unwrap_or(0);
+        m.insert("landmarks".to_string(), format!("{}:{len}", cfg.landmarks.display()));
+    }
+    Ok(m)
+}
+
 /// Loads the landmark model when the mode needs it.
 /// In `--as-is` mode it is only needed to measure alignment quality, so a missing model
 /// there is a warning, not an error.
@@ -446,9 +488,9 @@ pub fn run(input: &Path, output: &Path, cfg: &PreprocessConfig) -> Result<RunSum
             env!("CARGO_PKG_NAME"),
             env!("CARGO_PKG_VERSION"),
             serde_json::to_value(cfg).expect("plain config"),
-        )
-        .with_input("input", input.display().to_string()),
+        ),
     };
+    faces.provenance.inputs = provenance_inputs(input, cfg)?;
     let mut geometry = FaceGeometry { boxes: Vec::new(), landmarks: Vec::new(), transforms: Vec::new() };
     let mut per_class: BTreeMap<String, usize> = BTreeMap::new();
     let mut multiple = 0;
@@ -464,9 +506,6 @@ pub fn run(input: &Path, output: &Path, cfg: &PreprocessConfig) -> Result<RunSum
         multiple += usize::from(p.faces_found > 1);
     }
     faces.geometry = Some(geometry);
-    if let Some(p) = &cfg.split_file {
-        faces.provenance.inputs.insert("split_file".into(), artifacts::digest_file(p)?);
-    }
     faces.write(output)?;
     let rejects_file = write_rejects(output, &rejects)?;
     let montage_file = side_file(output, "montage.png");

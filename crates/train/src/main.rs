@@ -81,6 +81,9 @@ struct Cli {
     /// looking at the test split).
     #[arg(long, default_value = "all", value_parser = ["all", "train"])]
     cv_scope: String,
+    /// Do nothing when the checkpoint was made with the same settings from the same inputs.
+    #[arg(long)]
+    skip_if_fresh: bool,
     /// Threads for the CPU backend [default: all cores].
     #[arg(long)]
     jobs: Option<usize>,
@@ -127,6 +130,18 @@ fn run(cli: Cli) -> Result<()> {
         device: cli.device,
         ..Default::default()
     };
+    let output = cli.output.clone().unwrap_or_else(|| PathBuf::from(format!("data/artifacts/student-{}.safetensors", mode.name())));
+    if cli.skip_if_fresh && cli.cv.is_none() {
+        let mut inputs = std::collections::BTreeMap::new();
+        inputs.insert("faces".to_string(), artifacts::digest_file(&cli.faces)?);
+        if mode.needs_teacher() {
+            inputs.insert("bottlenecks".to_string(), artifacts::digest_file(&cli.bottlenecks)?);
+        }
+        if artifacts::up_to_date(&output, artifacts::CHECKPOINT_SCHEMA, &serde_json::to_value(&cfg)?, &inputs) {
+            println!("train {}: up to date, skipped ({})", mode.name(), output.display());
+            return Ok(());
+        }
+    }
     let data = Dataset::load(&cli.faces, mode.needs_teacher().then_some(cli.bottlenecks.as_path()))?;
     if let Some(k) = cli.cv {
         let pool: Vec<usize> = if cli.cv_scope == "train" {
@@ -143,11 +158,12 @@ fn run(cli: Cli) -> Result<()> {
         );
         return Ok(());
     }
-    let output = cli.output.unwrap_or_else(|| PathBuf::from(format!("data/artifacts/student-{}.safetensors", mode.name())));
     let mut files = RunFiles::beside(&output);
     files.resume = cli.resume;
     let part = train::stored_partition(&data);
     let out = train::train(&data, &cfg, &part, &files)?;
+    let summary = output.with_extension("summary.json");
+    artifacts::write_atomic(&summary, serde_json::to_string_pretty(&out)?.as_bytes())?;
     println!(
         "{}: test accuracy {} val accuracy {} ({} train / {} val / {} test images), {:.1}s, {:.0} samples/s on {} -> {}",
         mode.name(),
