@@ -1,1 +1,57 @@
-fn main() {}
+//! `cargo xtask <command>`: the whole study in one command, CI, benchmarks, CUDA build check.
+
+mod bench;
+mod cuda;
+mod deps;
+mod pipeline;
+mod util;
+
+use anyhow::{bail, Result};
+
+const HELP: &str = "\
+cargo xtask <command> [options]
+
+commands:
+  pipeline     preprocess -> inception-bottleneck -> train (all modes) -> eval-tsne, cached
+               --data DIR (data/raw)  --out DIR (data/artifacts)
+               --teacher REPO|DIR (timm/inception_v3.tv_in1k)  --teacher-layer NAME (pool)
+               --modes base,two-step,cosine,probe  --device auto|cpu|cuda  --seed N (42)
+               --config pipeline.toml  --features cuda  --install-deps
+  ci           fmt, clippy, tests (with ../shared: including ignored ones), and a pipeline
+               run on ../shared/data/msceleb-samples with the offline stand-in teacher
+  bench [preprocess|bottleneck|train|tsne|all]
+               throughput benchmarks (release, 2 threads), JSON in target/bench/
+  check-cuda   build the workspace with --features cuda (nvcc from PATH/CUDA_HOME, or
+               PyPI's CUDA 13.0 wheels); CUDA_TARGET_DIR sets the persistent target dir
+";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match run(&args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            e.downcast_ref::<util::Exit>().map(|x| x.0).unwrap_or(1)
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let Some((cmd, rest)) = args.split_first() else {
+        print!("{HELP}");
+        return Ok(());
+    };
+    util::cd_workspace_root()?;
+    match cmd.as_str() {
+        "pipeline" => pipeline::run(&pipeline::Options::parse(rest)?).map(|_| ()),
+        "ci" => pipeline::ci(rest),
+        "bench" => bench::run(rest),
+        "check-cuda" => cuda::check(rest),
+        "-h" | "--help" | "help" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        other => bail!("unknown command `{other}`\n\n{HELP}"),
+    }
+}

@@ -1,0 +1,43 @@
+//! t-SNE wall time and KL on synthetic clustered 2048-d data.
+//! `cargo run --release -p eval-tsne --example bench -- N [DUMP.f32]` prints JSON; with
+//! DUMP the data is also written as raw little-endian f32 for a Python peer.
+
+use eval_tsne::tsne::{tsne, TsneConfig};
+
+/// Clustered data: 20 gaussian blobs in 2048-d with per-blob scales (seeded).
+pub fn data(n: usize, d: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    let mut unif = move || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((s >> 11) as f64 / (1u64 << 53) as f64).max(1e-300)
+    };
+    let mut gauss = move || {
+        let (a, b) = (unif(), unif());
+        ((-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()) as f32
+    };
+    let centres: Vec<f32> = (0..20 * d).map(|_| gauss() * 3.0).collect();
+    let mut x = Vec::with_capacity(n * d);
+    for i in 0..n {
+        let c = i % 20;
+        let scale = 1.0 + (c % 4) as f32 * 0.5;
+        for k in 0..d {
+            x.push(centres[c * d + k] + gauss() * scale);
+        }
+    }
+    x
+}
+
+fn main() -> anyhow::Result<()> {
+    artifacts::runtime::init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n: usize = args.first().map(|s| s.parse()).transpose()?.unwrap_or(1000);
+    let d = 2048;
+    let x = data(n, d, 7);
+    if let Some(path) = args.get(1) {
+        let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(path, bytes)?;
+    }
+    let r = tsne(&x, n, d, &TsneConfig::default());
+    println!("{}", serde_json::json!({"n": n, "dim": d, "seconds": r.seconds, "knn_seconds": r.knn_seconds, "kl": r.kl}));
+    Ok(())
+}

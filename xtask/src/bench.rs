@@ -1,0 +1,170 @@
+//! `cargo xtask bench [preprocess|bottleneck|train|tsne|all]`: release builds, 2 threads,
+//! one table, JSON in `target/bench/`. Python peers (torchvision, PyTorch, openTSNE) run in
+//! the same invocation on the same data when they are importable.
+
+use crate::util::{cargo, python_has, run_capture, shared_dir};
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::Command;
+
+const THREADS: &str = "2";
+
+fn example(pkg: &str, args: &[String]) -> Result<Vec<Value>> {
+    let mut cmd = cargo();
+    cmd.args(["run", "--release", "-q", "-p", pkg, "--example", "bench", "--"]).args(args).env("RAYON_NUM_THREADS", THREADS);
+    let out = run_capture(&mut cmd)?;
+    out.lines().filter(|l| l.starts_with('{')).map(|l| Ok(serde_json::from_str(l)?)).collect()
+}
+
+fn python(script: &str, args: &[String]) -> Result<Vec<Value>> {
+    let out = run_capture(
+        Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .env("OMP_NUM_THREADS", THREADS)
+            .env("MKL_NUM_THREADS", THREADS),
+    )?;
+    out.lines().filter(|l| l.starts_with('{')).map(|l| Ok(serde_json::from_str(l)?)).collect()
+}
+
+const TORCH_INCEPTION: &str = r#"
+import sys, time, json, torch, torchvision
+from safetensors.torch import load_file
+torch.set_num_threads(2)
+m = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1000)
+sd = {k: v.float() for k, v in load_file(sys.argv[1]).items() if not k.startswith('AuxLogits')}
+m.load_state_dict(sd, strict=False); m.fc = torch.nn.Identity(); m.eval()
+for b in map(int, sys.argv[2:]):
+    x = torch.randn(b, 3, 299, 299)
+    with torch.no_grad():
+        m(x); reps = max(2, min(16, 64 // b)); t = time.time()
+        for _ in range(reps): m(x)
+    s = time.time() - t
+    print(json.dumps({"batch": b, "images_per_second": b * reps / s}))
+"#;
+
+const TORCH_TRAIN: &str = r#"
+import sys, time, json, torch
+torch.set_num_threads(2)
+class S(torch.nn.Module):
+    def __init__(s):
+        super().__init__()
+        s.c = torch.nn.Sequential(torch.nn.ZeroPad2d((1,1,1,1)), torch.nn.Conv2d(3,32,4,2,bias=False), torch.nn.ReLU(),
+            torch.nn.ZeroPad2d((1,2,1,2)), torch.nn.Conv2d(32,32,4,2,bias=False), torch.nn.ReLU(), torch.nn.Conv2d(32,8,2,2,bias=False), torch.nn.ReLU())
+        s.f = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2888,100), torch.nn.ReLU(), torch.nn.Dropout(0.25), torch.nn.Linear(100,100), torch.nn.ReLU())
+        s.b = torch.nn.Linear(100, 2048); s.o = torch.nn.Linear(2048, 14)
+    def forward(s, x):
+        h = s.f(s.c(x)); b = s.b(h); return s.o(torch.relu(b)), b
+m = S(); opt = torch.optim.AdamW(m.parameters(), 1e-3, weight_decay=1e-4)
+n = 640; X = torch.randn(n, 3, 150, 150); Y = torch.randint(0, 14, (n,)); T = torch.rand(n, 2048)
+for b in map(int, sys.argv[1:]):
+    t = time.time(); seen = 0
+    for ep in range(2):
+        for i in range(0, n, b):
+            x, y, tt = X[i:i+b], Y[i:i+b], T[i:i+b]
+            logits, bn = m(x)
+            loss = torch.nn.functional.cross_entropy(logits, y) + 0.1 * (1 - torch.nn.functional.cosine_similarity(bn, tt)).mean()
+            opt.zero_grad(); loss.backward(); opt.step(); seen += len(x)
+    print(json.dumps({"batch": b, "samples_per_second": seen / (time.time() - t)}))
+"#;
+
+const OPENTSNE: &str = r#"
+import sys, time, json, numpy as np
+from openTSNE import TSNE
+n = int(sys.argv[2]); x = np.fromfile(sys.argv[1], dtype=np.float32).reshape(n, 2048)
+t = time.time(); e = TSNE(n_jobs=2, random_state=42).fit(x)
+print(json.dumps({"n": n, "seconds": time.time() - t, "kl": float(e.kl_divergence)}))
+"#;
+
+fn ratio(ours: f64, peer: f64) -> String {
+    format!("{:.2}x", ours / peer)
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let what = args.first().map(String::as_str).unwrap_or("all");
+    let all = what == "all";
+    if !["preprocess", "bottleneck", "train", "tsne", "all"].contains(&what) {
+        bail!("bench what? preprocess, bottleneck, train, tsne or all");
+    }
+    let dir = PathBuf::from("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let mut table: Vec<(String, String, String, String)> = Vec::new();
+    let mut results = json!({});
+    if all || what == "preprocess" {
+        let shared = shared_dir().context("bench preprocess needs ../shared/data/msceleb-samples")?;
+        let mut build = cargo();
+        run_capture(build.args(["build", "--release", "-q", "-p", "preprocess"]))?;
+        let out = run_capture(
+            Command::new("target/release/preprocess")
+                .args(["--jobs", THREADS, "--summary", "json", "--input"])
+                .arg(shared.join("data/msceleb-samples"))
+                .arg("--output")
+                .arg(dir.join("faces.safetensors")),
+        )?;
+        let v: Value = serde_json::from_str(&out)?;
+        table.push(("preprocess (msceleb, 1375 photos)".into(), format!("{:.1} images/s", v["images_per_second"].as_f64().unwrap_or(0.0)), format!("{:.1} s total", v["seconds"].as_f64().unwrap_or(0.0)), "-".into()));
+        results["preprocess"] = v;
+    }
+    if all || what == "bottleneck" {
+        let weights = shared_dir()
+            .map(|s| s.join("models/inception-v3-nsfwjs/model.safetensors"))
+            .filter(|p| p.exists())
+            .context("bench bottleneck needs ../shared/models/inception-v3-nsfwjs")?;
+        let batches: Vec<String> = ["1", "8", "32"].iter().map(|s| s.to_string()).collect();
+        let mut a = vec![weights.display().to_string()];
+        a.extend(batches.clone());
+        let ours = example("inception-bottleneck", &a)?;
+        let peer = if python_has("torch, torchvision, safetensors") { Some(python(TORCH_INCEPTION, &a)?) } else { None };
+        for (i, r) in ours.iter().enumerate() {
+            let o = r["images_per_second"].as_f64().unwrap_or(0.0);
+            let p = peer.as_ref().and_then(|p| p.get(i)).and_then(|p| p["images_per_second"].as_f64());
+            table.push((format!("inception-v3 batch {}", r["batch"]), format!("{o:.2} images/s"), p.map(|p| format!("torch {p:.2}")).unwrap_or_else(|| "torch not importable".into()), p.map(|p| ratio(o, p)).unwrap_or_else(|| "-".into())));
+        }
+        results["bottleneck"] = json!({"candle": ours, "torch": peer});
+    }
+    if all || what == "train" {
+        let a: Vec<String> = vec!["20".into(), "64".into()];
+        let ours = example("train", &a)?;
+        let peer = if python_has("torch") { Some(python(TORCH_TRAIN, &a)?) } else { None };
+        for (i, r) in ours.iter().enumerate() {
+            let o = r["samples_per_second"].as_f64().unwrap_or(0.0);
+            let p = peer.as_ref().and_then(|p| p.get(i)).and_then(|p| p["samples_per_second"].as_f64());
+            table.push((format!("student training batch {}", r["batch"]), format!("{o:.1} samples/s"), p.map(|p| format!("torch {p:.1}")).unwrap_or_else(|| "torch not importable".into()), p.map(|p| ratio(o, p)).unwrap_or_else(|| "-".into())));
+        }
+        results["train"] = json!({"candle": ours, "torch": peer});
+    }
+    if all || what == "tsne" {
+        let mut rows = Vec::new();
+        for n in [1000usize, 5000] {
+            let dump = dir.join(format!("tsne-{n}.f32"));
+            let ours = example("eval-tsne", &[n.to_string(), dump.display().to_string()])?;
+            let o = ours.first().cloned().unwrap_or(Value::Null);
+            let peer = if python_has("openTSNE, numpy") { python(OPENTSNE, &[dump.display().to_string(), n.to_string()])?.first().cloned() } else { None };
+            let (os, ok) = (o["seconds"].as_f64().unwrap_or(0.0), o["kl"].as_f64().unwrap_or(0.0));
+            let ps = peer.as_ref().and_then(|p| p["seconds"].as_f64());
+            let pk = peer.as_ref().and_then(|p| p["kl"].as_f64());
+            table.push((
+                format!("t-SNE N={n} (2048-d)"),
+                format!("{os:.1} s, KL {ok:.3}"),
+                match (ps, pk) {
+                    (Some(s), Some(k)) => format!("openTSNE {s:.1} s, KL {k:.3}"),
+                    _ => "openTSNE not importable".into(),
+                },
+                ps.map(|s| format!("{:.2}x faster", s / os.max(1e-9))).unwrap_or_else(|| "-".into()),
+            ));
+            let _ = std::fs::remove_file(&dump);
+            rows.push(json!({"ours": o, "opentsne": peer}));
+        }
+        results["tsne"] = json!(rows);
+    }
+    println!("\n{:<36} {:<26} {:<28} {}", "benchmark", "celeb-transfer", "peer (same run)", "ratio");
+    for (a, b, c, d) in &table {
+        println!("{a:<36} {b:<26} {c:<28} {d}");
+    }
+    let path = dir.join(format!("{what}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
+    println!("\nresults: {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,346 @@
+//! `cargo xtask pipeline`: every stage in order, skipping the ones that are up to date
+//! (each stage decides that itself from the config and input digests in its output's
+//! metadata), then one comparison table.
+
+use crate::util::{self, cargo, flag_value, has_flag, run as sh, run_capture, shared_dir, Exit};
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const MODES: &[&str] = &["base", "two-step", "cosine", "probe"];
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub teacher: String,
+    pub teacher_layer: String,
+    pub modes: Vec<String>,
+    pub device: String,
+    pub seed: u64,
+    pub config: Option<PathBuf>,
+    pub cuda: bool,
+    pub install_deps: bool,
+}
+
+impl Options {
+    pub fn parse(args: &[String]) -> Result<Options> {
+        let known = ["--data", "--out", "--teacher", "--teacher-layer", "--modes", "--device", "--seed", "--config", "--features"];
+        let mut i = 0;
+        while i < args.len() {
+            let a = args[i].as_str();
+            if known.contains(&a) {
+                i += 2;
+            } else if a == "--install-deps" {
+                i += 1;
+            } else {
+                bail!("unknown option `{a}` for pipeline (see `cargo xtask --help`)");
+            }
+        }
+        let modes: Vec<String> = flag_value(args, "--modes")
+            .map(|m| m.split(',').map(|s| s.trim().to_string()).collect())
+            .unwrap_or_else(|| MODES.iter().map(|s| s.to_string()).collect());
+        if let Some(bad) = modes.iter().find(|m| !MODES.contains(&m.as_str())) {
+            bail!("unknown mode `{bad}` (base, two-step, cosine, probe)");
+        }
+        let features = flag_value(args, "--features").unwrap_or_default();
+        if !features.is_empty() && features != "cuda" {
+            bail!("--features: only `cuda` is known");
+        }
+        let config = flag_value(args, "--config").map(PathBuf::from).or_else(|| Some(PathBuf::from("pipeline.toml")).filter(|p| p.exists()));
+        Ok(Options {
+            data: flag_value(args, "--data").unwrap_or_else(|| "data/raw".into()).into(),
+            out: flag_value(args, "--out").unwrap_or_else(|| "data/artifacts".into()).into(),
+            teacher: flag_value(args, "--teacher").unwrap_or_else(|| "timm/inception_v3.tv_in1k".into()),
+            teacher_layer: flag_value(args, "--teacher-layer").unwrap_or_else(|| "pool".into()),
+            modes,
+            device: flag_value(args, "--device").unwrap_or_else(|| "auto".into()),
+            seed: flag_value(args, "--seed").map(|s| s.parse()).transpose().context("--seed")?.unwrap_or(42),
+            config,
+            cuda: features == "cuda",
+            install_deps: has_flag(args, "--install-deps"),
+        })
+    }
+}
+
+/// Extra per-stage arguments from `pipeline.toml`: `[preprocess] args = [...]`, and the
+/// same for `bottleneck`, `train` and `eval` (a flag there is the stage's own CLI flag,
+/// so there is one definition of each setting: the stage's).
+fn extra_args(config: &Option<PathBuf>, stage: &str) -> Result<Vec<String>> {
+    let Some(path) = config else { return Ok(vec![]) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let doc: toml::Table = text.parse().with_context(|| format!("{}: not valid TOML", path.display()))?;
+    let Some(section) = doc.get(stage) else { return Ok(vec![]) };
+    let args = section.get("args").and_then(|a| a.as_array()).cloned().unwrap_or_default();
+    args.iter()
+        .map(|v| match v {
+            toml::Value::String(s) => Ok(s.clone()),
+            other => Ok(other.to_string()),
+        })
+        .collect()
+}
+
+fn bin(name: &str) -> PathBuf {
+    PathBuf::from("target/release").join(name)
+}
+
+/// A stage run: its stdout says whether it was skipped.
+fn stage(name: &str, cmd: &mut Command, skipped: &mut Vec<String>, ran: &mut Vec<String>) -> Result<f64> {
+    let t = std::time::Instant::now();
+    let out = run_capture(cmd).with_context(|| format!("stage {name}"))?;
+    if out.contains("up to date, skipped") {
+        skipped.push(name.to_string());
+    } else {
+        ran.push(name.to_string());
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+pub fn run(o: &Options) -> Result<Value> {
+    let start = std::time::Instant::now();
+    crate::deps::ensure(o.install_deps)?;
+    if !o.data.is_dir() {
+        eprintln!(
+            "no photos at {}: put one folder of photos per person there (<folder>/<person>/<photo>.jpg), or pass --data DIR{}",
+            o.data.display(),
+            if shared_dir().is_some() { " (e.g. --data ../shared/data/msceleb-samples)" } else { "" }
+        );
+        eprintln!("(a public benchmark that fits: Labeled Faces in the Wild, people with at least 20 photos, one folder each)");
+        return Err(Exit(2).into());
+    }
+    // Build the stage binaries (incremental after the first time).
+    let mut build = cargo();
+    build.args(["build", "--release", "-p", "preprocess", "-p", "inception-bottleneck", "-p", "train", "-p", "eval-tsne"]);
+    if o.cuda {
+        build.args(["--features", "preprocess/cuda,inception-bottleneck/cuda,train/cuda,eval-tsne/cuda"]);
+    }
+    sh(&mut build)?;
+    std::fs::create_dir_all(&o.out)?;
+    let out = |f: &str| o.out.join(f);
+    let (mut skipped, mut ran) = (vec![], vec![]);
+    let faces = out("faces.safetensors");
+    let bottlenecks = out("bottlenecks.safetensors");
+    let seed = o.seed.to_string();
+
+    stage(
+        "preprocess",
+        Command::new(bin("preprocess"))
+            .args(["--skip-if-fresh", "--input"])
+            .arg(&o.data)
+            .arg("--output")
+            .arg(&faces)
+            .args(extra_args(&o.config, "preprocess")?),
+        &mut skipped,
+        &mut ran,
+    )?;
+    let needs_teacher = o.modes.iter().any(|m| m != "base");
+    if needs_teacher {
+        stage(
+            "inception-bottleneck",
+            Command::new(bin("inception-bottleneck"))
+                .args(["--skip-if-fresh", "--faces"])
+                .arg(&faces)
+                .arg("--output")
+                .arg(&bottlenecks)
+                .args(["--teacher", &o.teacher, "--layer", &o.teacher_layer, "--device", &o.device, "--cache-dir"])
+                .arg(out("bottleneck-cache"))
+                .args(extra_args(&o.config, "bottleneck")?),
+            &mut skipped,
+            &mut ran,
+        )?;
+    }
+    let mut rows = Vec::new();
+    for mode in &o.modes {
+        let ck = out(&format!("student-{mode}.safetensors"));
+        stage(
+            &format!("train {mode}"),
+            Command::new(bin("train"))
+                .args([format!("--{mode}").as_str(), "--skip-if-fresh", "--seed", &seed, "--device", &o.device, "--faces"])
+                .arg(&faces)
+                .arg("--bottlenecks")
+                .arg(&bottlenecks)
+                .arg("--output")
+                .arg(&ck)
+                .args(extra_args(&o.config, "train")?),
+            &mut skipped,
+            &mut ran,
+        )?;
+        let eval_dir = out(&format!("eval-{mode}"));
+        stage(
+            &format!("eval {mode}"),
+            Command::new(bin("eval-tsne"))
+                .args(["--skip-if-fresh", "--seed", &seed, "--device", &o.device, "--checkpoint"])
+                .arg(&ck)
+                .arg("--faces")
+                .arg(&faces)
+                .arg("--bottlenecks")
+                .arg(&bottlenecks)
+                .arg("--out")
+                .arg(&eval_dir)
+                .args(extra_args(&o.config, "eval")?),
+            &mut skipped,
+            &mut ran,
+        )?;
+        let report: Value = read_json(&eval_dir.join("report.json"))?;
+        let summary: Value = read_json(&ck.with_extension("summary.json")).unwrap_or(Value::Null);
+        rows.push(json!({
+            "mode": mode,
+            "test_top1": report["test"]["top1"],
+            "test_macro_f1": report["test"]["macro_f1"],
+            "test_n": report["test"]["n"],
+            "train_seconds": summary["seconds"],
+            "samples_per_second": summary["samples_per_second"],
+            "device": summary["device"],
+            "suspects": report["suspects"].as_array().map(|a| a.len()),
+            "report": eval_dir.join("report.html").display().to_string(),
+        }));
+    }
+    let faces_meta = read_header(&faces)?;
+    let classes = faces_meta["extra"]["class_names"].as_array().map(|a| a.len()).unwrap_or(0);
+    let summary = json!({
+        "data": o.data.display().to_string(),
+        "teacher": o.teacher,
+        "teacher_layer": o.teacher_layer,
+        "classes": classes,
+        "modes": rows,
+        "stages_run": ran,
+        "stages_skipped": skipped,
+        "seconds": start.elapsed().as_secs_f64(),
+    });
+    write_file(&out("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    write_file(&out("index.html"), index_html(&summary).as_bytes())?;
+    println!("\n{:<10} {:>10} {:>14} {:>12} {:>10}", "mode", "test acc", "test macro-F1", "train (s)", "suspects");
+    for r in summary["modes"].as_array().expect("array") {
+        println!(
+            "{:<10} {:>10} {:>14} {:>12} {:>10}",
+            r["mode"].as_str().unwrap_or(""),
+            fmt(&r["test_top1"], 4),
+            fmt(&r["test_macro_f1"], 4),
+            fmt(&r["train_seconds"], 1),
+            r["suspects"]
+        );
+    }
+    println!(
+        "\nran: {}; skipped (up to date): {}; {:.1}s; summary: {}; index: {}",
+        if ran.is_empty() { "none".to_string() } else { ran.join(", ") },
+        if skipped.is_empty() { "none".to_string() } else { skipped.join(", ") },
+        start.elapsed().as_secs_f64(),
+        out("summary.json").display(),
+        out("index.html").display()
+    );
+    Ok(summary)
+}
+
+fn fmt(v: &Value, digits: usize) -> String {
+    v.as_f64().map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "-".into())
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// The celeb-transfer header of a safetensors artifact, without loading tensors.
+pub fn read_header(path: &Path) -> Result<Value> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)?;
+    let mut buf = vec![0u8; u64::from_le_bytes(len) as usize];
+    f.read_exact(&mut buf)?;
+    let doc: Value = serde_json::from_slice(&buf)?;
+    let meta = doc["__metadata__"]["celeb_transfer"].as_str().context("not a celeb-transfer artifact")?;
+    Ok(serde_json::from_str(meta)?)
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn index_html(s: &Value) -> String {
+    let mut h = String::from("<!doctype html><html><head><meta charset=\"utf-8\"><title>celeb-transfer results</title><style>body{font-family:sans-serif;max-width:1000px;margin:1em auto}td,th{border:1px solid #ccc;padding:3px 10px}table{border-collapse:collapse}</style></head><body><h1>celeb-transfer results</h1>");
+    h.push_str(&format!(
+        "<p>data: {} ({} classes); teacher: {} (layer {})</p><table><tr><th>mode</th><th>test accuracy</th><th>test macro-F1</th><th>training time (s)</th><th>report</th></tr>",
+        s["data"].as_str().unwrap_or(""),
+        s["classes"],
+        s["teacher"].as_str().unwrap_or(""),
+        s["teacher_layer"].as_str().unwrap_or("")
+    ));
+    for r in s["modes"].as_array().into_iter().flatten() {
+        let report = r["report"].as_str().unwrap_or("");
+        let rel = Path::new(report).strip_prefix(Path::new(report).parent().and_then(|p| p.parent()).unwrap_or(Path::new(""))).unwrap_or(Path::new(report));
+        h.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><a href=\"{}\">report</a></td></tr>",
+            r["mode"].as_str().unwrap_or(""),
+            fmt(&r["test_top1"], 4),
+            fmt(&r["test_macro_f1"], 4),
+            fmt(&r["train_seconds"], 1),
+            rel.display()
+        ));
+    }
+    h.push_str("</table></body></html>");
+    h
+}
+
+/// `cargo xtask ci`: fmt, clippy, the tests (ignored ones too when ../shared is here),
+/// then the pipeline on the study's photos with the offline stand-in teacher.
+pub fn ci(args: &[String]) -> Result<()> {
+    sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    let shared = shared_dir();
+    let mut test = cargo();
+    test.args(["test", "--workspace"]);
+    if shared.is_some() {
+        test.args(["--", "--include-ignored"]);
+    } else {
+        eprintln!("../shared not found: the tests that need it stay ignored");
+    }
+    sh(&mut test)?;
+    let Some(shared) = shared else {
+        eprintln!("../shared not found: skipping the pipeline run on the study's photos");
+        return Ok(());
+    };
+    if has_flag(args, "--no-pipeline") {
+        return Ok(());
+    }
+    let out = PathBuf::from("target/ci-pipeline");
+    let o = Options {
+        data: shared.join("data/msceleb-samples"),
+        out: out.clone(),
+        teacher: shared.join("models/inception-v3-nsfwjs").display().to_string(),
+        // The stand-in's top blocks were fine-tuned for another task: Mixed_6c is its best layer.
+        teacher_layer: "Mixed_6c".into(),
+        modes: MODES.iter().map(|s| s.to_string()).collect(),
+        device: "cpu".into(),
+        seed: 42,
+        config: Some(PathBuf::from("xtask/ci-pipeline.toml")),
+        cuda: false,
+        install_deps: util::is_root(),
+    };
+    let summary = run_pipeline_checked(&o)?;
+    // A second run must skip every stage.
+    let again = run(&o)?;
+    let ran = again["stages_run"].as_array().map(|a| a.len()).unwrap_or(1);
+    if ran != 0 {
+        bail!("second pipeline run re-ran stages: {}", again["stages_run"]);
+    }
+    println!("ci: pipeline ok in {:.0}s, re-run skipped everything in {:.1}s", summary["seconds"].as_f64().unwrap_or(0.0), again["seconds"].as_f64().unwrap_or(0.0));
+    Ok(())
+}
+
+fn run_pipeline_checked(o: &Options) -> Result<Value> {
+    let s = run(o)?;
+    let classes = s["classes"].as_u64().unwrap_or(0) as f64;
+    let chance = 1.0 / classes.max(1.0);
+    for r in s["modes"].as_array().into_iter().flatten() {
+        let acc = r["test_top1"].as_f64().unwrap_or(0.0);
+        if acc < 3.0 * chance {
+            bail!("mode {} reached test accuracy {acc:.3}, not well above chance ({chance:.3})", r["mode"]);
+        }
+    }
+    Ok(s)
+}
