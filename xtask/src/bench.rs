@@ -10,9 +10,9 @@ use std::process::Command;
 
 const THREADS: &str = "2";
 
-fn example(pkg: &str, args: &[String]) -> Result<Vec<Value>> {
+fn example(pkg: &str, name: &str, args: &[String]) -> Result<Vec<Value>> {
     let mut cmd = cargo();
-    cmd.args(["run", "--release", "-q", "-p", pkg, "--example", "bench", "--"]).args(args).env("RAYON_NUM_THREADS", THREADS);
+    cmd.args(["run", "--release", "-q", "-p", pkg, "--example", name, "--"]).args(args).env("RAYON_NUM_THREADS", THREADS);
     let out = run_capture(&mut cmd)?;
     out.lines().filter(|l| l.starts_with('{')).map(|l| Ok(serde_json::from_str(l)?)).collect()
 }
@@ -115,7 +115,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let batches: Vec<String> = ["1", "8", "32"].iter().map(|s| s.to_string()).collect();
         let mut a = vec![weights.display().to_string()];
         a.extend(batches.clone());
-        let ours = example("inception-bottleneck", &a)?;
+        let ours = example("inception-bottleneck", "bench_bottleneck", &a)?;
         let peer = if python_has("torch, torchvision, safetensors") { Some(python(TORCH_INCEPTION, &a)?) } else { None };
         for (i, r) in ours.iter().enumerate() {
             let o = r["images_per_second"].as_f64().unwrap_or(0.0);
@@ -126,7 +126,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     if all || what == "train" {
         let a: Vec<String> = vec!["20".into(), "64".into()];
-        let ours = example("train", &a)?;
+        let ours = example("train", "bench_train", &a)?;
         let peer = if python_has("torch") { Some(python(TORCH_TRAIN, &a)?) } else { None };
         for (i, r) in ours.iter().enumerate() {
             let o = r["samples_per_second"].as_f64().unwrap_or(0.0);
@@ -139,7 +139,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let mut rows = Vec::new();
         for n in [1000usize, 5000] {
             let dump = dir.join(format!("tsne-{n}.f32"));
-            let ours = example("eval-tsne", &[n.to_string(), dump.display().to_string()])?;
+            let ours = example("eval-tsne", "bench_tsne", &[n.to_string(), dump.display().to_string()])?;
             let o = ours.first().cloned().unwrap_or(Value::Null);
             let peer = if python_has("openTSNE, numpy") { python(OPENTSNE, &[dump.display().to_string(), n.to_string()])?.first().cloned() } else { None };
             let (os, ok) = (o["seconds"].as_f64().unwrap_or(0.0), o["kl"].as_f64().unwrap_or(0.0));

@@ -28,6 +28,8 @@ pub enum TrainError {
     Data(String),
     #[error("{0}")]
     Config(String),
+    #[error("stopped after {0} epochs as asked; continue with --resume")]
+    Interrupted(usize),
     #[error("the loss became NaN or infinite in phase {phase}, epoch {epoch}, batch {batch}; lower --lr or check the inputs (last good checkpoint: {})", checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into()))]
     NonFinite {
         phase: usize,

@@ -131,6 +131,9 @@ pub struct RunFiles {
     /// Continue from `resume_file`.
     pub resume: bool,
     pub progress: bool,
+    /// Stop (with [`TrainError::Interrupted`]) after this many epochs in this process, as
+    /// if killed: the resume file holds everything to continue.
+    pub interrupt_after: Option<usize>,
 }
 
 impl RunFiles {
@@ -144,6 +147,7 @@ impl RunFiles {
             metrics: Some(dir.join(format!("{stem}.metrics.jsonl"))),
             resume: false,
             progress: true,
+            interrupt_after: None,
         }
     }
 }
@@ -420,6 +424,7 @@ impl<'a> Trainer<'a> {
             indicatif::ProgressStyle::with_template("train {msg} {bar:30} epoch {pos}/{len} [{elapsed_precise}]").expect("valid template"),
         );
         bar.set_position(phases[..state.phase.min(phases.len())].iter().map(|p| p.epochs).sum::<usize>() as u64 + state.epoch as u64);
+        let mut epochs_here = 0usize;
         while state.phase < phases.len() {
             let ph = &phases[state.phase];
             let done = state.epoch >= ph.epochs || (self.cfg.patience > 0 && state.bad_epochs >= self.cfg.patience);
@@ -457,6 +462,10 @@ impl<'a> Trainer<'a> {
             bar.inc(1);
             if let Some(p) = &files.resume_file {
                 self.checkpoint(&varmap, Some((&opt, &best)), &state)?.write(p)?;
+            }
+            epochs_here += 1;
+            if files.interrupt_after == Some(epochs_here) {
+                return Err(TrainError::Interrupted(epochs_here));
             }
         }
         bar.finish_and_clear();

@@ -1,5 +1,5 @@
 //! t-SNE wall time and KL on synthetic clustered 2048-d data.
-//! `cargo run --release -p eval-tsne --example bench -- N [DUMP.f32]` prints JSON; with
+//! `cargo run --release -p eval-tsne --example bench_tsne -- N [DUMP.f32]` prints JSON; with
 //! DUMP the data is also written as raw little-endian f32 for a Python peer.
 
 use eval_tsne::tsne::{tsne, TsneConfig};

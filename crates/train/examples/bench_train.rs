@@ -1,5 +1,5 @@
 //! Student training throughput (cosine objective, 150 px, synthetic data): samples/s at
-//! several batch sizes. `cargo run --release -p train --example bench -- [BATCH...]`
+//! several batch sizes. `cargo run --release -p train --example bench_train -- [BATCH...]`
 
 use artifacts::{Bottlenecks, Faces, Provenance, Split};
 use train::{Dataset, Partition, RunFiles, TrainConfig, TrainMode, Trainer};

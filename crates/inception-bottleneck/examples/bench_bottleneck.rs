@@ -1,5 +1,5 @@
 //! Teacher throughput: images/s of Inception-v3 (299 px) at several batch sizes.
-//! `cargo run --release -p inception-bottleneck --example bench -- WEIGHTS [BATCH...]`
+//! `cargo run --release -p inception-bottleneck --example bench_bottleneck -- WEIGHTS [BATCH...]`
 //! Prints one JSON object per batch size.
 
 use candle_core::{DType, Device, Tensor};
