@@ -12,9 +12,14 @@ const THREADS: &str = "2";
 
 fn example(pkg: &str, name: &str, args: &[String]) -> Result<Vec<Value>> {
     let mut cmd = cargo();
-    cmd.args(["run", "--release", "-q", "-p", pkg, "--example", name, "--"]).args(args).env("RAYON_NUM_THREADS", THREADS);
+    cmd.args(["run", "--release", "-q", "-p", pkg, "--example", name, "--"])
+        .args(args)
+        .env("RAYON_NUM_THREADS", THREADS);
     let out = run_capture(&mut cmd)?;
-    out.lines().filter(|l| l.starts_with('{')).map(|l| Ok(serde_json::from_str(l)?)).collect()
+    out.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| Ok(serde_json::from_str(l)?))
+        .collect()
 }
 
 fn python(script: &str, args: &[String]) -> Result<Vec<Value>> {
@@ -26,7 +31,10 @@ fn python(script: &str, args: &[String]) -> Result<Vec<Value>> {
             .env("OMP_NUM_THREADS", THREADS)
             .env("MKL_NUM_THREADS", THREADS),
     )?;
-    out.lines().filter(|l| l.starts_with('{')).map(|l| Ok(serde_json::from_str(l)?)).collect()
+    out.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| Ok(serde_json::from_str(l)?))
+        .collect()
 }
 
 const TORCH_INCEPTION: &str = r#"
@@ -93,7 +101,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut table: Vec<(String, String, String, String)> = Vec::new();
     let mut results = json!({});
     if all || what == "preprocess" {
-        let shared = shared_dir().context("bench preprocess needs ../shared/data/msceleb-samples")?;
+        let shared =
+            shared_dir().context("bench preprocess needs ../shared/data/msceleb-samples")?;
         let mut build = cargo();
         run_capture(build.args(["build", "--release", "-q", "-p", "preprocess"]))?;
         let out = run_capture(
@@ -104,7 +113,15 @@ pub fn run(args: &[String]) -> Result<()> {
                 .arg(dir.join("faces.safetensors")),
         )?;
         let v: Value = serde_json::from_str(&out)?;
-        table.push(("preprocess (msceleb, 1375 photos)".into(), format!("{:.1} images/s", v["images_per_second"].as_f64().unwrap_or(0.0)), format!("{:.1} s total", v["seconds"].as_f64().unwrap_or(0.0)), "-".into()));
+        table.push((
+            "preprocess (msceleb, 1375 photos)".into(),
+            format!(
+                "{:.1} images/s",
+                v["images_per_second"].as_f64().unwrap_or(0.0)
+            ),
+            format!("{:.1} s total", v["seconds"].as_f64().unwrap_or(0.0)),
+            "-".into(),
+        ));
         results["preprocess"] = v;
     }
     if all || what == "bottleneck" {
@@ -116,22 +133,48 @@ pub fn run(args: &[String]) -> Result<()> {
         let mut a = vec![weights.display().to_string()];
         a.extend(batches.clone());
         let ours = example("inception-bottleneck", "bench_bottleneck", &a)?;
-        let peer = if python_has("torch, torchvision, safetensors") { Some(python(TORCH_INCEPTION, &a)?) } else { None };
+        let peer = if python_has("torch, torchvision, safetensors") {
+            Some(python(TORCH_INCEPTION, &a)?)
+        } else {
+            None
+        };
         for (i, r) in ours.iter().enumerate() {
             let o = r["images_per_second"].as_f64().unwrap_or(0.0);
-            let p = peer.as_ref().and_then(|p| p.get(i)).and_then(|p| p["images_per_second"].as_f64());
-            table.push((format!("inception-v3 batch {}", r["batch"]), format!("{o:.2} images/s"), p.map(|p| format!("torch {p:.2}")).unwrap_or_else(|| "torch not importable".into()), p.map(|p| ratio(o, p)).unwrap_or_else(|| "-".into())));
+            let p = peer
+                .as_ref()
+                .and_then(|p| p.get(i))
+                .and_then(|p| p["images_per_second"].as_f64());
+            table.push((
+                format!("inception-v3 batch {}", r["batch"]),
+                format!("{o:.2} images/s"),
+                p.map(|p| format!("torch {p:.2}"))
+                    .unwrap_or_else(|| "torch not importable".into()),
+                p.map(|p| ratio(o, p)).unwrap_or_else(|| "-".into()),
+            ));
         }
         results["bottleneck"] = json!({"candle": ours, "torch": peer});
     }
     if all || what == "train" {
         let a: Vec<String> = vec!["20".into(), "64".into()];
         let ours = example("train", "bench_train", &a)?;
-        let peer = if python_has("torch") { Some(python(TORCH_TRAIN, &a)?) } else { None };
+        let peer = if python_has("torch") {
+            Some(python(TORCH_TRAIN, &a)?)
+        } else {
+            None
+        };
         for (i, r) in ours.iter().enumerate() {
             let o = r["samples_per_second"].as_f64().unwrap_or(0.0);
-            let p = peer.as_ref().and_then(|p| p.get(i)).and_then(|p| p["samples_per_second"].as_f64());
-            table.push((format!("student training batch {}", r["batch"]), format!("{o:.1} samples/s"), p.map(|p| format!("torch {p:.1}")).unwrap_or_else(|| "torch not importable".into()), p.map(|p| ratio(o, p)).unwrap_or_else(|| "-".into())));
+            let p = peer
+                .as_ref()
+                .and_then(|p| p.get(i))
+                .and_then(|p| p["samples_per_second"].as_f64());
+            table.push((
+                format!("student training batch {}", r["batch"]),
+                format!("{o:.1} samples/s"),
+                p.map(|p| format!("torch {p:.1}"))
+                    .unwrap_or_else(|| "torch not importable".into()),
+                p.map(|p| ratio(o, p)).unwrap_or_else(|| "-".into()),
+            ));
         }
         results["train"] = json!({"candle": ours, "torch": peer});
     }
@@ -139,10 +182,23 @@ pub fn run(args: &[String]) -> Result<()> {
         let mut rows = Vec::new();
         for n in [1000usize, 5000] {
             let dump = dir.join(format!("tsne-{n}.f32"));
-            let ours = example("eval-tsne", "bench_tsne", &[n.to_string(), dump.display().to_string()])?;
+            let ours = example(
+                "eval-tsne",
+                "bench_tsne",
+                &[n.to_string(), dump.display().to_string()],
+            )?;
             let o = ours.first().cloned().unwrap_or(Value::Null);
-            let peer = if python_has("openTSNE, numpy") { python(OPENTSNE, &[dump.display().to_string(), n.to_string()])?.first().cloned() } else { None };
-            let (os, ok) = (o["seconds"].as_f64().unwrap_or(0.0), o["kl"].as_f64().unwrap_or(0.0));
+            let peer = if python_has("openTSNE, numpy") {
+                python(OPENTSNE, &[dump.display().to_string(), n.to_string()])?
+                    .first()
+                    .cloned()
+            } else {
+                None
+            };
+            let (os, ok) = (
+                o["seconds"].as_f64().unwrap_or(0.0),
+                o["kl"].as_f64().unwrap_or(0.0),
+            );
             let ps = peer.as_ref().and_then(|p| p["seconds"].as_f64());
             let pk = peer.as_ref().and_then(|p| p["kl"].as_f64());
             table.push((
@@ -152,14 +208,19 @@ pub fn run(args: &[String]) -> Result<()> {
                     (Some(s), Some(k)) => format!("openTSNE {s:.1} s, KL {k:.3}"),
                     _ => "openTSNE not importable".into(),
                 },
-                ps.map(|s| format!("{:.2}x faster", s / os.max(1e-9))).unwrap_or_else(|| "-".into()),
+                ps.map(|s| format!("{:.2}x faster", s / os.max(1e-9)))
+                    .unwrap_or_else(|| "-".into()),
             ));
             let _ = std::fs::remove_file(&dump);
             rows.push(json!({"ours": o, "opentsne": peer}));
         }
         results["tsne"] = json!(rows);
     }
-    println!("\n{:<36} {:<26} {:<28} {}", "benchmark", "celeb-transfer", "peer (same run)", "ratio");
+    println!(
+        "
+{:<36} {:<26} {:<28} ratio",
+        "benchmark", "celeb-transfer", "peer (same run)"
+    );
     for (a, b, c, d) in &table {
         println!("{a:<36} {b:<26} {c:<28} {d}");
     }

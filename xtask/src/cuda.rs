@@ -20,7 +20,10 @@ const WHEELS: &[&str] = &[
 ];
 
 fn home_cache() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp")).join(".cache/celeb-transfer")
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join(".cache/celeb-transfer")
 }
 
 fn nvcc_on_path() -> Option<PathBuf> {
@@ -30,9 +33,15 @@ fn nvcc_on_path() -> Option<PathBuf> {
             return Some(p);
         }
     }
-    let out = Command::new("sh").args(["-c", "command -v nvcc"]).output().ok()?;
+    let out = Command::new("sh")
+        .args(["-c", "command -v nvcc"])
+        .output()
+        .ok()?;
     let nvcc = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    nvcc.parent()?.parent().map(Path::to_path_buf).filter(|_| out.status.success())
+    nvcc.parent()?
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|_| out.status.success())
 }
 
 /// Installs the wheels into the cache and returns the CUDA_HOME they form.
@@ -40,12 +49,18 @@ fn cuda_from_wheels() -> Result<PathBuf> {
     let target = home_cache().join("cuda13-wheels");
     let home = target.join("nvidia/cu13");
     if !home.join("bin/nvcc").exists() {
-        eprintln!("nvcc not found: installing PyPI's CUDA 13.0 wheels into {}", target.display());
+        eprintln!(
+            "nvcc not found: installing PyPI's CUDA 13.0 wheels into {}",
+            target.display()
+        );
         run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"]).arg(&target).args(WHEELS))
             .context("pip could not install the CUDA 13.0 wheels; install a CUDA toolkit (nvcc) and set CUDA_HOME instead")?;
     }
     if !home.join("bin/nvcc").exists() {
-        bail!("the CUDA wheels did not provide {}", home.join("bin/nvcc").display());
+        bail!(
+            "the CUDA wheels did not provide {}",
+            home.join("bin/nvcc").display()
+        );
     }
     // The wheels ship versioned sonames only: add the unversioned names the linker wants.
     let lib = home.join("lib");
@@ -66,8 +81,14 @@ pub fn check(args: &[String]) -> Result<()> {
         Some(h) => h,
         None => cuda_from_wheels()?,
     };
-    let target_dir = std::env::var_os("CUDA_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| home_cache().join("cuda-target"));
-    let path = format!("{}:{}", home.join("bin").display(), std::env::var("PATH").unwrap_or_default());
+    let target_dir = std::env::var_os("CUDA_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home_cache().join("cuda-target"));
+    let path = format!(
+        "{}:{}",
+        home.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let mut cmd = cargo();
     cmd.args(["build", "--release", "--workspace", "--features"])
         .arg("preprocess/cuda,inception-bottleneck/cuda,train/cuda,eval-tsne/cuda,model/cuda,losses/cuda,artifacts/cuda")
@@ -82,6 +103,9 @@ pub fn check(args: &[String]) -> Result<()> {
         .env("LIBRARY_PATH", format!("{}:{}", home.join("lib").display(), home.join("lib/stubs").display()))
         .args(args);
     run(&mut cmd).context("the CUDA build failed")?;
-    println!("check-cuda: the workspace builds with --features cuda (binaries in {}/release)", target_dir.display());
+    println!(
+        "check-cuda: the workspace builds with --features cuda (binaries in {}/release)",
+        target_dir.display()
+    );
     Ok(())
 }

@@ -26,7 +26,17 @@ pub struct Options {
 
 impl Options {
     pub fn parse(args: &[String]) -> Result<Options> {
-        let known = ["--data", "--out", "--teacher", "--teacher-layer", "--modes", "--device", "--seed", "--config", "--features"];
+        let known = [
+            "--data",
+            "--out",
+            "--teacher",
+            "--teacher-layer",
+            "--modes",
+            "--device",
+            "--seed",
+            "--config",
+            "--features",
+        ];
         let mut i = 0;
         while i < args.len() {
             let a = args[i].as_str();
@@ -48,15 +58,26 @@ impl Options {
         if !features.is_empty() && features != "cuda" {
             bail!("--features: only `cuda` is known");
         }
-        let config = flag_value(args, "--config").map(PathBuf::from).or_else(|| Some(PathBuf::from("pipeline.toml")).filter(|p| p.exists()));
+        let config = flag_value(args, "--config")
+            .map(PathBuf::from)
+            .or_else(|| Some(PathBuf::from("pipeline.toml")).filter(|p| p.exists()));
         Ok(Options {
-            data: flag_value(args, "--data").unwrap_or_else(|| "data/raw".into()).into(),
-            out: flag_value(args, "--out").unwrap_or_else(|| "data/artifacts".into()).into(),
-            teacher: flag_value(args, "--teacher").unwrap_or_else(|| "timm/inception_v3.tv_in1k".into()),
+            data: flag_value(args, "--data")
+                .unwrap_or_else(|| "data/raw".into())
+                .into(),
+            out: flag_value(args, "--out")
+                .unwrap_or_else(|| "data/artifacts".into())
+                .into(),
+            teacher: flag_value(args, "--teacher")
+                .unwrap_or_else(|| "timm/inception_v3.tv_in1k".into()),
             teacher_layer: flag_value(args, "--teacher-layer").unwrap_or_else(|| "pool".into()),
             modes,
             device: flag_value(args, "--device").unwrap_or_else(|| "auto".into()),
-            seed: flag_value(args, "--seed").map(|s| s.parse()).transpose().context("--seed")?.unwrap_or(42),
+            seed: flag_value(args, "--seed")
+                .map(|s| s.parse())
+                .transpose()
+                .context("--seed")?
+                .unwrap_or(42),
             config,
             cuda: features == "cuda",
             install_deps: has_flag(args, "--install-deps"),
@@ -68,11 +89,21 @@ impl Options {
 /// same for `bottleneck`, `train` and `eval` (a flag there is the stage's own CLI flag,
 /// so there is one definition of each setting: the stage's).
 fn extra_args(config: &Option<PathBuf>, stage: &str) -> Result<Vec<String>> {
-    let Some(path) = config else { return Ok(vec![]) };
+    let Some(path) = config else {
+        return Ok(vec![]);
+    };
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    let doc: toml::Table = text.parse().with_context(|| format!("{}: not valid TOML", path.display()))?;
-    let Some(section) = doc.get(stage) else { return Ok(vec![]) };
-    let args = section.get("args").and_then(|a| a.as_array()).cloned().unwrap_or_default();
+    let doc: toml::Table = text
+        .parse()
+        .with_context(|| format!("{}: not valid TOML", path.display()))?;
+    let Some(section) = doc.get(stage) else {
+        return Ok(vec![]);
+    };
+    let args = section
+        .get("args")
+        .and_then(|a| a.as_array())
+        .cloned()
+        .unwrap_or_default();
     args.iter()
         .map(|v| match v {
             toml::Value::String(s) => Ok(s.clone()),
@@ -86,7 +117,12 @@ fn bin(name: &str) -> PathBuf {
 }
 
 /// A stage run: its stdout says whether it was skipped.
-fn stage(name: &str, cmd: &mut Command, skipped: &mut Vec<String>, ran: &mut Vec<String>) -> Result<f64> {
+fn stage(
+    name: &str,
+    cmd: &mut Command,
+    skipped: &mut Vec<String>,
+    ran: &mut Vec<String>,
+) -> Result<f64> {
     let t = std::time::Instant::now();
     let out = run_capture(cmd).with_context(|| format!("stage {name}"))?;
     if out.contains("up to date, skipped") {
@@ -111,9 +147,23 @@ pub fn run(o: &Options) -> Result<Value> {
     }
     // Build the stage binaries (incremental after the first time).
     let mut build = cargo();
-    build.args(["build", "--release", "-p", "preprocess", "-p", "inception-bottleneck", "-p", "train", "-p", "eval-tsne"]);
+    build.args([
+        "build",
+        "--release",
+        "-p",
+        "preprocess",
+        "-p",
+        "inception-bottleneck",
+        "-p",
+        "train",
+        "-p",
+        "eval-tsne",
+    ]);
     if o.cuda {
-        build.args(["--features", "preprocess/cuda,inception-bottleneck/cuda,train/cuda,eval-tsne/cuda"]);
+        build.args([
+            "--features",
+            "preprocess/cuda,inception-bottleneck/cuda,train/cuda,eval-tsne/cuda",
+        ]);
     }
     sh(&mut build)?;
     std::fs::create_dir_all(&o.out)?;
@@ -143,7 +193,15 @@ pub fn run(o: &Options) -> Result<Value> {
                 .arg(&faces)
                 .arg("--output")
                 .arg(&bottlenecks)
-                .args(["--teacher", &o.teacher, "--layer", &o.teacher_layer, "--device", &o.device, "--cache-dir"])
+                .args([
+                    "--teacher",
+                    &o.teacher,
+                    "--layer",
+                    &o.teacher_layer,
+                    "--device",
+                    &o.device,
+                    "--cache-dir",
+                ])
                 .arg(out("bottleneck-cache"))
                 .args(extra_args(&o.config, "bottleneck")?),
             &mut skipped,
@@ -156,7 +214,15 @@ pub fn run(o: &Options) -> Result<Value> {
         stage(
             &format!("train {mode}"),
             Command::new(bin("train"))
-                .args([format!("--{mode}").as_str(), "--skip-if-fresh", "--seed", &seed, "--device", &o.device, "--faces"])
+                .args([
+                    format!("--{mode}").as_str(),
+                    "--skip-if-fresh",
+                    "--seed",
+                    &seed,
+                    "--device",
+                    &o.device,
+                    "--faces",
+                ])
                 .arg(&faces)
                 .arg("--bottlenecks")
                 .arg(&bottlenecks)
@@ -170,7 +236,14 @@ pub fn run(o: &Options) -> Result<Value> {
         stage(
             &format!("eval {mode}"),
             Command::new(bin("eval-tsne"))
-                .args(["--skip-if-fresh", "--seed", &seed, "--device", &o.device, "--checkpoint"])
+                .args([
+                    "--skip-if-fresh",
+                    "--seed",
+                    &seed,
+                    "--device",
+                    &o.device,
+                    "--checkpoint",
+                ])
                 .arg(&ck)
                 .arg("--faces")
                 .arg(&faces)
@@ -197,7 +270,10 @@ pub fn run(o: &Options) -> Result<Value> {
         }));
     }
     let faces_meta = read_header(&faces)?;
-    let classes = faces_meta["extra"]["class_names"].as_array().map(|a| a.len()).unwrap_or(0);
+    let classes = faces_meta["extra"]["class_names"]
+        .as_array()
+        .map(|a| a.len())
+        .unwrap_or(0);
     let summary = json!({
         "data": o.data.display().to_string(),
         "teacher": o.teacher,
@@ -208,9 +284,15 @@ pub fn run(o: &Options) -> Result<Value> {
         "stages_skipped": skipped,
         "seconds": start.elapsed().as_secs_f64(),
     });
-    write_file(&out("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    write_file(
+        &out("summary.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
     write_file(&out("index.html"), index_html(&summary).as_bytes())?;
-    println!("\n{:<10} {:>10} {:>14} {:>12} {:>10}", "mode", "test acc", "test macro-F1", "train (s)", "suspects");
+    println!(
+        "\n{:<10} {:>10} {:>14} {:>12} {:>10}",
+        "mode", "test acc", "test macro-F1", "train (s)", "suspects"
+    );
     for r in summary["modes"].as_array().expect("array") {
         println!(
             "{:<10} {:>10} {:>14} {:>12} {:>10}",
@@ -223,8 +305,16 @@ pub fn run(o: &Options) -> Result<Value> {
     }
     println!(
         "\nran: {}; skipped (up to date): {}; {:.1}s; summary: {}; index: {}",
-        if ran.is_empty() { "none".to_string() } else { ran.join(", ") },
-        if skipped.is_empty() { "none".to_string() } else { skipped.join(", ") },
+        if ran.is_empty() {
+            "none".to_string()
+        } else {
+            ran.join(", ")
+        },
+        if skipped.is_empty() {
+            "none".to_string()
+        } else {
+            skipped.join(", ")
+        },
         start.elapsed().as_secs_f64(),
         out("summary.json").display(),
         out("index.html").display()
@@ -233,7 +323,9 @@ pub fn run(o: &Options) -> Result<Value> {
 }
 
 fn fmt(v: &Value, digits: usize) -> String {
-    v.as_f64().map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "-".into())
+    v.as_f64()
+        .map(|x| format!("{x:.digits$}"))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -250,7 +342,9 @@ pub fn read_header(path: &Path) -> Result<Value> {
     let mut buf = vec![0u8; u64::from_le_bytes(len) as usize];
     f.read_exact(&mut buf)?;
     let doc: Value = serde_json::from_slice(&buf)?;
-    let meta = doc["__metadata__"]["celeb_transfer"].as_str().context("not a celeb-transfer artifact")?;
+    let meta = doc["__metadata__"]["celeb_transfer"]
+        .as_str()
+        .context("not a celeb-transfer artifact")?;
     Ok(serde_json::from_str(meta)?)
 }
 
@@ -272,7 +366,14 @@ fn index_html(s: &Value) -> String {
     ));
     for r in s["modes"].as_array().into_iter().flatten() {
         let report = r["report"].as_str().unwrap_or("");
-        let rel = Path::new(report).strip_prefix(Path::new(report).parent().and_then(|p| p.parent()).unwrap_or(Path::new(""))).unwrap_or(Path::new(report));
+        let rel = Path::new(report)
+            .strip_prefix(
+                Path::new(report)
+                    .parent()
+                    .and_then(|p| p.parent())
+                    .unwrap_or(Path::new("")),
+            )
+            .unwrap_or(Path::new(report));
         h.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><a href=\"{}\">report</a></td></tr>",
             r["mode"].as_str().unwrap_or(""),
@@ -290,7 +391,14 @@ fn index_html(s: &Value) -> String {
 /// then the pipeline on the study's photos with the offline stand-in teacher.
 pub fn ci(args: &[String]) -> Result<()> {
     sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    sh(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     let shared = shared_dir();
     let mut test = cargo();
     test.args(["test", "--workspace"]);
@@ -311,7 +419,10 @@ pub fn ci(args: &[String]) -> Result<()> {
     let o = Options {
         data: shared.join("data/msceleb-samples"),
         out: out.clone(),
-        teacher: shared.join("models/inception-v3-nsfwjs").display().to_string(),
+        teacher: shared
+            .join("models/inception-v3-nsfwjs")
+            .display()
+            .to_string(),
         // The stand-in's top blocks were fine-tuned for another task: Mixed_6c is its best layer.
         teacher_layer: "Mixed_6c".into(),
         modes: MODES.iter().map(|s| s.to_string()).collect(),
@@ -328,7 +439,11 @@ pub fn ci(args: &[String]) -> Result<()> {
     if ran != 0 {
         bail!("second pipeline run re-ran stages: {}", again["stages_run"]);
     }
-    println!("ci: pipeline ok in {:.0}s, re-run skipped everything in {:.1}s", summary["seconds"].as_f64().unwrap_or(0.0), again["seconds"].as_f64().unwrap_or(0.0));
+    println!(
+        "ci: pipeline ok in {:.0}s, re-run skipped everything in {:.1}s",
+        summary["seconds"].as_f64().unwrap_or(0.0),
+        again["seconds"].as_f64().unwrap_or(0.0)
+    );
     Ok(())
 }
 
@@ -339,7 +454,10 @@ fn run_pipeline_checked(o: &Options) -> Result<Value> {
     for r in s["modes"].as_array().into_iter().flatten() {
         let acc = r["test_top1"].as_f64().unwrap_or(0.0);
         if acc < 3.0 * chance {
-            bail!("mode {} reached test accuracy {acc:.3}, not well above chance ({chance:.3})", r["mode"]);
+            bail!(
+                "mode {} reached test accuracy {acc:.3}, not well above chance ({chance:.3})",
+                r["mode"]
+            );
         }
     }
     Ok(s)

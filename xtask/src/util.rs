@@ -16,7 +16,9 @@ impl std::fmt::Display for Exit {
 impl std::error::Error for Exit {}
 
 pub fn cd_workspace_root() -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask lives in the workspace")?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask lives in the workspace")?;
     std::env::set_current_dir(root)?;
     Ok(())
 }
@@ -24,7 +26,9 @@ pub fn cd_workspace_root() -> Result<()> {
 /// Runs a command with inherited stdio; fails with its exit code.
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {}", show(cmd));
-    let status = cmd.status().with_context(|| format!("cannot start {}", show(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", show(cmd)))?;
     if !status.success() {
         bail!("`{}` failed ({status})", show(cmd));
     }
@@ -34,7 +38,10 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// Runs a command, passing stderr through and capturing stdout (also echoed).
 pub fn run_capture(cmd: &mut Command) -> Result<String> {
     eprintln!("+ {}", show(cmd));
-    let out = cmd.stderr(Stdio::inherit()).output().with_context(|| format!("cannot start {}", show(cmd)))?;
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start {}", show(cmd)))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     print!("{text}");
     if !out.status.success() {
@@ -63,17 +70,26 @@ pub fn cargo() -> Command {
 
 /// `../shared` beside the clone (or `CELEB_SHARED`), when present.
 pub fn shared_dir() -> Option<PathBuf> {
-    let p = std::env::var_os("CELEB_SHARED").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("../shared"));
+    let p = std::env::var_os("CELEB_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("../shared"));
     p.is_dir().then_some(p)
 }
 
 pub fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }
 
 /// Value of `--name VALUE` in args.
 pub fn flag_value(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
 }
 
 pub fn has_flag(args: &[String], name: &str) -> bool {

@@ -30,11 +30,7 @@ struct Extra {
 
 impl Bottlenecks {
     pub fn len(&self) -> usize {
-        if self.dim == 0 {
-            0
-        } else {
-            self.features.len() / self.dim
-        }
+        self.features.len().checked_div(self.dim).unwrap_or(0)
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -44,10 +40,14 @@ impl Bottlenecks {
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
-        if self.dim == 0 || self.features.len() % self.dim != 0 {
+        if self.dim == 0 || !self.features.len().is_multiple_of(self.dim) {
             return Err(crate::ArtifactError::Invalid {
                 path: path.to_path_buf(),
-                problem: format!("{} values are not rows of {}", self.features.len(), self.dim),
+                problem: format!(
+                    "{} values are not rows of {}",
+                    self.features.len(),
+                    self.dim
+                ),
             });
         }
         let header = Header {

@@ -58,7 +58,11 @@ impl Embeddings {
             OutTensor::f32("tsne", vec![n, 2], &self.tsne),
             OutTensor::u32("labels", vec![n], &self.labels),
             OutTensor::u32("predictions", vec![n], &self.predictions),
-            OutTensor::u8("splits", vec![n], self.splits.iter().map(|s| *s as u8).collect()),
+            OutTensor::u8(
+                "splits",
+                vec![n],
+                self.splits.iter().map(|s| *s as u8).collect(),
+            ),
         ];
         if let Some(t) = &self.teacher_tsne {
             tensors.push(OutTensor::f32("teacher_tsne", vec![n, 2], t));

@@ -53,7 +53,9 @@ impl Faces {
     }
     /// Indices of the images in `split`, in file order.
     pub fn indices(&self, split: Split) -> Vec<usize> {
-        (0..self.len()).filter(|&i| self.splits[i] == split).collect()
+        (0..self.len())
+            .filter(|&i| self.splits[i] == split)
+            .collect()
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
@@ -79,7 +81,11 @@ impl Faces {
         }
         let problem = if self.sources.len() != n || self.splits.len() != n {
             Some("sources/splits/labels lengths disagree")
-        } else if self.labels.iter().any(|&l| l as usize >= self.class_names.len()) {
+        } else if self
+            .labels
+            .iter()
+            .any(|&l| l as usize >= self.class_names.len())
+        {
             Some("a label is out of range of class_names")
         } else {
             None
@@ -122,7 +128,10 @@ impl Faces {
         if extra.sources.len() != n {
             return Err(l.meta_err(format!("{} sources for N = {n}", extra.sources.len())));
         }
-        if let Some(&bad) = labels.iter().find(|&&v| v as usize >= extra.class_names.len()) {
+        if let Some(&bad) = labels
+            .iter()
+            .find(|&&v| v as usize >= extra.class_names.len())
+        {
             return Err(l.bad(
                 "labels",
                 format!("label {bad} but only {} classes", extra.class_names.len()),
@@ -139,7 +148,10 @@ impl Faces {
                 return Err(l.bad("boxes", "geometry tensors have unexpected shapes"));
             }
             Some(FaceGeometry {
-                boxes: boxes.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect(),
+                boxes: boxes
+                    .chunks_exact(4)
+                    .map(|c| [c[0], c[1], c[2], c[3]])
+                    .collect(),
                 landmarks,
                 transforms,
             })

@@ -257,26 +257,22 @@ impl Loaded {
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.st().names().into_iter().map(|s| s.to_string()).collect()
+        self.st()
+            .names()
+            .into_iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     fn raw(&self, name: &str, dtype: Dtype, rank: Option<usize>) -> Result<(Vec<usize>, Vec<u8>)> {
         let st = self.st();
-        let t = st
-            .tensor(name)
-            .map_err(|_| self.bad(name, "missing"))?;
+        let t = st.tensor(name).map_err(|_| self.bad(name, "missing"))?;
         if t.dtype() != dtype {
-            return Err(self.bad(
-                name,
-                format!("dtype {:?}, expected {:?}", t.dtype(), dtype),
-            ));
+            return Err(self.bad(name, format!("dtype {:?}, expected {:?}", t.dtype(), dtype)));
         }
         if let Some(r) = rank {
             if t.shape().len() != r {
-                return Err(self.bad(
-                    name,
-                    format!("shape {:?}, expected rank {r}", t.shape()),
-                ));
+                return Err(self.bad(name, format!("shape {:?}, expected rank {r}", t.shape())));
             }
         }
         Ok((t.shape().to_vec(), t.data().to_vec()))

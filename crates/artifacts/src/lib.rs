@@ -9,10 +9,10 @@
 mod bottlenecks;
 mod checkpoint;
 pub mod device;
-pub mod runtime;
 mod embeddings;
 mod faces;
 mod io;
+pub mod runtime;
 
 pub use bottlenecks::{Bottlenecks, BOTTLENECKS_SCHEMA};
 pub use checkpoint::{Checkpoint, NamedTensor, CHECKPOINT_SCHEMA};
@@ -33,9 +33,13 @@ pub enum ArtifactError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: not a safetensors file ({reason}); was it truncated or is it another format?")]
+    #[error(
+        "{path}: not a safetensors file ({reason}); was it truncated or is it another format?"
+    )]
     NotSafetensors { path: PathBuf, reason: String },
-    #[error("{path}: a safetensors file, but not a celeb-transfer artifact (no `{META_KEY}` metadata)")]
+    #[error(
+        "{path}: a safetensors file, but not a celeb-transfer artifact (no `{META_KEY}` metadata)"
+    )]
     Foreign { path: PathBuf },
     #[error("{path}: expected a `{expected}` artifact, found `{found}`")]
     WrongSchema {
@@ -65,7 +69,9 @@ pub enum ArtifactError {
 pub type Result<T, E = ArtifactError> = std::result::Result<T, E>;
 
 /// Which part of the data an image belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
     Train = 0,
@@ -146,7 +152,9 @@ pub fn up_to_date(
     inputs: &std::collections::BTreeMap<String, String>,
 ) -> bool {
     match read_header(output) {
-        Ok(h) => h.schema == schema && &h.provenance.config == config && &h.provenance.inputs == inputs,
+        Ok(h) => {
+            h.schema == schema && &h.provenance.config == config && &h.provenance.inputs == inputs
+        }
         Err(_) => false,
     }
 }

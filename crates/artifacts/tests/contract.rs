@@ -14,7 +14,9 @@ fn faces(n: usize, geometry: bool) -> Faces {
         width: 5,
         images: (0..n * 4 * 5 * 3).map(|i| (i % 251) as u8).collect(),
         labels: (0..n as u32).map(|i| i % 2).collect(),
-        splits: (0..n).map(|i| [Split::Train, Split::Val, Split::Test][i % 3]).collect(),
+        splits: (0..n)
+            .map(|i| [Split::Train, Split::Val, Split::Test][i % 3])
+            .collect(),
         class_names: vec!["alice".into(), "bob".into()],
         sources: (0..n).map(|i| format!("c/{i}.jpg")).collect(),
         geometry: geometry.then(|| FaceGeometry {
@@ -39,7 +41,10 @@ fn faces_round_trip() {
         assert_eq!(h.provenance.producer, "test");
     }
     // No temp files are left behind.
-    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 1, "{names:?}");
 }
 
@@ -59,14 +64,35 @@ fn bottlenecks_checkpoint_embeddings_round_trip() {
     assert_eq!(Bottlenecks::read(&p).unwrap(), b);
 
     let mut weights = BTreeMap::new();
-    weights.insert("conv1.weight".to_string(), NamedTensor { shape: vec![2, 3], data: vec![0.5; 6] });
-    weights.insert("fc1.bias".to_string(), NamedTensor { shape: vec![2], data: vec![-1.0, 1.0] });
+    weights.insert(
+        "conv1.weight".to_string(),
+        NamedTensor {
+            shape: vec![2, 3],
+            data: vec![0.5; 6],
+        },
+    );
+    weights.insert(
+        "fc1.bias".to_string(),
+        NamedTensor {
+            shape: vec![2],
+            data: vec![-1.0, 1.0],
+        },
+    );
     let mut optimizer = BTreeMap::new();
-    optimizer.insert("m/fc1.bias".to_string(), NamedTensor { shape: vec![2], data: vec![0.1, 0.2] });
+    optimizer.insert(
+        "m/fc1.bias".to_string(),
+        NamedTensor {
+            shape: vec![2],
+            data: vec![0.1, 0.2],
+        },
+    );
     let c = Checkpoint {
         weights,
         optimizer,
-        mean_image: NamedTensor { shape: vec![2, 2, 3], data: (0..12).map(|i| i as f32).collect() },
+        mean_image: NamedTensor {
+            shape: vec![2, 2, 3],
+            data: (0..12).map(|i| i as f32).collect(),
+        },
         model_config: serde_json::json!({"num_classes": 2}),
         train_state: serde_json::json!({"epoch": 3, "rng": [1, 2]}),
         provenance: prov(),
@@ -108,7 +134,10 @@ fn corrupt_and_foreign_files_are_named_errors() {
     let p = dir.path().join("truncated.safetensors");
     std::fs::write(&p, &bytes[..bytes.len() - 10]).unwrap();
     let m = err_of(Faces::read(&p));
-    assert!(m.contains("truncated.safetensors") && m.contains("not a safetensors file"), "{m}");
+    assert!(
+        m.contains("truncated.safetensors") && m.contains("not a safetensors file"),
+        "{m}"
+    );
 
     // Truncated inside the header, and an empty file.
     std::fs::write(&p, &bytes[..20]).unwrap();
@@ -118,41 +147,78 @@ fn corrupt_and_foreign_files_are_named_errors() {
 
     // A JPEG (or any other format).
     let p = dir.path().join("photo.jpg");
-    std::fs::write(&p, [0xFF, 0xD8, 0xFF, 0xE0, 0, 16, b'J', b'F', b'I', b'F', 0, 1, 1, 0, 0, 1]).unwrap();
+    std::fs::write(
+        &p,
+        [
+            0xFF, 0xD8, 0xFF, 0xE0, 0, 16, b'J', b'F', b'I', b'F', 0, 1, 1, 0, 0, 1,
+        ],
+    )
+    .unwrap();
     assert!(err_of(Faces::read(&p)).contains("photo.jpg"));
 
     // A valid safetensors file from elsewhere, without our metadata.
     let p = dir.path().join("foreign.safetensors");
     let data: Vec<u8> = vec![0; 16];
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4], &data).unwrap();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4], &data).unwrap();
     std::fs::write(&p, safetensors::serialize([("w", view)], None).unwrap()).unwrap();
     let m = err_of(Faces::read(&p));
     assert!(m.contains("not a celeb-transfer artifact"), "{m}");
 
     // The wrong kind of artifact.
     let m = err_of(Bottlenecks::read(&good));
-    assert!(m.contains("expected a `bottlenecks` artifact, found `faces`"), "{m}");
+    assert!(
+        m.contains("expected a `bottlenecks` artifact, found `faces`"),
+        "{m}"
+    );
 
     // A future schema version.
     let mut header = read_header(&good).unwrap();
     header.schema_version = 99;
     let p = dir.path().join("future.safetensors");
-    write_raw(&p, &header, &[("images", vec![3, 4, 5, 3], vec![0u8; 180]), ("labels", vec![3], vec![0u8; 12]), ("splits", vec![3], vec![0u8; 3])]);
+    write_raw(
+        &p,
+        &header,
+        &[
+            ("images", vec![3, 4, 5, 3], vec![0u8; 180]),
+            ("labels", vec![3], vec![0u8; 12]),
+            ("splits", vec![3], vec![0u8; 3]),
+        ],
+    );
     let m = err_of(Faces::read(&p));
     assert!(m.contains("version 99"), "{m}");
 
     // N disagrees between tensors.
     let header = read_header(&good).unwrap();
     let p = dir.path().join("mismatch.safetensors");
-    write_raw(&p, &header, &[("images", vec![3, 4, 5, 3], vec![0u8; 180]), ("labels", vec![2], vec![0u8; 8]), ("splits", vec![3], vec![0u8; 3])]);
+    write_raw(
+        &p,
+        &header,
+        &[
+            ("images", vec![3, 4, 5, 3], vec![0u8; 180]),
+            ("labels", vec![2], vec![0u8; 8]),
+            ("splits", vec![3], vec![0u8; 3]),
+        ],
+    );
     let m = err_of(Faces::read(&p));
-    assert!(m.contains("mismatch.safetensors") && m.contains("labels") && m.contains("N = 3"), "{m}");
+    assert!(
+        m.contains("mismatch.safetensors") && m.contains("labels") && m.contains("N = 3"),
+        "{m}"
+    );
 
     // A label out of range of the class names.
     let p = dir.path().join("labels.safetensors");
     let mut labels = vec![0u8; 12];
     labels[4] = 9;
-    write_raw(&p, &header, &[("images", vec![3, 4, 5, 3], vec![0u8; 180]), ("labels", vec![3], labels), ("splits", vec![3], vec![0u8; 3])]);
+    write_raw(
+        &p,
+        &header,
+        &[
+            ("images", vec![3, 4, 5, 3], vec![0u8; 180]),
+            ("labels", vec![3], labels),
+            ("splits", vec![3], vec![0u8; 3]),
+        ],
+    );
     assert!(err_of(Faces::read(&p)).contains("label 9"));
 }
 
@@ -161,11 +227,19 @@ fn write_raw(path: &Path, header: &Header, tensors: &[(&str, Vec<usize>, Vec<u8>
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
         .map(|(name, shape, data)| {
-            let dtype = if *name == "labels" { safetensors::Dtype::U32 } else { safetensors::Dtype::U8 };
-            (name.to_string(), safetensors::tensor::TensorView::new(dtype, shape.clone(), data).unwrap())
+            let dtype = if *name == "labels" {
+                safetensors::Dtype::U32
+            } else {
+                safetensors::Dtype::U8
+            };
+            (
+                name.to_string(),
+                safetensors::tensor::TensorView::new(dtype, shape.clone(), data).unwrap(),
+            )
         })
         .collect();
-    let meta: HashMap<String, String> = [(META_KEY.to_string(), serde_json::to_string(header).unwrap())].into();
+    let meta: HashMap<String, String> =
+        [(META_KEY.to_string(), serde_json::to_string(header).unwrap())].into();
     std::fs::write(path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
 }
 
@@ -178,7 +252,11 @@ fn writing_refuses_inconsistent_data_and_keeps_the_old_file() {
     let mut bad = f.clone();
     bad.sources.pop();
     assert!(bad.write(&p).is_err());
-    assert_eq!(Faces::read(&p).unwrap(), f, "a failed write leaves the old file intact");
+    assert_eq!(
+        Faces::read(&p).unwrap(),
+        f,
+        "a failed write leaves the old file intact"
+    );
 }
 
 #[test]
@@ -187,6 +265,9 @@ fn digests_are_stable() {
     let p = dir.path().join("x");
     std::fs::write(&p, b"abc").unwrap();
     let d = digest_file(&p).unwrap();
-    assert_eq!(d, "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_eq!(
+        d,
+        "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
     assert_eq!(d, digest_bytes(b"abc"));
 }

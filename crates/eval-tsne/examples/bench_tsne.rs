@@ -8,7 +8,9 @@ use eval_tsne::tsne::{tsne, TsneConfig};
 pub fn data(n: usize, d: usize, seed: u64) -> Vec<f32> {
     let mut s = seed;
     let mut unif = move || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((s >> 11) as f64 / (1u64 << 53) as f64).max(1e-300)
     };
     let mut gauss = move || {
@@ -38,6 +40,9 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(path, bytes)?;
     }
     let r = tsne(&x, n, d, &TsneConfig::default());
-    println!("{}", serde_json::json!({"n": n, "dim": d, "seconds": r.seconds, "knn_seconds": r.knn_seconds, "kl": r.kl}));
+    println!(
+        "{}",
+        serde_json::json!({"n": n, "dim": d, "seconds": r.seconds, "knn_seconds": r.knn_seconds, "kl": r.kl})
+    );
     Ok(())
 }

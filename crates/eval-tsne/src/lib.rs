@@ -39,10 +39,7 @@ pub struct EvalConfig {
     pub tsne: tsne::TsneConfig,
     pub font: PathBuf,
     pub device: DeviceChoice,
-    /// Neighbours consulted for suspects.
-    pub suspect_k: usize,
-    pub suspect_disagreement: f64,
-    pub suspect_z: f64,
+    pub suspects: suspects::SuspectConfig,
 }
 
 impl Default for EvalConfig {
@@ -55,9 +52,7 @@ impl Default for EvalConfig {
             tsne: tsne::TsneConfig::default(),
             font: plots::DEFAULT_FONT.into(),
             device: DeviceChoice::Auto,
-            suspect_k: 10,
-            suspect_disagreement: 0.7,
-            suspect_z: 4.0,
+            suspects: suspects::SuspectConfig::default(),
         }
     }
 }
@@ -86,7 +81,11 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
         Some(p) if p.exists() => {
             let b = Bottlenecks::read(p)?;
             if b.faces_digest != faces_digest || b.len() != faces.len() {
-                return Err(EvalError::Data(format!("{} does not belong to {} (stale?)", p.display(), cfg.faces.display())));
+                return Err(EvalError::Data(format!(
+                    "{} does not belong to {} (stale?)",
+                    p.display(),
+                    cfg.faces.display()
+                )));
             }
             Some(b)
         }
@@ -94,10 +93,15 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
     };
     let (predictor, ck) = Predictor::load(&cfg.checkpoint, &device)?;
     if ck.provenance.inputs.get("faces") != Some(&faces_digest) {
-        tracing::warn!("{} was trained on another faces file; evaluating anyway", cfg.checkpoint.display());
+        tracing::warn!(
+            "{} was trained on another faces file; evaluating anyway",
+            cfg.checkpoint.display()
+        );
     }
     if predictor.needs_teacher() && teacher.is_none() {
-        return Err(EvalError::Data("this checkpoint is a probe: pass --bottlenecks".into()));
+        return Err(EvalError::Data(
+            "this checkpoint is a probe: pass --bottlenecks".into(),
+        ));
     }
     let n = faces.len();
     let all: Vec<usize> = (0..n).collect();
@@ -109,7 +113,10 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
             return None;
         }
         let c = pred.num_classes;
-        let probs: Vec<f32> = idx.iter().flat_map(|&i| pred.probs[i * c..(i + 1) * c].iter().copied()).collect();
+        let probs: Vec<f32> = idx
+            .iter()
+            .flat_map(|&i| pred.probs[i * c..(i + 1) * c].iter().copied())
+            .collect();
         let labels: Vec<u32> = idx.iter().map(|&i| faces.labels[i]).collect();
         Some(metrics::compute(&probs, &labels, &faces.class_names))
     };
@@ -117,10 +124,22 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
     let val = split_metrics(Split::Val);
 
     let student_map = tsne::tsne(&pred.embeddings, n, pred.dim, &cfg.tsne);
-    let teacher_map = teacher.as_ref().map(|b| tsne::tsne(&b.features, n, b.dim, &cfg.tsne));
-    let flat = |m: &tsne::TsneResult| m.embedding.iter().flat_map(|p| [p[0] as f32, p[1] as f32]).collect::<Vec<f32>>();
-    let mut provenance = Provenance::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"), serde_json::to_value(cfg).expect("plain"));
-    provenance.inputs = provenance_inputs(cfg).ok_or_else(|| EvalError::Data("inputs changed during the evaluation".into()))?;
+    let teacher_map = teacher
+        .as_ref()
+        .map(|b| tsne::tsne(&b.features, n, b.dim, &cfg.tsne));
+    let flat = |m: &tsne::TsneResult| {
+        m.embedding
+            .iter()
+            .flat_map(|p| [p[0] as f32, p[1] as f32])
+            .collect::<Vec<f32>>()
+    };
+    let mut provenance = Provenance::new(
+        env!("CARGO_PKG_NAME"),
+        env!("CARGO_PKG_VERSION"),
+        serde_json::to_value(cfg).expect("plain"),
+    );
+    provenance.inputs = provenance_inputs(cfg)
+        .ok_or_else(|| EvalError::Data("inputs changed during the evaluation".into()))?;
     let emb = Embeddings {
         dim: pred.dim,
         features: pred.embeddings.clone(),
@@ -131,7 +150,9 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
         splits: faces.splits.clone(),
         class_names: faces.class_names.clone(),
         sources: faces.sources.clone(),
-        kl: std::iter::once(student_map.kl).chain(teacher_map.as_ref().map(|m| m.kl)).collect(),
+        kl: std::iter::once(student_map.kl)
+            .chain(teacher_map.as_ref().map(|m| m.kl))
+            .collect(),
         provenance,
     };
     let emb_path = cfg.out.join("embeddings.safetensors");
@@ -139,20 +160,38 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
 
     // Pictures.
     let is_test: Vec<bool> = faces.splits.iter().map(|s| *s == Split::Test).collect();
-    let wrong: Vec<bool> = (0..n).map(|i| predicted[i] != faces.labels[i] && faces.splits[i] != Split::Train).collect();
-    let mut panels = vec![plots::MapPanel { title: format!("student bottleneck (KL {:.3})", student_map.kl), points: &emb.tsne }];
+    let wrong: Vec<bool> = (0..n)
+        .map(|i| predicted[i] != faces.labels[i] && faces.splits[i] != Split::Train)
+        .collect();
+    let mut panels = vec![plots::MapPanel {
+        title: format!("student bottleneck (KL {:.3})", student_map.kl),
+        points: &emb.tsne,
+    }];
     if let (Some(t), Some(m)) = (&emb.teacher_tsne, &teacher_map) {
-        panels.push(plots::MapPanel { title: format!("teacher bottleneck (KL {:.3})", m.kl), points: t });
+        panels.push(plots::MapPanel {
+            title: format!("teacher bottleneck (KL {:.3})", m.kl),
+            points: t,
+        });
     }
     let tsne_png = cfg.out.join("tsne.png");
-    plots::tsne_png(&tsne_png, &panels, &faces.labels, &is_test, &wrong, &faces.class_names).map_err(EvalError::Plot)?;
+    plots::tsne_png(
+        &tsne_png,
+        &panels,
+        &faces.labels,
+        &is_test,
+        &wrong,
+        &faces.class_names,
+    )
+    .map_err(EvalError::Plot)?;
     let mut images = vec![("t-SNE of the bottlenecks".to_string(), tsne_png.clone())];
     if let Some(m) = &test {
         let p = cfg.out.join("confusion.png");
         plots::confusion_png(&p, &m.confusion, &faces.class_names).map_err(EvalError::Plot)?;
         images.push(("Confusion matrix (test)".into(), p));
     }
-    let wrong_test: Vec<usize> = (0..n).filter(|&i| is_test[i] && predicted[i] != faces.labels[i]).collect();
+    let wrong_test: Vec<usize> = (0..n)
+        .filter(|&i| is_test[i] && predicted[i] != faces.labels[i])
+        .collect();
     if !wrong_test.is_empty() {
         let tiles: Vec<plots::Tile> = wrong_test
             .iter()
@@ -166,7 +205,15 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
             })
             .collect();
         let p = cfg.out.join("misclassified.png");
-        plots::montage_png(&p, &format!("misclassified test faces ({})", wrong_test.len()), &tiles, faces.width, 96, 10).map_err(EvalError::Plot)?;
+        plots::montage_png(
+            &p,
+            &format!("misclassified test faces ({})", wrong_test.len()),
+            &tiles,
+            faces.width,
+            96,
+            10,
+        )
+        .map_err(EvalError::Plot)?;
         images.push(("Misclassified test faces".into(), p));
     }
     // Suspects: the teacher's features when present, else the student's.
@@ -174,7 +221,14 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
         Some(b) => (&b.features, b.dim),
         None => (&pred.embeddings, pred.dim),
     };
-    let sus = suspects::find(sf, sd, &faces.labels, &faces.class_names, &faces.sources, cfg.suspect_k, cfg.suspect_disagreement, cfg.suspect_z);
+    let sus = suspects::find(
+        sf,
+        sd,
+        &faces.labels,
+        &faces.class_names,
+        &faces.sources,
+        &cfg.suspects,
+    );
     let mut suspect_images = Vec::new();
     for (c, name) in faces.class_names.iter().enumerate() {
         let tiles: Vec<plots::Tile> = sus
@@ -183,17 +237,31 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
             .take(30)
             .map(|s| plots::Tile {
                 pixels: faces.image(s.index),
-                caption: vec![s.source.rsplit('/').next().unwrap_or(&s.source).to_string(), format!("score {:.2}", s.score)],
+                caption: vec![
+                    s.source.rsplit('/').next().unwrap_or(&s.source).to_string(),
+                    format!("score {:.2}", s.score),
+                ],
             })
             .collect();
         if tiles.is_empty() {
             continue;
         }
         let p = cfg.out.join(format!("suspects-{}.png", sanitize(name)));
-        plots::montage_png(&p, &format!("suspects labelled {name}"), &tiles, faces.width, 96, 10).map_err(EvalError::Plot)?;
+        plots::montage_png(
+            &p,
+            &format!("suspects labelled {name}"),
+            &tiles,
+            faces.width,
+            96,
+            10,
+        )
+        .map_err(EvalError::Plot)?;
         suspect_images.push(p);
     }
-    let mode = ck.train_state["config"]["mode"].as_str().unwrap_or("unknown").to_string();
+    let mode = ck.train_state["config"]["mode"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_string();
     let report = Report {
         checkpoint: cfg.checkpoint.display().to_string(),
         mode: mode.clone(),
@@ -208,14 +276,43 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
             .map(|p| p.display().to_string())
             .collect(),
     };
-    artifacts::write_atomic(&cfg.out.join("report.json"), serde_json::to_string_pretty(&report).expect("plain").as_bytes())?;
+    artifacts::write_atomic(
+        &cfg.out.join("report.json"),
+        serde_json::to_string_pretty(&report)
+            .expect("plain")
+            .as_bytes(),
+    )?;
     let page = report::Page {
         title: format!("celeb-transfer evaluation: {mode}"),
         summary: vec![
             ("checkpoint".into(), cfg.checkpoint.display().to_string()),
-            ("faces".into(), format!("{} ({} images, {} classes)", cfg.faces.display(), n, faces.class_names.len())),
-            ("teacher".into(), teacher.as_ref().map(|b| format!("{} ({}, {}-d)", b.teacher, b.layer, b.dim)).unwrap_or_else(|| "none".into())),
-            ("t-SNE KL (student / teacher)".into(), format!("{:.4} / {}", student_map.kl, teacher_map.as_ref().map(|m| format!("{:.4}", m.kl)).unwrap_or_else(|| "-".into()))),
+            (
+                "faces".into(),
+                format!(
+                    "{} ({} images, {} classes)",
+                    cfg.faces.display(),
+                    n,
+                    faces.class_names.len()
+                ),
+            ),
+            (
+                "teacher".into(),
+                teacher
+                    .as_ref()
+                    .map(|b| format!("{} ({}, {}-d)", b.teacher, b.layer, b.dim))
+                    .unwrap_or_else(|| "none".into()),
+            ),
+            (
+                "t-SNE KL (student / teacher)".into(),
+                format!(
+                    "{:.4} / {}",
+                    student_map.kl,
+                    teacher_map
+                        .as_ref()
+                        .map(|m| format!("{:.4}", m.kl))
+                        .unwrap_or_else(|| "-".into())
+                ),
+            ),
         ],
         test: test.as_ref(),
         val: val.as_ref(),
@@ -230,8 +327,14 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
 /// The inputs an evaluation records; `None` when one cannot be read.
 fn provenance_inputs(cfg: &EvalConfig) -> Option<std::collections::BTreeMap<String, String>> {
     let mut m = std::collections::BTreeMap::new();
-    m.insert("faces".to_string(), artifacts::digest_file(&cfg.faces).ok()?);
-    m.insert("checkpoint".to_string(), artifacts::digest_file(&cfg.checkpoint).ok()?);
+    m.insert(
+        "faces".to_string(),
+        artifacts::digest_file(&cfg.faces).ok()?,
+    );
+    m.insert(
+        "checkpoint".to_string(),
+        artifacts::digest_file(&cfg.checkpoint).ok()?,
+    );
     if let Some(p) = cfg.bottlenecks.as_ref().filter(|p| p.exists()) {
         m.insert("bottlenecks".to_string(), artifacts::digest_file(p).ok()?);
     }
@@ -240,18 +343,39 @@ fn provenance_inputs(cfg: &EvalConfig) -> Option<std::collections::BTreeMap<Stri
 
 /// True when `cfg.out` holds an evaluation of exactly these inputs and settings.
 pub fn up_to_date(cfg: &EvalConfig) -> bool {
-    let Some(inputs) = provenance_inputs(cfg) else { return false };
+    let Some(inputs) = provenance_inputs(cfg) else {
+        return false;
+    };
     cfg.out.join("report.html").exists()
-        && artifacts::up_to_date(&cfg.out.join("embeddings.safetensors"), artifacts::EMBEDDINGS_SCHEMA, &serde_json::to_value(cfg).expect("plain"), &inputs)
+        && artifacts::up_to_date(
+            &cfg.out.join("embeddings.safetensors"),
+            artifacts::EMBEDDINGS_SCHEMA,
+            &serde_json::to_value(cfg).expect("plain"),
+            &inputs,
+        )
 }
 
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Default output folder for a checkpoint: `<dir>/eval-<mode>` from `student-<mode>`.
 pub fn default_out(checkpoint: &Path) -> PathBuf {
-    let stem = checkpoint.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = checkpoint
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mode = stem.strip_prefix("student-").unwrap_or(&stem);
-    checkpoint.parent().unwrap_or(Path::new(".")).join(format!("eval-{mode}"))
+    checkpoint
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(format!("eval-{mode}"))
 }

@@ -58,15 +58,25 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     if let Some(j) = cli.jobs {
-        rayon::ThreadPoolBuilder::new().num_threads(j).build_global()?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(j)
+            .build_global()?;
     }
-    let out = cli.out.unwrap_or_else(|| eval_tsne::default_out(&cli.checkpoint));
+    let out = cli
+        .out
+        .unwrap_or_else(|| eval_tsne::default_out(&cli.checkpoint));
     let cfg = EvalConfig {
         checkpoint: cli.checkpoint,
         faces: cli.faces,
         bottlenecks: Some(cli.bottlenecks),
         out: out.clone(),
-        tsne: eval_tsne::tsne::TsneConfig { perplexity: cli.perplexity, theta: cli.theta, iters: cli.iters, seed: cli.seed, ..Default::default() },
+        tsne: eval_tsne::tsne::TsneConfig {
+            perplexity: cli.perplexity,
+            theta: cli.theta,
+            iters: cli.iters,
+            seed: cli.seed,
+            ..Default::default()
+        },
         font: cli.font,
         device: cli.device,
         ..Default::default()
@@ -76,10 +86,25 @@ fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     let r = evaluate(&cfg)?;
-    let fmt = |m: &Option<eval_tsne::metrics::Metrics>| m.as_ref().map(|m| format!("top-1 {:.4} top-3 {:.4} macro-F1 {:.4} (n={})", m.top1, m.top3, m.macro_f1, m.n)).unwrap_or_else(|| "n/a".into());
+    let fmt = |m: &Option<eval_tsne::metrics::Metrics>| {
+        m.as_ref()
+            .map(|m| {
+                format!(
+                    "top-1 {:.4} top-3 {:.4} macro-F1 {:.4} (n={})",
+                    m.top1, m.top3, m.macro_f1, m.n
+                )
+            })
+            .unwrap_or_else(|| "n/a".into())
+    };
     println!("{} test: {}", r.mode, fmt(&r.test));
     println!("{} val:  {}", r.mode, fmt(&r.val));
-    println!("t-SNE KL: student {:.4}{}", r.tsne_kl_student, r.tsne_kl_teacher.map(|k| format!(", teacher {k:.4}")).unwrap_or_default());
+    println!(
+        "t-SNE KL: student {:.4}{}",
+        r.tsne_kl_student,
+        r.tsne_kl_teacher
+            .map(|k| format!(", teacher {k:.4}"))
+            .unwrap_or_default()
+    );
     println!("dirty-data suspects: {}", r.suspects.len());
     println!("report: {}", out.join("report.html").display());
     Ok(())

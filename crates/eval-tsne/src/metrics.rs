@@ -44,16 +44,34 @@ pub fn compute(probs: &[f32], labels: &[u32], class_names: &[String]) -> Metrics
         let tp = confusion[k][k] as f64;
         let support: usize = confusion[k].iter().sum();
         let predicted: usize = (0..c).map(|t| confusion[t][k]).sum();
-        let precision = if predicted > 0 { tp / predicted as f64 } else { 0.0 };
-        let recall = if support > 0 { tp / support as f64 } else { 0.0 };
-        let f1 = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
+        let precision = if predicted > 0 {
+            tp / predicted as f64
+        } else {
+            0.0
+        };
+        let recall = if support > 0 {
+            tp / support as f64
+        } else {
+            0.0
+        };
+        let f1 = if precision + recall > 0.0 {
+            2.0 * precision * recall / (precision + recall)
+        } else {
+            0.0
+        };
         if support > 0 || predicted > 0 {
             sp += precision;
             sr += recall;
             sf += f1;
             counted += 1;
         }
-        per_class.push(ClassMetrics { class: class_names[k].clone(), support, precision, recall, f1 });
+        per_class.push(ClassMetrics {
+            class: class_names[k].clone(),
+            support,
+            precision,
+            recall,
+            f1,
+        });
     }
     let m = counted.max(1) as f64;
     Metrics {
@@ -84,7 +102,10 @@ mod tests {
             0.5, 0.2, 0.3f32,
         ];
         let m = compute(&probs, &[0, 0, 1, 1, 2], &names);
-        assert_eq!(m.confusion, vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 0]]);
+        assert_eq!(
+            m.confusion,
+            vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 0]]
+        );
         assert!((m.top1 - 0.6).abs() < 1e-12);
         assert!((m.top3 - 1.0).abs() < 1e-12);
         // a: P 1/2 R 1/2 F 1/2; b: P 2/3 R 1 F 0.8; c: 0 0 0.

@@ -15,10 +15,14 @@ static FONT: OnceLock<Result<(), String>> = OnceLock::new();
 pub fn load_font(path: &Path) -> Result<(), String> {
     FONT.get_or_init(|| {
         let bytes = std::fs::read(path).map_err(|e| {
-            format!("font {}: {e}; install it with `apt-get install fonts-dejavu-core` or pass --font", path.display())
+            format!(
+                "font {}: {e}; install it with `apt-get install fonts-dejavu-core` or pass --font",
+                path.display()
+            )
         })?;
         let leaked: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-        plotters::style::register_font("sans-serif", FontStyle::Normal, leaked).map_err(|_| format!("{}: not a usable TTF font", path.display()))
+        plotters::style::register_font("sans-serif", FontStyle::Normal, leaked)
+            .map_err(|_| format!("{}: not a usable TTF font", path.display()))
     })
     .clone()
 }
@@ -26,7 +30,7 @@ pub fn load_font(path: &Path) -> Result<(), String> {
 /// A distinct colour per class.
 pub fn class_colour(c: usize, classes: usize) -> RGBColor {
     let h = (c as f64 / classes.max(1) as f64) * 360.0;
-    let (s, l) = (0.75, if c % 2 == 0 { 0.45 } else { 0.6 });
+    let (s, l) = (0.75, if c.is_multiple_of(2) { 0.45 } else { 0.6 });
     let chroma = (1.0 - (2.0 * l - 1.0f64).abs()) * s;
     let x = chroma * (1.0 - ((h / 60.0) % 2.0 - 1.0).abs());
     let (r, g, b) = match (h / 60.0) as u32 {
@@ -38,7 +42,11 @@ pub fn class_colour(c: usize, classes: usize) -> RGBColor {
         _ => (chroma, 0.0, x),
     };
     let m = l - chroma / 2.0;
-    RGBColor(((r + m) * 255.0) as u8, ((g + m) * 255.0) as u8, ((b + m) * 255.0) as u8)
+    RGBColor(
+        ((r + m) * 255.0) as u8,
+        ((g + m) * 255.0) as u8,
+        ((b + m) * 255.0) as u8,
+    )
 }
 
 fn err<E: std::fmt::Display>(e: E) -> String {
@@ -53,7 +61,14 @@ pub struct MapPanel<'a> {
 
 /// `tsne.png`: one panel per map; colour = class, circle = train/val, triangle = test,
 /// a black cross over misclassified points; a legend of class names.
-pub fn tsne_png(path: &Path, panels: &[MapPanel], labels: &[u32], is_test: &[bool], wrong: &[bool], class_names: &[String]) -> Result<(), String> {
+pub fn tsne_png(
+    path: &Path,
+    panels: &[MapPanel],
+    labels: &[u32],
+    is_test: &[bool],
+    wrong: &[bool],
+    class_names: &[String],
+) -> Result<(), String> {
     let w = 760 * panels.len() as u32;
     let root = BitMapBackend::new(path, (w, 820)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
@@ -80,12 +95,18 @@ pub fn tsne_png(path: &Path, panels: &[MapPanel], labels: &[u32], is_test: &[boo
             let col = class_colour(labels[i] as usize, classes);
             let p = (xs[i], ys[i]);
             if is_test[i] {
-                chart.draw_series(std::iter::once(TriangleMarker::new(p, 6, col.filled()))).map_err(err)?;
+                chart
+                    .draw_series(std::iter::once(TriangleMarker::new(p, 6, col.filled())))
+                    .map_err(err)?;
             } else {
-                chart.draw_series(std::iter::once(Circle::new(p, 3, col.filled()))).map_err(err)?;
+                chart
+                    .draw_series(std::iter::once(Circle::new(p, 3, col.filled())))
+                    .map_err(err)?;
             }
             if wrong[i] {
-                chart.draw_series(std::iter::once(Cross::new(p, 6, BLACK.stroke_width(2)))).map_err(err)?;
+                chart
+                    .draw_series(std::iter::once(Cross::new(p, 6, BLACK.stroke_width(2))))
+                    .map_err(err)?;
             }
         }
         // Legend: a colour chip and the class name per class, in columns.
@@ -93,19 +114,34 @@ pub fn tsne_png(path: &Path, panels: &[MapPanel], labels: &[u32], is_test: &[boo
         for (c, name) in class_names.iter().enumerate() {
             let x = 20 + (c / per_col) as i32 * 185;
             let y = 10 + (c % per_col) as i32 * 22;
-            legend.draw(&Rectangle::new([(x, y), (x + 14, y + 14)], class_colour(c, classes).filled())).map_err(err)?;
-            legend.draw(&Text::new(name.clone(), (x + 20, y), ("sans-serif", 15))).map_err(err)?;
+            legend
+                .draw(&Rectangle::new(
+                    [(x, y), (x + 14, y + 14)],
+                    class_colour(c, classes).filled(),
+                ))
+                .map_err(err)?;
+            legend
+                .draw(&Text::new(name.clone(), (x + 20, y), ("sans-serif", 15)))
+                .map_err(err)?;
         }
         let y = 10 + per_col as i32 * 22 + 6;
         legend
-            .draw(&Text::new("circle = train/val   triangle = test   cross = misclassified", (20, y), ("sans-serif", 14)))
+            .draw(&Text::new(
+                "circle = train/val   triangle = test   cross = misclassified",
+                (20, y),
+                ("sans-serif", 14),
+            ))
             .map_err(err)?;
     }
     root.present().map_err(err)
 }
 
 /// `confusion.png`: counts with a blue scale; rows = true class, columns = predicted.
-pub fn confusion_png(path: &Path, confusion: &[Vec<usize>], class_names: &[String]) -> Result<(), String> {
+pub fn confusion_png(
+    path: &Path,
+    confusion: &[Vec<usize>],
+    class_names: &[String],
+) -> Result<(), String> {
     let c = class_names.len().max(1);
     let cell = (560 / c as u32).clamp(24, 80);
     let left = 200u32;
@@ -113,25 +149,60 @@ pub fn confusion_png(path: &Path, confusion: &[Vec<usize>], class_names: &[Strin
     let size = (left + cell * c as u32 + 20, top + cell * c as u32 + 40);
     let root = BitMapBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    root.draw(&Text::new("confusion (rows: true, columns: predicted)", (10, 10), ("sans-serif", 18))).map_err(err)?;
-    let max = confusion.iter().flatten().cloned().max().unwrap_or(1).max(1) as f64;
+    root.draw(&Text::new(
+        "confusion (rows: true, columns: predicted)",
+        (10, 10),
+        ("sans-serif", 18),
+    ))
+    .map_err(err)?;
+    let max = confusion
+        .iter()
+        .flatten()
+        .cloned()
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
     for (i, row) in confusion.iter().enumerate() {
-        root.draw(&Text::new(format!("{i}: {}", class_names[i]), (10, (top + cell * i as u32 + cell / 3) as i32), ("sans-serif", 14)))
-            .map_err(err)?;
+        root.draw(&Text::new(
+            format!("{i}: {}", class_names[i]),
+            (10, (top + cell * i as u32 + cell / 3) as i32),
+            ("sans-serif", 14),
+        ))
+        .map_err(err)?;
         for (j, &v) in row.iter().enumerate() {
             let t = v as f64 / max;
-            let col = RGBColor((255.0 * (1.0 - 0.8 * t)) as u8, (255.0 * (1.0 - 0.6 * t)) as u8, 255);
+            let col = RGBColor(
+                (255.0 * (1.0 - 0.8 * t)) as u8,
+                (255.0 * (1.0 - 0.6 * t)) as u8,
+                255,
+            );
             let x0 = (left + cell * j as u32) as i32;
             let y0 = (top + cell * i as u32) as i32;
-            root.draw(&Rectangle::new([(x0, y0), (x0 + cell as i32 - 1, y0 + cell as i32 - 1)], col.filled())).map_err(err)?;
+            root.draw(&Rectangle::new(
+                [(x0, y0), (x0 + cell as i32 - 1, y0 + cell as i32 - 1)],
+                col.filled(),
+            ))
+            .map_err(err)?;
             if v > 0 {
-                root.draw(&Text::new(v.to_string(), (x0 + 4, y0 + cell as i32 / 3), ("sans-serif", 14))).map_err(err)?;
+                root.draw(&Text::new(
+                    v.to_string(),
+                    (x0 + 4, y0 + cell as i32 / 3),
+                    ("sans-serif", 14),
+                ))
+                .map_err(err)?;
             }
         }
     }
     for j in 0..c {
-        root.draw(&Text::new(j.to_string(), ((left + cell * j as u32 + 4) as i32, (top + cell * c as u32 + 6) as i32), ("sans-serif", 13)))
-            .map_err(err)?;
+        root.draw(&Text::new(
+            j.to_string(),
+            (
+                (left + cell * j as u32 + 4) as i32,
+                (top + cell * c as u32 + 6) as i32,
+            ),
+            ("sans-serif", 13),
+        ))
+        .map_err(err)?;
     }
     root.present().map_err(err)
 }
@@ -143,14 +214,26 @@ pub struct Tile<'a> {
 }
 
 /// A grid of faces (`size` px, shown at `thumb` px) with captions under each.
-pub fn montage_png(path: &Path, title: &str, tiles: &[Tile], size: usize, thumb: u32, per_row: usize) -> Result<(), String> {
+pub fn montage_png(
+    path: &Path,
+    title: &str,
+    tiles: &[Tile],
+    size: usize,
+    thumb: u32,
+    per_row: usize,
+) -> Result<(), String> {
     let rows = tiles.len().div_ceil(per_row).max(1) as u32;
     let cap_h = 36u32;
-    let (w, h) = (per_row as u32 * (thumb + 8) + 8, 34 + rows * (thumb + cap_h + 8));
+    let (w, h) = (
+        per_row as u32 * (thumb + 8) + 8,
+        34 + rows * (thumb + cap_h + 8),
+    );
     let mut buf = vec![255u8; (w * h * 3) as usize];
     for (t, tile) in tiles.iter().enumerate() {
-        let img = image::RgbImage::from_raw(size as u32, size as u32, tile.pixels.to_vec()).ok_or("bad face buffer")?;
-        let small = image::imageops::resize(&img, thumb, thumb, image::imageops::FilterType::Triangle);
+        let img = image::RgbImage::from_raw(size as u32, size as u32, tile.pixels.to_vec())
+            .ok_or("bad face buffer")?;
+        let small =
+            image::imageops::resize(&img, thumb, thumb, image::imageops::FilterType::Triangle);
         let x0 = 8 + (t % per_row) as u32 * (thumb + 8);
         let y0 = 34 + (t / per_row) as u32 * (thumb + cap_h + 8);
         for (x, y, p) in small.enumerate_pixels() {
@@ -160,13 +243,19 @@ pub fn montage_png(path: &Path, title: &str, tiles: &[Tile], size: usize, thumb:
     }
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        root.draw(&Text::new(title.to_string(), (8, 8), ("sans-serif", 18))).map_err(err)?;
+        root.draw(&Text::new(title.to_string(), (8, 8), ("sans-serif", 18)))
+            .map_err(err)?;
         for (t, tile) in tiles.iter().enumerate() {
             let x0 = 8 + (t % per_row) as i32 * (thumb + 8) as i32;
             let y0 = 34 + (t / per_row) as i32 * (thumb + cap_h + 8) as i32 + thumb as i32 + 2;
             for (l, line) in tile.caption.iter().enumerate() {
                 let text: String = line.chars().take(18).collect();
-                root.draw(&Text::new(text, (x0, y0 + 16 * l as i32), ("sans-serif", 13))).map_err(err)?;
+                root.draw(&Text::new(
+                    text,
+                    (x0, y0 + 16 * l as i32),
+                    ("sans-serif", 13),
+                ))
+                .map_err(err)?;
             }
         }
         root.present().map_err(err)?;

@@ -6,14 +6,20 @@ use base64::Engine;
 use std::path::Path;
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn img(path: &Path) -> String {
     match std::fs::read(path) {
         Ok(bytes) => format!(
             "<img alt=\"{}\" src=\"data:image/png;base64,{}\">",
-            esc(&path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
+            esc(&path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()),
             base64::engine::general_purpose::STANDARD.encode(bytes)
         ),
         Err(_) => format!("<p>(missing {})</p>", esc(&path.display().to_string())),

@@ -17,9 +17,37 @@ pub struct Suspect {
     pub score: f64,
 }
 
-/// Flags images with neighbour disagreement >= `min_disagreement` or medoid z >= `max_z`.
-/// Features are compared by cosine similarity after centring.
-pub fn find(features: &[f32], dim: usize, labels: &[u32], class_names: &[String], sources: &[String], k: usize, min_disagreement: f64, max_z: f64) -> Vec<Suspect> {
+/// When an image counts as a suspect.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SuspectConfig {
+    /// Neighbours consulted.
+    pub k: usize,
+    /// Flag when at least this share of the neighbours carries another label.
+    pub min_disagreement: f64,
+    /// Flag when the distance to the class medoid is at least this many robust z-units.
+    pub max_z: f64,
+}
+
+impl Default for SuspectConfig {
+    fn default() -> Self {
+        SuspectConfig {
+            k: 10,
+            min_disagreement: 0.7,
+            max_z: 4.0,
+        }
+    }
+}
+
+/// Flags images per `cfg`. Features are compared by cosine similarity after centring.
+pub fn find(
+    features: &[f32],
+    dim: usize,
+    labels: &[u32],
+    class_names: &[String],
+    sources: &[String],
+    cfg: &SuspectConfig,
+) -> Vec<Suspect> {
+    let (k, min_disagreement, max_z) = (cfg.k, cfg.min_disagreement, cfg.max_z);
     let n = labels.len();
     if n < 3 || dim == 0 {
         return vec![];
@@ -40,11 +68,22 @@ pub fn find(features: &[f32], dim: usize, labels: &[u32], class_names: &[String]
             norm += v * v;
         }
         let norm = norm.sqrt().max(1e-12) as f32;
-        x[i * dim..(i + 1) * dim].iter_mut().for_each(|v| *v /= norm);
+        x[i * dim..(i + 1) * dim]
+            .iter_mut()
+            .for_each(|v| *v /= norm);
     }
-    let sim = |i: usize, j: usize| -> f32 { x[i * dim..(i + 1) * dim].iter().zip(&x[j * dim..(j + 1) * dim]).map(|(a, b)| a * b).sum() };
+    let sim = |i: usize, j: usize| -> f32 {
+        x[i * dim..(i + 1) * dim]
+            .iter()
+            .zip(&x[j * dim..(j + 1) * dim])
+            .map(|(a, b)| a * b)
+            .sum()
+    };
     use rayon::prelude::*;
-    let sims: Vec<Vec<f32>> = (0..n).into_par_iter().map(|i| (0..n).map(|j| sim(i, j)).collect()).collect();
+    let sims: Vec<Vec<f32>> = (0..n)
+        .into_par_iter()
+        .map(|i| (0..n).map(|j| sim(i, j)).collect())
+        .collect();
     let classes = class_names.len();
     // Medoid per class and the distances of members to it.
     let mut medoid_dist = vec![0f64; n];
@@ -85,7 +124,12 @@ pub fn find(features: &[f32], dim: usize, labels: &[u32], class_names: &[String]
         let disagreement = other as f64 / k as f64;
         let mut votes = vec![0usize; classes];
         nn.iter().for_each(|&j| votes[labels[j] as usize] += 1);
-        let says = votes.iter().enumerate().max_by_key(|(c, v)| (**v, usize::MAX - c)).map(|(c, _)| c).unwrap_or(0);
+        let says = votes
+            .iter()
+            .enumerate()
+            .max_by_key(|(c, v)| (**v, usize::MAX - c))
+            .map(|(c, _)| c)
+            .unwrap_or(0);
         if disagreement >= min_disagreement || z[i] >= max_z {
             out.push(Suspect {
                 index: i,
@@ -110,7 +154,11 @@ mod tests {
         let mut f = Vec::new();
         let mut labels = Vec::new();
         for i in 0..20 {
-            let (c, v) = if i < 10 { (0u32, [1.0f32, 0.0, 0.01 * i as f32]) } else { (1, [0.0, 1.0, 0.01 * i as f32]) };
+            let (c, v) = if i < 10 {
+                (0u32, [1.0f32, 0.0, 0.01 * i as f32])
+            } else {
+                (1, [0.0, 1.0, 0.01 * i as f32])
+            };
             f.extend_from_slice(&v);
             labels.push(c);
         }
@@ -118,7 +166,18 @@ mod tests {
         f[1] = 1.0;
         let names = vec!["a".to_string(), "b".to_string()];
         let sources: Vec<String> = (0..20).map(|i| format!("{i}.jpg")).collect();
-        let s = super::find(&f, 3, &labels, &names, &sources, 5, 0.6, 3.5);
+        let s = super::find(
+            &f,
+            3,
+            &labels,
+            &names,
+            &sources,
+            &super::SuspectConfig {
+                k: 5,
+                min_disagreement: 0.6,
+                max_z: 3.5,
+            },
+        );
         assert!(!s.is_empty());
         assert_eq!(s[0].index, 0);
         assert_eq!(s[0].neighbours_say, "b");

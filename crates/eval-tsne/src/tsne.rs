@@ -55,7 +55,13 @@ pub struct Affinities {
 }
 
 /// Squared Euclidean distances of rows `rows` to all points, as a matrix product.
-fn block_sq_dists(x: &[f32], n: usize, d: usize, norms: &[f32], rows: std::ops::Range<usize>) -> Vec<f32> {
+fn block_sq_dists(
+    x: &[f32],
+    n: usize,
+    d: usize,
+    norms: &[f32],
+    rows: std::ops::Range<usize>,
+) -> Vec<f32> {
     let b = rows.len();
     let mut out = vec![0f32; b * n];
     // out = -2 X_b X^T via gemm-like blocked loops over contiguous rows.
@@ -77,14 +83,17 @@ fn block_sq_dists(x: &[f32], n: usize, d: usize, norms: &[f32], rows: std::ops::
 /// k nearest neighbours (excluding self) and their squared distances, exact.
 pub fn knn(x: &[f32], n: usize, d: usize, k: usize) -> (Vec<usize>, Vec<f32>) {
     let k = k.min(n.saturating_sub(1));
-    let norms: Vec<f32> = (0..n).map(|i| x[i * d..(i + 1) * d].iter().map(|v| v * v).sum()).collect();
+    let norms: Vec<f32> = (0..n)
+        .map(|i| x[i * d..(i + 1) * d].iter().map(|v| v * v).sum())
+        .collect();
     let mut idx = vec![0usize; n * k];
     let mut dist = vec![0f32; n * k];
     let block = 256;
     let mut start = 0;
     while start < n {
         let end = (start + block).min(n);
-        let dm = crate::tsne::sq_dists_gemm(x, n, d, &norms, start..end).unwrap_or_else(|| block_sq_dists(x, n, d, &norms, start..end));
+        let dm = crate::tsne::sq_dists_gemm(x, n, d, &norms, start..end)
+            .unwrap_or_else(|| block_sq_dists(x, n, d, &norms, start..end));
         idx[start * k..end * k]
             .par_chunks_mut(k.max(1))
             .zip(dist[start * k..end * k].par_chunks_mut(k.max(1)))
@@ -95,7 +104,12 @@ pub fn knn(x: &[f32], n: usize, d: usize, k: usize) -> (Vec<usize>, Vec<f32>) {
                 }
                 let i = start + r;
                 let row = &dm[r * n..(r + 1) * n];
-                let mut cand: Vec<(f32, usize)> = row.iter().enumerate().filter(|(j, _)| *j != i).map(|(j, &v)| (v, j)).collect();
+                let mut cand: Vec<(f32, usize)> = row
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(j, &v)| (v, j))
+                    .collect();
                 cand.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
                 let mut top = cand[..k].to_vec();
                 top.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
@@ -111,11 +125,23 @@ pub fn knn(x: &[f32], n: usize, d: usize, k: usize) -> (Vec<usize>, Vec<f32>) {
 
 /// Distances of a block of rows through candle's matmul (gemm), which is far faster than
 /// plain loops for 2048-d data.
-pub fn sq_dists_gemm(x: &[f32], n: usize, d: usize, norms: &[f32], rows: std::ops::Range<usize>) -> Option<Vec<f32>> {
+pub fn sq_dists_gemm(
+    x: &[f32],
+    n: usize,
+    d: usize,
+    norms: &[f32],
+    rows: std::ops::Range<usize>,
+) -> Option<Vec<f32>> {
     use candle_core::{Device, Tensor};
     let all = Tensor::from_slice(x, (n, d), &Device::Cpu).ok()?;
     let blk = all.narrow(0, rows.start, rows.len()).ok()?;
-    let dots = blk.matmul(&all.t().ok()?).ok()?.flatten_all().ok()?.to_vec1::<f32>().ok()?;
+    let dots = blk
+        .matmul(&all.t().ok()?)
+        .ok()?
+        .flatten_all()
+        .ok()?
+        .to_vec1::<f32>()
+        .ok()?;
     let mut out = dots;
     for (r, row) in out.chunks_mut(n).enumerate() {
         let ni = norms[rows.start + r];
@@ -153,7 +179,11 @@ pub fn affinities(idx: &[usize], dist: &[f32], n: usize, k: usize, perplexity: f
                 }
                 if entropy > target {
                     lo = beta;
-                    beta = if hi.is_finite() { (beta + hi) / 2.0 } else { beta * 2.0 };
+                    beta = if hi.is_finite() {
+                        (beta + hi) / 2.0
+                    } else {
+                        beta * 2.0
+                    };
                 } else {
                     hi = beta;
                     beta = (beta + lo) / 2.0;
@@ -183,7 +213,11 @@ pub fn affinities(idx: &[usize], dist: &[f32], n: usize, k: usize, perplexity: f
         }
         indptr.push(indices.len());
     }
-    Affinities { indptr, indices, values }
+    Affinities {
+        indptr,
+        indices,
+        values,
+    }
 }
 
 /// First two principal components of `x` by power iteration, scaled to std 1e-4.
@@ -197,18 +231,28 @@ pub fn pca_init(x: &[f32], n: usize, d: usize, seed: u64) -> Vec<[f64; 2]> {
     mean.iter_mut().for_each(|m| *m /= n.max(1) as f64);
     let xc = |i: usize, k: usize| x[i * d + k] as f64 - mean[k];
     let mut comps: Vec<Vec<f64>> = Vec::new();
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     for _ in 0..2 {
         let mut v: Vec<f64> = (0..d)
             .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((state >> 33) as f64 / (1u64 << 31) as f64) - 0.5
             })
             .collect();
         for _ in 0..100 {
             // w = X^T X v, with the found components projected out.
-            let xv: Vec<f64> = (0..n).into_par_iter().map(|i| (0..d).map(|k| xc(i, k) * v[k]).sum()).collect();
-            let mut w: Vec<f64> = (0..d).into_par_iter().map(|k| (0..n).map(|i| xc(i, k) * xv[i]).sum()).collect();
+            let xv: Vec<f64> = (0..n)
+                .into_par_iter()
+                .map(|i| (0..d).map(|k| xc(i, k) * v[k]).sum())
+                .collect();
+            let mut w: Vec<f64> = (0..d)
+                .into_par_iter()
+                .map(|k| (0..n).map(|i| xc(i, k) * xv[i]).sum())
+                .collect();
             for c in &comps {
                 let dot: f64 = w.iter().zip(c).map(|(a, b)| a * b).sum();
                 w.iter_mut().zip(c).for_each(|(a, b)| *a -= dot * b);
@@ -225,7 +269,10 @@ pub fn pca_init(x: &[f32], n: usize, d: usize, seed: u64) -> Vec<[f64; 2]> {
             }
         }
         // Fix the sign for determinism across platforms.
-        let big = v.iter().cloned().fold(0f64, |m, a| if a.abs() > m.abs() { a } else { m });
+        let big = v
+            .iter()
+            .cloned()
+            .fold(0f64, |m, a| if a.abs() > m.abs() { a } else { m });
         if big < 0.0 {
             v.iter_mut().for_each(|a| *a = -*a);
         }
@@ -238,7 +285,9 @@ pub fn pca_init(x: &[f32], n: usize, d: usize, seed: u64) -> Vec<[f64; 2]> {
             [p0, p1]
         })
         .collect();
-    let std = (y.iter().map(|p| p[0] * p[0]).sum::<f64>() / n.max(1) as f64).sqrt().max(1e-12);
+    let std = (y.iter().map(|p| p[0] * p[0]).sum::<f64>() / n.max(1) as f64)
+        .sqrt()
+        .max(1e-12);
     y.iter_mut().for_each(|p| {
         p[0] *= 1e-4 / std;
         p[1] *= 1e-4 / std;
@@ -267,7 +316,12 @@ struct Node {
 
 impl QuadTree {
     fn build(y: &[[f64; 2]]) -> QuadTree {
-        let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+        let (mut x0, mut x1, mut y0, mut y1) = (
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        );
         for p in y {
             x0 = x0.min(p[0]);
             x1 = x1.max(p[0]);
@@ -309,7 +363,11 @@ impl QuadTree {
     }
 
     fn child_for(&mut self, node: usize, p: [f64; 2]) -> usize {
-        let (cx, cy, half) = (self.nodes[node].cx, self.nodes[node].cy, self.nodes[node].half);
+        let (cx, cy, half) = (
+            self.nodes[node].cx,
+            self.nodes[node].cy,
+            self.nodes[node].half,
+        );
         let q = usize::from(p[0] >= cx) + 2 * usize::from(p[1] >= cy);
         if self.nodes[node].children[q] == 0 {
             let h = half / 2.0;
@@ -338,7 +396,11 @@ impl QuadTree {
             let size = 2.0 * nd.half;
             if leaf || size * size < theta2 * d2 {
                 // A leaf may hold point i itself among duplicates: leave it out.
-                let count = if leaf && nd.point.is_none() && d2 == 0.0 { nd.count.saturating_sub(1) } else { nd.count } as f64;
+                let count = if leaf && nd.point.is_none() && d2 == 0.0 {
+                    nd.count.saturating_sub(1)
+                } else {
+                    nd.count
+                } as f64;
                 let q = 1.0 / (1.0 + d2);
                 z += count * q;
                 let q2 = count * q * q;
@@ -417,15 +479,28 @@ pub fn tsne(x: &[f32], n: usize, d: usize, cfg: &TsneConfig) -> TsneResult {
     let knn_seconds = start.elapsed().as_secs_f64();
     let p = affinities(&idx, &dist, n, k, cfg.perplexity);
     let mut y = pca_init(x, n, d, cfg.seed);
-    let lr = cfg.learning_rate.unwrap_or((n as f64 / cfg.early_exaggeration).max(50.0));
+    let lr = cfg
+        .learning_rate
+        .unwrap_or((n as f64 / cfg.early_exaggeration).max(50.0));
     let mut update = vec![[0f64; 2]; n];
     let mut gains = vec![[1f64; 2]; n];
     let theta2 = cfg.theta * cfg.theta;
     for it in 0..cfg.iters {
-        let exag = if it < cfg.exaggeration_iters { cfg.early_exaggeration } else { 1.0 };
-        let momentum = if it < cfg.exaggeration_iters { 0.5 } else { 0.8 };
+        let exag = if it < cfg.exaggeration_iters {
+            cfg.early_exaggeration
+        } else {
+            1.0
+        };
+        let momentum = if it < cfg.exaggeration_iters {
+            0.5
+        } else {
+            0.8
+        };
         let tree = QuadTree::build(&y);
-        let rep: Vec<(f64, f64, f64)> = (0..n).into_par_iter().map(|i| tree.repulse(i, y[i], theta2)).collect();
+        let rep: Vec<(f64, f64, f64)> = (0..n)
+            .into_par_iter()
+            .map(|i| tree.repulse(i, y[i], theta2))
+            .collect();
         let z: f64 = rep.iter().map(|r| r.2).sum::<f64>().max(1e-300);
         let grads: Vec<[f64; 2]> = (0..n)
             .into_par_iter()
@@ -439,13 +514,20 @@ pub fn tsne(x: &[f32], n: usize, d: usize, cfg: &TsneConfig) -> TsneResult {
                     ax += p.values[t] * q * dx;
                     ay += p.values[t] * q * dy;
                 }
-                [4.0 * (exag * ax - rep[i].0 / z), 4.0 * (exag * ay - rep[i].1 / z)]
+                [
+                    4.0 * (exag * ax - rep[i].0 / z),
+                    4.0 * (exag * ay - rep[i].1 / z),
+                ]
             })
             .collect();
         for i in 0..n {
             for c in 0..2 {
                 let g = grads[i][c];
-                gains[i][c] = if (g > 0.0) != (update[i][c] > 0.0) { gains[i][c] + 0.2 } else { (gains[i][c] * 0.8).max(0.01) };
+                gains[i][c] = if (g > 0.0) != (update[i][c] > 0.0) {
+                    gains[i][c] + 0.2
+                } else {
+                    (gains[i][c] * 0.8).max(0.01)
+                };
                 update[i][c] = momentum * update[i][c] - lr * gains[i][c] * g;
                 y[i][c] += update[i][c];
             }
@@ -474,7 +556,9 @@ mod tests {
     fn clusters(per: usize, d: usize, seed: u64) -> (Vec<f32>, Vec<usize>) {
         let mut s = seed;
         let mut rnd = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
         };
         let mut x = Vec::new();
@@ -495,16 +579,34 @@ mod tests {
     fn separated_clusters_stay_apart() {
         let (x, labels) = clusters(50, 32, 7);
         let n = labels.len();
-        let r = tsne(&x, n, 32, &TsneConfig { perplexity: 15.0, iters: 500, ..Default::default() });
+        let r = tsne(
+            &x,
+            n,
+            32,
+            &TsneConfig {
+                perplexity: 15.0,
+                iters: 500,
+                ..Default::default()
+            },
+        );
         // 5-NN accuracy in the map.
         let mut ok = 0;
         for i in 0..n {
             let mut d: Vec<(f64, usize)> = (0..n)
                 .filter(|&j| j != i)
-                .map(|j| ((r.embedding[i][0] - r.embedding[j][0]).powi(2) + (r.embedding[i][1] - r.embedding[j][1]).powi(2), j))
+                .map(|j| {
+                    (
+                        (r.embedding[i][0] - r.embedding[j][0]).powi(2)
+                            + (r.embedding[i][1] - r.embedding[j][1]).powi(2),
+                        j,
+                    )
+                })
                 .collect();
             d.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let votes = d[..5].iter().filter(|(_, j)| labels[*j] == labels[i]).count();
+            let votes = d[..5]
+                .iter()
+                .filter(|(_, j)| labels[*j] == labels[i])
+                .count();
             ok += usize::from(votes >= 3);
         }
         assert!(ok as f64 / n as f64 >= 0.95, "{ok}/{n}");
@@ -514,7 +616,11 @@ mod tests {
     #[test]
     fn deterministic_with_a_seed() {
         let (x, labels) = clusters(20, 8, 3);
-        let cfg = TsneConfig { perplexity: 5.0, iters: 300, ..Default::default() };
+        let cfg = TsneConfig {
+            perplexity: 5.0,
+            iters: 300,
+            ..Default::default()
+        };
         let a = tsne(&x, labels.len(), 8, &cfg);
         let b = tsne(&x, labels.len(), 8, &cfg);
         assert_eq!(a.embedding, b.embedding);
@@ -532,7 +638,10 @@ mod tests {
         let y = [[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]];
         // q: d2(0,1)=1 -> 1/2; d2(0,2)=4 -> 1/5; d2(1,2)=5 -> 1/6.
         let z = 2.0 * (0.5 + 0.2 + 1.0 / 6.0);
-        let want: f64 = [0.5f64, 0.2, 1.0 / 6.0].iter().map(|q| 2.0 * (1.0 / 6.0) * ((1.0 / 6.0) / (q / z)).ln()).sum();
+        let want: f64 = [0.5f64, 0.2, 1.0 / 6.0]
+            .iter()
+            .map(|q| 2.0 * (1.0 / 6.0) * ((1.0 / 6.0) / (q / z)).ln())
+            .sum();
         assert!((kl_divergence(&p, &y) - want).abs() < 1e-12);
     }
 

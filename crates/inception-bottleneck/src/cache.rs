@@ -46,8 +46,11 @@ impl BottleneckCache {
     /// The cached vector, if present and intact (a damaged entry counts as absent).
     pub fn get(&self, key: &str, dim: Option<usize>) -> Option<Vec<f32>> {
         let bytes = std::fs::read(self.path(key)).ok()?;
-        let (e, _): (Entry, usize) = bincode::decode_from_slice(&bytes, bincode::config::standard()).ok()?;
-        let ok = e.key == key && dim.is_none_or(|d| e.values.len() == d) && e.values.iter().all(|v| v.is_finite());
+        let (e, _): (Entry, usize) =
+            bincode::decode_from_slice(&bytes, bincode::config::standard()).ok()?;
+        let ok = e.key == key
+            && dim.is_none_or(|d| e.values.len() == d)
+            && e.values.iter().all(|v| v.is_finite());
         ok.then_some(e.values)
     }
 

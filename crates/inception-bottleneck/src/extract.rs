@@ -94,7 +94,11 @@ impl Teacher {
                 tracing::warn!("--dtype {} needs CUDA; using f32 on the CPU", cfg.dtype);
                 DType::F32
             }
-            (o, _) => return Err(Error::Config(format!("unknown --dtype `{o}` (f32, f16, bf16)"))),
+            (o, _) => {
+                return Err(Error::Config(format!(
+                    "unknown --dtype `{o}` (f32, f16, bf16)"
+                )))
+            }
         };
         let mut resolved = teacher::resolve(&cfg.teacher, &cfg.revision, Preprocessing::default())?;
         resolved.preprocessing = cfg.apply_overrides(resolved.preprocessing);
@@ -133,7 +137,8 @@ impl Teacher {
 
 /// Resizes an HWC RGB face to the teacher's size and normalises it to CHW floats.
 pub fn prepare(pixels: &[u8], height: usize, width: usize, p: &Preprocessing) -> Vec<f32> {
-    let img = image::RgbImage::from_raw(width as u32, height as u32, pixels.to_vec()).expect("HWC buffer of the right size");
+    let img = image::RgbImage::from_raw(width as u32, height as u32, pixels.to_vec())
+        .expect("HWC buffer of the right size");
     let filter = match p.interpolation.as_str() {
         "bicubic" => FilterType::CatmullRom,
         "nearest" => FilterType::Nearest,
@@ -178,7 +183,10 @@ fn faces_provenance(faces_path: &Path, cfg: &ExtractConfig) -> Result<(String, P
 }
 
 /// The inputs an extraction records (faces digest, teacher identity), for up-to-date checks.
-pub fn provenance_inputs(faces_path: &Path, cfg: &ExtractConfig) -> Result<std::collections::BTreeMap<String, String>, Error> {
+pub fn provenance_inputs(
+    faces_path: &Path,
+    cfg: &ExtractConfig,
+) -> Result<std::collections::BTreeMap<String, String>, Error> {
     let resolved = teacher::resolve(&cfg.teacher, &cfg.revision, Preprocessing::default())?;
     let mut m = std::collections::BTreeMap::new();
     m.insert("faces".to_string(), artifacts::digest_file(faces_path)?);
@@ -194,7 +202,10 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
     let start = std::time::Instant::now();
     let faces = Faces::read(faces_path)?;
     if faces.is_empty() {
-        return Err(Error::Config(format!("{} holds no faces", faces_path.display())));
+        return Err(Error::Config(format!(
+            "{} holds no faces",
+            faces_path.display()
+        )));
     }
     let teacher = Teacher::load(cfg)?;
     let dim = teacher.dim();
@@ -207,7 +218,9 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
         serde_json::to_string(&p).expect("plain")
     );
     let cache = match &cfg.cache_dir {
-        Some(dir) => Some(BottleneckCache::open(dir, &setting).map_err(|e| Error::Io(dir.clone(), e))?),
+        Some(dir) => {
+            Some(BottleneckCache::open(dir, &setting).map_err(|e| Error::Io(dir.clone(), e))?)
+        }
         None => None,
     };
     let n = faces.len();
@@ -224,10 +237,15 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
         }
     }
     let from_cache = n - todo.len();
-    tracing::info!("{n} faces: {from_cache} from the cache, {} to compute", todo.len());
+    tracing::info!(
+        "{n} faces: {from_cache} from the cache, {} to compute",
+        todo.len()
+    );
     let bar = indicatif::ProgressBar::new(todo.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template("bottlenecks {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec}")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "bottlenecks {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec}",
+        )
+        .expect("valid template"),
     );
     // Prepare batch k+1 on a helper thread (rayon inside) while the model runs batch k.
     let chunks: Vec<Vec<usize>> = todo.chunks(cfg.batch).map(|c| c.to_vec()).collect();
@@ -285,7 +303,12 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
 }
 
 /// Builds a `Bottlenecks` artifact from `retrain.py` text files matching the faces' sources.
-pub fn import_retrain(faces_path: &Path, dir: &Path, out_path: &Path, cfg: &ExtractConfig) -> Result<Summary, Error> {
+pub fn import_retrain(
+    faces_path: &Path,
+    dir: &Path,
+    out_path: &Path,
+    cfg: &ExtractConfig,
+) -> Result<Summary, Error> {
     let start = std::time::Instant::now();
     let faces = Faces::read(faces_path)?;
     let (dim, features) = crate::retrain::import(dir, &faces.sources)?;
@@ -311,7 +334,11 @@ pub fn import_retrain(faces_path: &Path, dir: &Path, out_path: &Path, cfg: &Extr
 }
 
 /// Writes a bottlenecks artifact as `retrain.py` text files.
-pub fn export_retrain(faces_path: &Path, bottlenecks_path: &Path, dir: &Path) -> Result<usize, Error> {
+pub fn export_retrain(
+    faces_path: &Path,
+    bottlenecks_path: &Path,
+    dir: &Path,
+) -> Result<usize, Error> {
     let faces = Faces::read(faces_path)?;
     let b = Bottlenecks::read(bottlenecks_path)?;
     if b.len() != faces.len() {

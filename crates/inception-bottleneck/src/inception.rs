@@ -57,7 +57,14 @@ struct BasicConv2d {
 }
 
 impl BasicConv2d {
-    fn new(w: Weights, c_in: usize, c_out: usize, k: (usize, usize), stride: usize, pad: (usize, usize)) -> Result<Self> {
+    fn new(
+        w: Weights,
+        c_in: usize,
+        c_out: usize,
+        k: (usize, usize),
+        stride: usize,
+        pad: (usize, usize),
+    ) -> Result<Self> {
         let conv = w.pp("conv").get(&[c_out, c_in, k.0, k.1], "weight")?;
         let bn = w.pp("bn");
         let gamma = bn.get(&[c_out], "weight")?;
@@ -65,7 +72,11 @@ impl BasicConv2d {
         let mean = bn.get(&[c_out], "running_mean")?;
         let var = bn.get(&[c_out], "running_var")?;
         // Fold in f32 or wider, then cast to the model dtype.
-        let work = if w.dtype == DType::F64 { DType::F64 } else { DType::F32 };
+        let work = if w.dtype == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
         let scale = (gamma.to_dtype(work)? / (var.to_dtype(work)? + BN_EPS)?.sqrt()?)?;
         let bias = (beta.to_dtype(work)? - (mean.to_dtype(work)? * &scale)?)?;
         let weight = conv
@@ -80,7 +91,14 @@ impl BasicConv2d {
             pad,
         })
     }
-    fn sq(w: Weights, c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize) -> Result<Self> {
+    fn sq(
+        w: Weights,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Result<Self> {
         Self::new(w, c_in, c_out, (k, k), stride, (pad, pad))
     }
 }
@@ -92,8 +110,16 @@ impl Module for BasicConv2d {
             x.conv2d(&self.weight, ph, self.stride, 1, 1)?
         } else {
             // candle's conv padding is symmetric over both dims: pad the odd one by hand.
-            let x = if ph > 0 { x.pad_with_zeros(2, ph, ph)? } else { x.clone() };
-            let x = if pw > 0 { x.pad_with_zeros(3, pw, pw)? } else { x };
+            let x = if ph > 0 {
+                x.pad_with_zeros(2, ph, ph)?
+            } else {
+                x.clone()
+            };
+            let x = if pw > 0 {
+                x.pad_with_zeros(3, pw, pw)?
+            } else {
+                x
+            };
             x.conv2d(&self.weight, 0, self.stride, 1, 1)?
         };
         y.broadcast_add(&self.bias)?.relu()
@@ -395,7 +421,12 @@ impl InceptionV3 {
     }
 
     /// Runs the blocks in order, handing each output to `sink`; stops after `until`.
-    pub fn forward_blocks(&self, x: &Tensor, until: &str, mut sink: impl FnMut(&str, &Tensor)) -> Result<Tensor> {
+    pub fn forward_blocks(
+        &self,
+        x: &Tensor,
+        until: &str,
+        mut sink: impl FnMut(&str, &Tensor),
+    ) -> Result<Tensor> {
         let mut h = x.clone();
         for (name, block) in &self.blocks {
             h = block.forward(&h)?;

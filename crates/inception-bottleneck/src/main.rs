@@ -68,8 +68,12 @@ struct Cli {
 }
 
 fn parse_triple(s: &str) -> Result<[f32; 3], String> {
-    let v: Vec<f32> = s.split(',').map(|x| x.trim().parse::<f32>().map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
-    v.try_into().map_err(|_| "expected three comma-separated numbers".to_string())
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f32>().map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    v.try_into()
+        .map_err(|_| "expected three comma-separated numbers".to_string())
 }
 
 fn main() -> std::process::ExitCode {
@@ -85,7 +89,9 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     if let Some(j) = cli.jobs {
-        rayon::ThreadPoolBuilder::new().num_threads(j).build_global()?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(j)
+            .build_global()?;
     }
     let cfg = ExtractConfig {
         teacher: cli.teacher,
@@ -102,13 +108,23 @@ fn run(cli: Cli) -> Result<()> {
     };
     if cli.skip_if_fresh && cli.import_retrain.is_none() {
         let inputs = inception_bottleneck::extract::provenance_inputs(&cli.faces, &cfg)?;
-        if artifacts::up_to_date(&cli.output, artifacts::BOTTLENECKS_SCHEMA, &serde_json::to_value(&cfg)?, &inputs) {
-            println!("inception-bottleneck: up to date, skipped ({})", cli.output.display());
+        if artifacts::up_to_date(
+            &cli.output,
+            artifacts::BOTTLENECKS_SCHEMA,
+            &serde_json::to_value(&cfg)?,
+            &inputs,
+        ) {
+            println!(
+                "inception-bottleneck: up to date, skipped ({})",
+                cli.output.display()
+            );
             return Ok(());
         }
     }
     let summary = match &cli.import_retrain {
-        Some(dir) => inception_bottleneck::extract::import_retrain(&cli.faces, dir, &cli.output, &cfg)?,
+        Some(dir) => {
+            inception_bottleneck::extract::import_retrain(&cli.faces, dir, &cli.output, &cfg)?
+        }
         None => extract(&cli.faces, &cli.output, &cfg)?,
     };
     if let Some(dir) = &cli.export_retrain {

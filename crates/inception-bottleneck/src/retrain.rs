@@ -36,18 +36,26 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<f32>, RetrainError> {
         .split(',')
         .enumerate()
         .map(|(index, v)| {
-            v.trim().parse::<f32>().ok().filter(|x| x.is_finite()).ok_or_else(|| RetrainError::Parse {
-                path: path.to_path_buf(),
-                index,
-                value: v.chars().take(20).collect(),
-            })
+            v.trim()
+                .parse::<f32>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| RetrainError::Parse {
+                    path: path.to_path_buf(),
+                    index,
+                    value: v.chars().take(20).collect(),
+                })
         })
         .collect()
 }
 
 /// Formats a vector the way `retrain.py` writes it.
 pub fn format(values: &[f32]) -> String {
-    values.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")
+    values
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The file for a face whose source is `<class>/<image>`.
@@ -57,12 +65,20 @@ pub fn file_for(dir: &Path, source: &str) -> PathBuf {
 
 /// Reads the bottleneck of every source, in order. All must exist and share one dimension.
 pub fn import(dir: &Path, sources: &[String]) -> Result<(usize, Vec<f32>), RetrainError> {
-    let missing: Vec<&String> = sources.iter().filter(|s| !file_for(dir, s).is_file()).collect();
+    let missing: Vec<&String> = sources
+        .iter()
+        .filter(|s| !file_for(dir, s).is_file())
+        .collect();
     if !missing.is_empty() {
         return Err(RetrainError::Missing {
             dir: dir.to_path_buf(),
             count: missing.len(),
-            examples: missing.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+            examples: missing
+                .iter()
+                .take(3)
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         });
     }
     let mut dim = 0;
@@ -89,7 +105,12 @@ pub fn import(dir: &Path, sources: &[String]) -> Result<(usize, Vec<f32>), Retra
 }
 
 /// Writes one file per source; each atomically.
-pub fn export(dir: &Path, sources: &[String], dim: usize, features: &[f32]) -> Result<(), RetrainError> {
+pub fn export(
+    dir: &Path,
+    sources: &[String],
+    dim: usize,
+    features: &[f32],
+) -> Result<(), RetrainError> {
     for (i, s) in sources.iter().enumerate() {
         let path = file_for(dir, s);
         if let Some(parent) = path.parent() {
@@ -98,12 +119,11 @@ pub fn export(dir: &Path, sources: &[String], dim: usize, features: &[f32]) -> R
                 source,
             })?;
         }
-        artifacts::write_atomic(&path, format(&features[i * dim..(i + 1) * dim]).as_bytes()).map_err(|e| {
-            RetrainError::Io {
+        artifacts::write_atomic(&path, format(&features[i * dim..(i + 1) * dim]).as_bytes())
+            .map_err(|e| RetrainError::Io {
                 path: path.clone(),
                 source: std::io::Error::other(e.to_string()),
-            }
-        })?;
+            })?;
     }
     Ok(())
 }
@@ -128,6 +148,9 @@ mod tests {
         let err = import(dir.path(), &sources).unwrap_err();
         assert!(err.to_string().contains("oops"), "{err}");
         std::fs::write(dir.path().join("b/y.jpg.txt"), "1,2").unwrap();
-        assert!(matches!(import(dir.path(), &sources), Err(RetrainError::Dim { .. })));
+        assert!(matches!(
+            import(dir.path(), &sources),
+            Err(RetrainError::Dim { .. })
+        ));
     }
 }

@@ -53,7 +53,8 @@ impl Preprocessing {
         let cfg = json.get("pretrained_cfg").unwrap_or(json);
         let mut p = Preprocessing::default();
         if let Some(size) = cfg.get("input_size") {
-            let v: Vec<usize> = serde_json::from_value(size.clone()).map_err(|e| format!("input_size: {e}"))?;
+            let v: Vec<usize> =
+                serde_json::from_value(size.clone()).map_err(|e| format!("input_size: {e}"))?;
             match v.as_slice() {
                 [3, h, w] if h == w && *h > 0 => p.size = *h,
                 other => return Err(format!("input_size {other:?}: expected [3, S, S]")),
@@ -80,7 +81,10 @@ impl Preprocessing {
             p.std = s;
         }
         if !matches!(p.interpolation.as_str(), "bilinear" | "bicubic" | "nearest") {
-            return Err(format!("interpolation `{}` (bilinear, bicubic or nearest)", p.interpolation));
+            return Err(format!(
+                "interpolation `{}` (bilinear, bicubic or nearest)",
+                p.interpolation
+            ));
         }
         Ok(p)
     }
@@ -133,7 +137,11 @@ fn read_config(path: &Path) -> Result<Preprocessing, TeacherError> {
 
 /// Resolves `--teacher`: an existing folder (timm layout), an existing weights file
 /// (`.safetensors` or `.pth`, preprocessing from `file_preprocessing`), or a hub repo id.
-pub fn resolve(spec: &str, revision: &str, file_preprocessing: Preprocessing) -> Result<ResolvedTeacher, TeacherError> {
+pub fn resolve(
+    spec: &str,
+    revision: &str,
+    file_preprocessing: Preprocessing,
+) -> Result<ResolvedTeacher, TeacherError> {
     let path = Path::new(spec);
     if path.is_dir() {
         let weights = ["model.safetensors", "pytorch_model.bin"]
@@ -148,10 +156,16 @@ pub fn resolve(spec: &str, revision: &str, file_preprocessing: Preprocessing) ->
         let preprocessing = if cfg.exists() {
             read_config(&cfg)?
         } else {
-            tracing::warn!("{}: no config.json; using default preprocessing", path.display());
+            tracing::warn!(
+                "{}: no config.json; using default preprocessing",
+                path.display()
+            );
             file_preprocessing
         };
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         return Ok(ResolvedTeacher {
             identity: format!("dir:{name}#{}", short_digest(&weights)?),
             weights,
@@ -159,7 +173,10 @@ pub fn resolve(spec: &str, revision: &str, file_preprocessing: Preprocessing) ->
         });
     }
     if path.is_file() {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         return Ok(ResolvedTeacher {
             identity: format!("file:{name}#{}", short_digest(path)?),
             weights: path.to_path_buf(),
@@ -167,7 +184,8 @@ pub fn resolve(spec: &str, revision: &str, file_preprocessing: Preprocessing) ->
         });
     }
     let parts: Vec<&str> = spec.split('/').collect();
-    if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) || spec.contains(char::is_whitespace) {
+    if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) || spec.contains(char::is_whitespace)
+    {
         return Err(TeacherError::BadSpec(spec.into()));
     }
     resolve_hub(spec, revision)
@@ -235,10 +253,16 @@ pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>, TeacherError
             .into_iter()
             .collect()
     } else {
-        candle_core::pickle::read_all(path).map_err(|e| bad(format!("not a readable PyTorch checkpoint: {e}")))?
+        candle_core::pickle::read_all(path)
+            .map_err(|e| bad(format!("not a readable PyTorch checkpoint: {e}")))?
     };
     Ok(pairs
         .into_iter()
-        .map(|(k, v)| (k.strip_prefix("module.").map(str::to_string).unwrap_or(k), v))
+        .map(|(k, v)| {
+            (
+                k.strip_prefix("module.").map(str::to_string).unwrap_or(k),
+                v,
+            )
+        })
         .collect())
 }

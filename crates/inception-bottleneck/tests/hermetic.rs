@@ -20,32 +20,59 @@ fn random_state_dict(with_fc: bool) -> HashMap<String, Tensor> {
             Tensor::ones(shape.as_slice(), DType::F32, &Device::Cpu).unwrap()
         } else if k.ends_with("conv.weight") {
             let fan_in: usize = shape[1..].iter().product();
-            Tensor::randn(0f32, (2.0 / fan_in as f32).sqrt(), shape.as_slice(), &Device::Cpu).unwrap()
+            Tensor::randn(
+                0f32,
+                (2.0 / fan_in as f32).sqrt(),
+                shape.as_slice(),
+                &Device::Cpu,
+            )
+            .unwrap()
         } else {
             Tensor::zeros(shape.as_slice(), DType::F32, &Device::Cpu).unwrap()
         };
         m.insert(k, t);
     }
     if with_fc {
-        m.insert("fc.weight".into(), Tensor::randn(0f32, 0.01, (10, 2048), &Device::Cpu).unwrap());
-        m.insert("fc.bias".into(), Tensor::zeros(10, DType::F32, &Device::Cpu).unwrap());
+        m.insert(
+            "fc.weight".into(),
+            Tensor::randn(0f32, 0.01, (10, 2048), &Device::Cpu).unwrap(),
+        );
+        m.insert(
+            "fc.bias".into(),
+            Tensor::zeros(10, DType::F32, &Device::Cpu).unwrap(),
+        );
     }
-    m.insert("AuxLogits.fc.weight".into(), Tensor::zeros((10, 768), DType::F32, &Device::Cpu).unwrap());
-    m.insert("Conv2d_1a_3x3.bn.num_batches_tracked".into(), Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap());
+    m.insert(
+        "AuxLogits.fc.weight".into(),
+        Tensor::zeros((10, 768), DType::F32, &Device::Cpu).unwrap(),
+    );
+    m.insert(
+        "Conv2d_1a_3x3.bn.num_batches_tracked".into(),
+        Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap(),
+    );
     m
 }
 
 /// Keys and shapes, found by probing: a model built from an empty map reports all missing
 /// keys; shapes come from giving each key a dummy and reading the shape error.
 fn required_keys() -> Vec<(String, Vec<usize>)> {
-    let Err(WeightsError::Missing(keys)) = InceptionV3::load(HashMap::new(), None, DType::F32, &Device::Cpu) else {
+    let Err(WeightsError::Missing(keys)) =
+        InceptionV3::load(HashMap::new(), None, DType::F32, &Device::Cpu)
+    else {
         panic!("an empty state dict must be reported as missing keys");
     };
     let dummies: HashMap<String, Tensor> = keys
         .iter()
-        .map(|k| (k.clone(), Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap()))
+        .map(|k| {
+            (
+                k.clone(),
+                Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap(),
+            )
+        })
         .collect();
-    let Err(WeightsError::Shape(problems)) = InceptionV3::load(dummies, None, DType::F32, &Device::Cpu) else {
+    let Err(WeightsError::Shape(problems)) =
+        InceptionV3::load(dummies, None, DType::F32, &Device::Cpu)
+    else {
         panic!("dummy shapes must be reported");
     };
     problems
@@ -67,7 +94,9 @@ fn missing_keys_are_listed_not_invented() {
     let mut sd = random_state_dict(false);
     sd.remove("Mixed_6c.branch7x7_2.conv.weight");
     sd.remove("Mixed_7c.branch_pool.bn.running_var");
-    let err = InceptionV3::load(sd, None, DType::F32, &Device::Cpu).err().expect("must fail");
+    let err = InceptionV3::load(sd, None, DType::F32, &Device::Cpu)
+        .err()
+        .expect("must fail");
     let msg = err.to_string();
     assert!(msg.contains("Mixed_6c.branch7x7_2.conv.weight"), "{msg}");
     assert!(msg.contains("Mixed_7c.branch_pool.bn.running_var"), "{msg}");
@@ -78,11 +107,19 @@ fn missing_keys_are_listed_not_invented() {
 fn shapes_and_ignored_keys() {
     let model = InceptionV3::load(random_state_dict(true), None, DType::F32, &Device::Cpu).unwrap();
     assert!(model.has_fc());
-    assert_eq!(model.unused_keys, vec!["AuxLogits.fc.weight", "Conv2d_1a_3x3.bn.num_batches_tracked"]);
+    assert_eq!(
+        model.unused_keys,
+        vec![
+            "AuxLogits.fc.weight",
+            "Conv2d_1a_3x3.bn.num_batches_tracked"
+        ]
+    );
     let x = Tensor::randn(0f32, 1.0, (1, 3, 299, 299), &Device::Cpu).unwrap();
     let mut seen = Vec::new();
     let f = model
-        .forward_blocks(&x, "Mixed_7c", |name, t| seen.push((name.to_string(), t.dims()[1])))
+        .forward_blocks(&x, "Mixed_7c", |name, t| {
+            seen.push((name.to_string(), t.dims()[1]))
+        })
         .unwrap();
     assert_eq!(f.dims(), &[1, 2048, 8, 8]);
     for (name, c) in &seen {
@@ -112,11 +149,16 @@ fn timm_config_parsing() {
     assert_eq!(p.size, 299);
     assert_eq!(p.interpolation, "bicubic");
     assert_eq!(p.mean, [0.485, 0.456, 0.406]);
-    let bad: serde_json::Value = serde_json::from_str(r#"{"pretrained_cfg":{"input_size":[3,299,300]}}"#).unwrap();
+    let bad: serde_json::Value =
+        serde_json::from_str(r#"{"pretrained_cfg":{"input_size":[3,299,300]}}"#).unwrap();
     assert!(Preprocessing::from_timm_config(&bad).is_err());
-    let bad: serde_json::Value = serde_json::from_str(r#"{"pretrained_cfg":{"std":[0,1,1]}}"#).unwrap();
+    let bad: serde_json::Value =
+        serde_json::from_str(r#"{"pretrained_cfg":{"std":[0,1,1]}}"#).unwrap();
     assert!(Preprocessing::from_timm_config(&bad).is_err());
-    assert_eq!(Preprocessing::from_timm_config(&serde_json::json!({})).unwrap(), Preprocessing::default());
+    assert_eq!(
+        Preprocessing::from_timm_config(&serde_json::json!({})).unwrap(),
+        Preprocessing::default()
+    );
 }
 
 fn write_state_dict(path: &Path, sd: &HashMap<String, Tensor>) {
@@ -148,7 +190,10 @@ fn fake_hub_cache_resolves_offline() {
     assert!(r.weights.ends_with("model.safetensors"));
     let err = teacher::resolve("acme/not-there", "main", Preprocessing::default()).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("HF_HUB_OFFLINE") && msg.contains("--teacher DIR"), "{msg}");
+    assert!(
+        msg.contains("HF_HUB_OFFLINE") && msg.contains("--teacher DIR"),
+        "{msg}"
+    );
     assert!(!msg.contains('\n'), "one sentence: {msg}");
     let err = teacher::resolve("not a repo", "main", Preprocessing::default()).unwrap_err();
     assert!(matches!(err, teacher::TeacherError::BadSpec(_)));
@@ -190,21 +235,40 @@ fn fake_hub_cache_resolves_offline() {
     let b1 = artifacts::Bottlenecks::read(&out).unwrap();
     assert_eq!(b1.len(), 3);
     assert_eq!(b1.layer, "Mixed_5d");
-    assert_eq!(b1.faces_digest, artifacts::digest_file(&faces_path).unwrap());
+    assert_eq!(
+        b1.faces_digest,
+        artifacts::digest_file(&faces_path).unwrap()
+    );
     let s2 = inception_bottleneck::extract(&faces_path, &out, &cfg).unwrap();
     assert_eq!((s2.computed, s2.from_cache), (0, 3));
     let b2 = artifacts::Bottlenecks::read(&out).unwrap();
     assert_eq!(b1.features, b2.features);
     // Without the cache, the same numbers are computed again.
-    let s3 = inception_bottleneck::extract(&faces_path, &out, &ExtractConfig { cache_dir: None, ..cfg.clone() }).unwrap();
+    let s3 = inception_bottleneck::extract(
+        &faces_path,
+        &out,
+        &ExtractConfig {
+            cache_dir: None,
+            ..cfg.clone()
+        },
+    )
+    .unwrap();
     assert_eq!(s3.computed, 3);
     let b3 = artifacts::Bottlenecks::read(&out).unwrap();
-    let max_diff = b1.features.iter().zip(&b3.features).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let max_diff = b1
+        .features
+        .iter()
+        .zip(&b3.features)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     assert!(max_diff < 1e-4, "{max_diff}");
     // The retrain.py export/import round trip reproduces the artifact.
     let rt = dir.path().join("retrain");
     inception_bottleneck::extract::export_retrain(&faces_path, &out, &rt).unwrap();
     let imported = dir.path().join("imported.safetensors");
     inception_bottleneck::extract::import_retrain(&faces_path, &rt, &imported, &cfg).unwrap();
-    assert_eq!(artifacts::Bottlenecks::read(&imported).unwrap().features, b3.features);
+    assert_eq!(
+        artifacts::Bottlenecks::read(&imported).unwrap().features,
+        b3.features
+    );
 }

@@ -14,7 +14,14 @@ fn shared() -> PathBuf {
 fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     let a = a.to_dtype(DType::F64).unwrap();
     let b = b.to_dtype(DType::F64).unwrap();
-    let num = (&a - &b).unwrap().sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
+    let num = (&a - &b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .sqrt()
+        .unwrap();
     let den = b.sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
     num.to_scalar::<f64>().unwrap() / den.to_scalar::<f64>().unwrap()
 }
@@ -26,8 +33,12 @@ fn matches_torchvision_on_random_weights() {
     let tensors = load_tensors(&dir.join("weights.safetensors")).unwrap();
     let model = InceptionV3::load(tensors, None, DType::F32, &Device::Cpu).unwrap();
     assert!(model.has_fc());
-    assert!(model.unused_keys.iter().any(|k| k.starts_with("AuxLogits.")));
-    let reference = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    assert!(model
+        .unused_keys
+        .iter()
+        .any(|k| k.starts_with("AuxLogits.")));
+    let reference =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
     let input = &reference["input"];
     let first = input.narrow(0, 0, 1).unwrap();
     let mut blocks = std::collections::HashMap::new();

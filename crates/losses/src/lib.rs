@@ -44,7 +44,11 @@ pub fn cosine_distance(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 pub fn accuracy(logits: &Tensor, labels: &Tensor) -> Result<f64> {
     let pred = logits.argmax(D::Minus1)?.to_dtype(DType::U32)?;
     let labels = labels.to_dtype(DType::U32)?;
-    let correct = pred.eq(&labels)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+    let correct = pred
+        .eq(&labels)?
+        .to_dtype(DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()?;
     Ok(correct as f64 / labels.dims1()?.max(1) as f64)
 }
 
@@ -81,7 +85,9 @@ impl Objective {
         let need = || -> Result<(&Tensor, &Tensor)> {
             match (bottleneck, teacher) {
                 (Some(b), Some(t)) => Ok((b, t)),
-                _ => candle_core::bail!("{self:?} needs the student bottleneck and teacher targets"),
+                _ => {
+                    candle_core::bail!("{self:?} needs the student bottleneck and teacher targets")
+                }
             }
         };
         match *self {
@@ -159,7 +165,10 @@ mod tests {
     fn cosine_by_hand_and_zero_guard() {
         let a = t(&[1., 0., 1., 1., 0., 0.], (3, 2));
         let b = t(&[0., 1., 2., 2., 5., 5.], (3, 2));
-        let d = cosine_distance_rows(&a, &b).unwrap().to_vec1::<f32>().unwrap();
+        let d = cosine_distance_rows(&a, &b)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert!((d[0] - 1.0).abs() < 1e-6); // orthogonal
         assert!(d[1].abs() < 1e-6); // parallel
         assert!((d[2] - 1.0).abs() < 1e-6 && d[2].is_finite()); // zero vector
@@ -181,7 +190,9 @@ mod tests {
             .compute(&logits, &labels, Some(&b), Some(&teacher))
             .unwrap();
         assert!((scalar(&mse.total) - 1.0).abs() < 1e-6);
-        assert!(Objective::Mse.compute(&logits, &labels, None, None).is_err());
+        assert!(Objective::Mse
+            .compute(&logits, &labels, None, None)
+            .is_err());
     }
 
     /// Central finite differences in f64 against candle's backprop.
@@ -189,7 +200,13 @@ mod tests {
         let var = Var::from_tensor(&Tensor::from_slice(x0, shape, &Device::Cpu).unwrap()).unwrap();
         let loss = f(var.as_tensor());
         let grads = loss.backward().unwrap();
-        let g = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
         let h = 1e-6;
         for i in 0..x0.len() {
             let mut p = x0.to_vec();
@@ -199,14 +216,19 @@ mod tests {
             let fp = scalar(&f(&Tensor::from_slice(&p, shape, &Device::Cpu).unwrap()));
             let fm = scalar(&f(&Tensor::from_slice(&m, shape, &Device::Cpu).unwrap()));
             let num = (fp - fm) / (2.0 * h);
-            assert!((num - g[i]).abs() < 1e-5 * (1.0 + num.abs()), "grad {i}: numeric {num} vs autograd {}", g[i]);
+            assert!(
+                (num - g[i]).abs() < 1e-5 * (1.0 + num.abs()),
+                "grad {i}: numeric {num} vs autograd {}",
+                g[i]
+            );
         }
     }
 
     #[test]
     fn gradients_match_finite_differences() {
         let x0 = [0.3, -1.2, 2.0, 0.7, 0.1, -0.4];
-        let other = Tensor::from_slice(&[1.0f64, 0.5, -0.3, 0.2, 0.9, 1.1], (2, 3), &Device::Cpu).unwrap();
+        let other =
+            Tensor::from_slice(&[1.0f64, 0.5, -0.3, 0.2, 0.9, 1.1], (2, 3), &Device::Cpu).unwrap();
         let labels = Tensor::new(&[2u32, 0], &Device::Cpu).unwrap();
         check_grad(|x| bottleneck_mse(x, &other).unwrap(), &x0, (2, 3));
         check_grad(|x| cross_entropy(x, &labels).unwrap(), &x0, (2, 3));

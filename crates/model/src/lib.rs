@@ -131,19 +131,36 @@ struct ConvLayer {
 }
 
 impl ConvLayer {
-    fn new(c_in: usize, c_out: usize, k: usize, stride: usize, pad: (usize, usize), bn: bool, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: (usize, usize),
+        bn: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let bound = (6.0 / (c_in * k * k) as f64).sqrt();
         let weight = vb.pp("conv").get_with_hints(
             (c_out, c_in, k, k),
             "weight",
-            candle_nn::Init::Uniform { lo: -bound, up: bound },
+            candle_nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
         )?;
         let bn = if bn {
             Some(candle_nn::batch_norm(c_out, 1e-3, vb.pp("bn"))?)
         } else {
             None
         };
-        Ok(ConvLayer { weight, bn, k, stride, pad })
+        Ok(ConvLayer {
+            weight,
+            bn,
+            k,
+            stride,
+            pad,
+        })
     }
 
     /// NHWC in, NHWC out.
@@ -156,7 +173,9 @@ impl ConvLayer {
         };
         let mut y = conv_nhwc(&x, &self.weight, self.k, self.stride)?;
         if let Some(bn) = &self.bn {
-            y = bn.forward_t(&y.permute((0, 3, 1, 2))?, mode == Mode::Train)?.permute((0, 2, 3, 1))?;
+            y = bn
+                .forward_t(&y.permute((0, 3, 1, 2))?, mode == Mode::Train)?
+                .permute((0, 2, 3, 1))?;
         }
         y.relu()
     }
@@ -173,7 +192,10 @@ pub fn conv_nhwc(x: &Tensor, weight: &Tensor, k: usize, stride: usize) -> Result
     let (n, h, w, c) = x.dims4()?;
     let (c_out, c_in, kh, kw) = weight.dims4()?;
     if c_in != c || kh != k || kw != k || stride == 0 {
-        candle_core::bail!("conv_nhwc: input has {c} channels, kernel {:?}, stride {stride}", weight.dims());
+        candle_core::bail!(
+            "conv_nhwc: input has {c} channels, kernel {:?}, stride {stride}",
+            weight.dims()
+        );
     }
     if h < k || w < k {
         candle_core::bail!("conv_nhwc: {h}x{w} input is smaller than the {k}x{k} kernel");
@@ -277,7 +299,9 @@ impl Student {
         let h = self.fc1.forward(&h)?.relu()?;
         let h = match (mode, mask) {
             (Mode::Train, Some(m)) => h.mul(m)?,
-            (Mode::Train, None) if self.config.keep_prob < 1.0 => candle_nn::ops::dropout(&h, 1.0 - self.config.keep_prob)?,
+            (Mode::Train, None) if self.config.keep_prob < 1.0 => {
+                candle_nn::ops::dropout(&h, 1.0 - self.config.keep_prob)?
+            }
             _ => h,
         };
         let hidden = self.fc2.forward(&h)?.relu()?;
@@ -366,7 +390,10 @@ mod tests {
         // fc1: 19*19*8 = 2888 -> 100: 288900; fc2: 10100; bottleneck: 100*2048+2048 = 206848
         // classifier (4): 2048*4+4 = 8196
         let cfg = StudentConfig::default();
-        assert_eq!(cfg.parameter_count(), 18944 + 288900 + 10100 + 206848 + 8196);
+        assert_eq!(
+            cfg.parameter_count(),
+            18944 + 288900 + 10100 + 206848 + 8196
+        );
         let (vm, _) = build(&cfg);
         let total: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
         assert_eq!(total, cfg.parameter_count());
@@ -393,10 +420,17 @@ mod tests {
         let a = s.forward(&x, Mode::Eval).unwrap().logits;
         let b = s.forward(&x, Mode::Eval).unwrap().logits;
         let diff = (a.clone() - b).unwrap().abs().unwrap().max_all().unwrap();
-        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "eval is deterministic");
+        assert_eq!(
+            diff.to_scalar::<f32>().unwrap(),
+            0.0,
+            "eval is deterministic"
+        );
         let t1 = s.forward(&x, Mode::Train).unwrap().logits;
         let diff = (a - t1).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() > 0.0, "train mode drops units");
+        assert!(
+            diff.to_scalar::<f32>().unwrap() > 0.0,
+            "train mode drops units"
+        );
     }
 
     #[test]
@@ -411,7 +445,14 @@ mod tests {
                 .permute((0, 3, 1, 2))
                 .unwrap();
             assert_eq!(got.dims(), want.dims());
-            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(diff < 1e-4, "size {size} k {k} s {s}: {diff}");
         }
     }

@@ -47,7 +47,9 @@ pub fn decode(path: &Path) -> Result<Rgb, DecodeError> {
         .with_guessed_format()
         .map_err(|e| DecodeError::Io(e.to_string()))?;
     let format = reader.format();
-    let mut decoder = reader.into_decoder().map_err(|e| DecodeError::Format(e.to_string()))?;
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| DecodeError::Format(e.to_string()))?;
     let (w, h) = decoder.dimensions();
     if w.min(h) < MIN_SIDE {
         return Err(DecodeError::TooSmall(w, h));
@@ -59,8 +61,11 @@ pub fn decode(path: &Path) -> Result<Rgb, DecodeError> {
         }
         return Err(DecodeError::TooLarge(w, h));
     }
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img =
+        DynamicImage::from_decoder(decoder).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
     img.apply_orientation(orientation);
     Ok(to_rgb_bounded(img))
 }
@@ -92,8 +97,11 @@ fn decode_reduced_jpeg(path: &Path, w: u32, h: u32) -> Result<Rgb, DecodeError> 
         4 => opencv::imgcodecs::IMREAD_REDUCED_COLOR_4,
         _ => opencv::imgcodecs::IMREAD_REDUCED_COLOR_8,
     };
-    let p = path.to_str().ok_or_else(|| DecodeError::Io("path is not UTF-8".into()))?;
-    let bgr = opencv::imgcodecs::imread(p, flag).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    let p = path
+        .to_str()
+        .ok_or_else(|| DecodeError::Io("path is not UTF-8".into()))?;
+    let bgr =
+        opencv::imgcodecs::imread(p, flag).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
     if bgr.empty() {
         return Err(DecodeError::TooLarge(w, h));
     }
@@ -101,7 +109,11 @@ fn decode_reduced_jpeg(path: &Path, w: u32, h: u32) -> Result<Rgb, DecodeError> 
     opencv::imgproc::cvt_color_def(&bgr, &mut rgb, opencv::imgproc::COLOR_BGR2RGB)
         .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
     let (cols, rows) = (rgb.cols() as u32, rgb.rows() as u32);
-    let data = rgb.data_bytes().map_err(|e| DecodeError::Corrupt(e.to_string()))?.to_vec();
-    let img = image::RgbImage::from_raw(cols, rows, data).ok_or_else(|| DecodeError::Corrupt("bad buffer".into()))?;
+    let data = rgb
+        .data_bytes()
+        .map_err(|e| DecodeError::Corrupt(e.to_string()))?
+        .to_vec();
+    let img = image::RgbImage::from_raw(cols, rows, data)
+        .ok_or_else(|| DecodeError::Corrupt("bad buffer".into()))?;
     Ok(to_rgb_bounded(DynamicImage::ImageRgb8(img)))
 }

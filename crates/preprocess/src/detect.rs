@@ -19,7 +19,9 @@ pub struct DetectorConfig {
 impl Default for DetectorConfig {
     fn default() -> Self {
         DetectorConfig {
-            cascade: PathBuf::from("/usr/share/opencv4/haarcascades/haarcascade_frontalface_default.xml"),
+            cascade: PathBuf::from(
+                "/usr/share/opencv4/haarcascades/haarcascade_frontalface_default.xml",
+            ),
             scale_factor: 1.1,
             min_neighbors: 4,
             min_face: 0.15,
@@ -57,21 +59,28 @@ pub fn check_cascade(path: &Path) -> Result<(), String> {
 
 /// A grey `Mat` over our own buffer (copied).
 pub fn gray_mat(gray: &[u8], width: usize, height: usize) -> opencv::Result<Mat> {
-    let mut m = Mat::new_rows_cols_with_default(height as i32, width as i32, CV_8UC1, Scalar::all(0.0))?;
+    let mut m =
+        Mat::new_rows_cols_with_default(height as i32, width as i32, CV_8UC1, Scalar::all(0.0))?;
     m.data_bytes_mut()?.copy_from_slice(gray);
     Ok(m)
 }
 
 /// An RGB `Mat` (channel order is ours; OpenCV does not care for warping).
 pub fn rgb_mat(rgb: &[u8], width: usize, height: usize) -> opencv::Result<Mat> {
-    let mut m = Mat::new_rows_cols_with_default(height as i32, width as i32, CV_8UC3, Scalar::all(0.0))?;
+    let mut m =
+        Mat::new_rows_cols_with_default(height as i32, width as i32, CV_8UC3, Scalar::all(0.0))?;
     m.data_bytes_mut()?.copy_from_slice(rgb);
     Ok(m)
 }
 
 /// Detects faces in a grey image and keeps the one a user meant: the largest, discounted
 /// by its distance from the photo's centre.
-pub fn detect(gray: &[u8], width: usize, height: usize, cfg: &DetectorConfig) -> opencv::Result<Option<Detection>> {
+pub fn detect(
+    gray: &[u8],
+    width: usize,
+    height: usize,
+    cfg: &DetectorConfig,
+) -> opencv::Result<Option<Detection>> {
     let src = gray_mat(gray, width, height)?;
     let mut eq = Mat::default();
     opencv::imgproc::equalize_hist(&src, &mut eq)?;
@@ -98,7 +107,10 @@ pub fn detect(gray: &[u8], width: usize, height: usize, cfg: &DetectorConfig) ->
     let diag = (cx * cx + cy * cy).sqrt();
     let best = faces.iter().max_by(|a, b| {
         let score = |r: &Rect| {
-            let (fx, fy) = (r.x as f64 + r.width as f64 / 2.0, r.y as f64 + r.height as f64 / 2.0);
+            let (fx, fy) = (
+                r.x as f64 + r.width as f64 / 2.0,
+                r.y as f64 + r.height as f64 / 2.0,
+            );
             let off = ((fx - cx).powi(2) + (fy - cy).powi(2)).sqrt() / diag;
             (r.width as f64 * r.height as f64) * (1.0 - off)
         };
@@ -112,7 +124,13 @@ pub fn detect(gray: &[u8], width: usize, height: usize, cfg: &DetectorConfig) ->
 
 /// Warps an RGB image with a 2x3 affine matrix into a `size x size` frame (bilinear,
 /// black border).
-pub fn warp(rgb: &[u8], width: usize, height: usize, m: [f32; 6], size: usize) -> opencv::Result<Vec<u8>> {
+pub fn warp(
+    rgb: &[u8],
+    width: usize,
+    height: usize,
+    m: [f32; 6],
+    size: usize,
+) -> opencv::Result<Vec<u8>> {
     let src = rgb_mat(rgb, width, height)?;
     let m = Mat::from_slice_2d(&[
         [m[0] as f64, m[1] as f64, m[2] as f64],

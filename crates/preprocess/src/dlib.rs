@@ -13,7 +13,10 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum DlibError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("not a dlib shape predictor: {what} at byte {offset}")]
     Format { what: String, offset: usize },
 }
@@ -61,7 +64,10 @@ impl<'a> Reader<'a> {
     /// dlib's integer: a control byte (low nibble = byte count, 0x80 = negative), then
     /// that many little-endian bytes.
     fn int(&mut self) -> Result<i64, DlibError> {
-        let ctrl = *self.buf.get(self.pos).ok_or_else(|| self.err("unexpected end of file"))?;
+        let ctrl = *self
+            .buf
+            .get(self.pos)
+            .ok_or_else(|| self.err("unexpected end of file"))?;
         if ctrl & 0x70 != 0 {
             return Err(self.err(format!("bad integer control byte {ctrl:#04x}")));
         }
@@ -92,7 +98,10 @@ impl<'a> Reader<'a> {
 
     /// dlib's float: mantissa (int64) and exponent (int16) as integers; value = m * 2^e.
     fn float(&mut self) -> Result<f32, DlibError> {
-        let ctrl = *self.buf.get(self.pos).ok_or_else(|| self.err("unexpected end of file"))?;
+        let ctrl = *self
+            .buf
+            .get(self.pos)
+            .ok_or_else(|| self.err("unexpected end of file"))?;
         if ctrl & 0x70 != 0 {
             return Err(self.err("old ASCII float format is not supported"));
         }
@@ -163,7 +172,10 @@ impl ShapePredictor {
         for _ in 0..n {
             let k = r.uint("anchor count", 1 << 20)?;
             let v = (0..k)
-                .map(|_| r.uint("anchor index", (dims / 2 - 1) as u64).map(|x| x as u32))
+                .map(|_| {
+                    r.uint("anchor index", (dims / 2 - 1) as u64)
+                        .map(|x| x as u32)
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             anchor_idx.push(v);
         }
@@ -189,7 +201,9 @@ impl ShapePredictor {
                 .flat_map(|t| &t.splits)
                 .any(|s| s.idx1 as usize >= pixels || s.idx2 as usize >= pixels)
             {
-                return Err(r.err(format!("cascade {c}: a split refers to a missing feature pixel")));
+                return Err(r.err(format!(
+                    "cascade {c}: a split refers to a missing feature pixel"
+                )));
             }
         }
         Ok(ShapePredictor {
@@ -219,17 +233,27 @@ impl ShapePredictor {
 
     /// Landmarks `(x, y)` in image pixels for the face in `rect = [left, top, right, bottom]`
     /// (dlib's inclusive corners) of a grey image (`intensity[y * width + x]`).
-    pub fn predict(&self, gray: &[u8], width: usize, height: usize, rect: [f32; 4]) -> Vec<[f32; 2]> {
+    pub fn predict(
+        &self,
+        gray: &[u8],
+        width: usize,
+        height: usize,
+        rect: [f32; 4],
+    ) -> Vec<[f32; 2]> {
         let [l, t, r, b] = rect;
         // unnormalizing_tform: (0,0) -> (l,t), (1,0) -> (r,t), (1,1) -> (r,b).
         let to_img = |p: [f32; 2]| [l + p[0] * (r - l), t + p[1] * (b - t)];
         let mut shape = self.initial_shape.clone();
         let parts = self.num_parts();
         let mut features: Vec<f32> = Vec::new();
-        let init: Vec<[f32; 2]> = (0..parts).map(|i| [self.initial_shape[2 * i], self.initial_shape[2 * i + 1]]).collect();
+        let init: Vec<[f32; 2]> = (0..parts)
+            .map(|i| [self.initial_shape[2 * i], self.initial_shape[2 * i + 1]])
+            .collect();
         for (c, trees) in self.cascades.iter().enumerate() {
             // Only the linear part of the mean-shape -> current-shape similarity moves deltas.
-            let cur: Vec<[f32; 2]> = (0..parts).map(|i| [shape[2 * i], shape[2 * i + 1]]).collect();
+            let cur: Vec<[f32; 2]> = (0..parts)
+                .map(|i| [shape[2 * i], shape[2 * i + 1]])
+                .collect();
             let Similarity { a, b: bb, .. } = similarity_fit(&init, &cur);
             features.clear();
             for (anchor, d) in self.anchor_idx[c].iter().zip(&self.deltas[c]) {
@@ -266,7 +290,9 @@ impl ShapePredictor {
                 }
             }
         }
-        (0..parts).map(|i| to_img([shape[2 * i], shape[2 * i + 1]])).collect()
+        (0..parts)
+            .map(|i| to_img([shape[2 * i], shape[2 * i + 1]]))
+            .collect()
     }
 }
 
@@ -306,7 +332,11 @@ pub mod write {
         let sign = if bits >> 31 == 1 { -1i64 } else { 1 };
         let exp = ((bits >> 23) & 0xFF) as i64;
         let frac = (bits & 0x7F_FFFF) as i64;
-        let (m, e) = if exp == 0 { (frac, -149) } else { (frac | 0x80_0000, exp - 150) };
+        let (m, e) = if exp == 0 {
+            (frac, -149)
+        } else {
+            (frac | 0x80_0000, exp - 150)
+        };
         int(out, sign * m);
         int(out, e);
     }

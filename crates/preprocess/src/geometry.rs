@@ -41,13 +41,19 @@ pub fn similarity_fit(from: &[[f32; 2]], to: &[[f32; 2]]) -> Similarity {
 
 /// [`similarity_fit`] with a non-negative weight per point pair.
 pub fn weighted_similarity_fit(from: &[[f32; 2]], to: &[[f32; 2]], w: &[f32]) -> Similarity {
-    assert!(from.len() == to.len() && w.len() == from.len(), "point sets must pair up");
-    let total: f64 = w.iter().map(|&x| x as f64).sum::<f64>().max(f64::MIN_POSITIVE);
+    assert!(
+        from.len() == to.len() && w.len() == from.len(),
+        "point sets must pair up"
+    );
+    let total: f64 = w
+        .iter()
+        .map(|&x| x as f64)
+        .sum::<f64>()
+        .max(f64::MIN_POSITIVE);
     let mean = |ps: &[[f32; 2]]| {
-        let (sx, sy) = ps
-            .iter()
-            .zip(w)
-            .fold((0f64, 0f64), |(x, y), (p, &w)| (x + w as f64 * p[0] as f64, y + w as f64 * p[1] as f64));
+        let (sx, sy) = ps.iter().zip(w).fold((0f64, 0f64), |(x, y), (p, &w)| {
+            (x + w as f64 * p[0] as f64, y + w as f64 * p[1] as f64)
+        });
         (sx / total, sy / total)
     };
     let (fx, fy) = mean(from);
@@ -86,7 +92,13 @@ pub const ALIGN_POINTS: std::ops::Range<usize> = 17..61;
 /// times, the rest once.
 pub fn align_weights(eye_weight: f32) -> Vec<f32> {
     ALIGN_POINTS
-        .map(|i| if (36..48).contains(&i) { eye_weight } else { 1.0 })
+        .map(|i| {
+            if (36..48).contains(&i) {
+                eye_weight
+            } else {
+                1.0
+            }
+        })
         .collect()
 }
 
@@ -99,7 +111,9 @@ pub const MOUTH: std::ops::Range<usize> = 48..68;
 /// Mean of a range of landmarks.
 pub fn centre(points: &[[f32; 2]], range: std::ops::Range<usize>) -> [f32; 2] {
     let n = range.len() as f32;
-    let (x, y) = points[range].iter().fold((0.0, 0.0), |(x, y), p| (x + p[0], y + p[1]));
+    let (x, y) = points[range]
+        .iter()
+        .fold((0.0, 0.0), |(x, y), p| (x + p[0], y + p[1]));
     [x / n, y / n]
 }
 
@@ -107,14 +121,22 @@ pub fn centre(points: &[[f32; 2]], range: std::ops::Range<usize>) -> [f32; 2] {
 /// (105,27), mouth centre near (74,94). Scaled for other output sizes.
 pub fn anchor_targets(size: usize) -> [[f32; 2]; 3] {
     let s = size as f32 / 150.0;
-    [[43.0 * s, 27.0 * s], [105.0 * s, 27.0 * s], [74.0 * s, 94.0 * s]]
+    [
+        [43.0 * s, 27.0 * s],
+        [105.0 * s, 27.0 * s],
+        [74.0 * s, 94.0 * s],
+    ]
 }
 
 /// The canonical template: the predictor's mean shape placed by the similarity that best
 /// puts its eye and mouth centres on [`anchor_targets`]. Returns all landmarks.
 pub fn template(mean_shape: &[f32], size: usize) -> Vec<[f32; 2]> {
     let pts: Vec<[f32; 2]> = mean_shape.chunks_exact(2).map(|c| [c[0], c[1]]).collect();
-    let from = [centre(&pts, EYE_IMAGE_LEFT), centre(&pts, EYE_IMAGE_RIGHT), centre(&pts, MOUTH)];
+    let from = [
+        centre(&pts, EYE_IMAGE_LEFT),
+        centre(&pts, EYE_IMAGE_RIGHT),
+        centre(&pts, MOUTH),
+    ];
     let t = similarity_fit(&from, &anchor_targets(size));
     pts.iter().map(|p| t.apply(*p)).collect()
 }
@@ -131,7 +153,9 @@ mod tests {
             tx: 12.0,
             ty: -7.5,
         };
-        let from: Vec<[f32; 2]> = (0..20).map(|i| [(i * 7 % 13) as f32, (i * 5 % 11) as f32 * 1.5]).collect();
+        let from: Vec<[f32; 2]> = (0..20)
+            .map(|i| [(i * 7 % 13) as f32, (i * 5 % 11) as f32 * 1.5])
+            .collect();
         let to: Vec<[f32; 2]> = from.iter().map(|p| truth.apply(*p)).collect();
         let fit = similarity_fit(&from, &to);
         assert!((fit.scale() - 1.3).abs() < 1e-5);
@@ -184,6 +208,9 @@ mod tests {
         let le = centre(&t, EYE_IMAGE_LEFT);
         let re = centre(&t, EYE_IMAGE_RIGHT);
         assert!((le[1] - re[1]).abs() < 1e-3, "eyes level");
-        assert!((le[0] - 43.0).abs() < 3.0 && (re[0] - 105.0).abs() < 3.0, "{le:?} {re:?}");
+        assert!(
+            (le[0] - 43.0).abs() < 3.0 && (re[0] - 105.0).abs() < 3.0,
+            "{le:?} {re:?}"
+        );
     }
 }

@@ -51,7 +51,10 @@ struct Cli {
     #[arg(long)]
     jobs: Option<usize>,
     /// OpenCV Haar cascade for face detection.
-    #[arg(long, default_value = "/usr/share/opencv4/haarcascades/haarcascade_frontalface_default.xml")]
+    #[arg(
+        long,
+        default_value = "/usr/share/opencv4/haarcascades/haarcascade_frontalface_default.xml"
+    )]
     cascade: PathBuf,
     /// Cascade scale step.
     #[arg(long, default_value_t = 1.1)]
@@ -60,7 +63,10 @@ struct Cli {
     #[arg(long, default_value_t = 4)]
     min_neighbors: i32,
     /// dlib's 68-landmark shape predictor.
-    #[arg(long, default_value = "/usr/share/dlib/shape_predictor_68_face_landmarks.dat")]
+    #[arg(
+        long,
+        default_value = "/usr/share/dlib/shape_predictor_68_face_landmarks.dat"
+    )]
     landmarks: PathBuf,
     /// Weight of the eye landmarks in the alignment fit (1 = faceswap's plain fit).
     #[arg(long, default_value_t = 3.0)]
@@ -103,10 +109,19 @@ fn run(cli: Cli) -> Result<()> {
     };
     let cfg = PreprocessConfig {
         mode,
-        size: cli.size.unwrap_or(if mode == Mode::CropOnly { 100 } else { 150 }),
-        mask: if mode == Mode::Align { !cli.no_mask } else { cli.mask },
+        size: cli
+            .size
+            .unwrap_or(if mode == Mode::CropOnly { 100 } else { 150 }),
+        mask: if mode == Mode::Align {
+            !cli.no_mask
+        } else {
+            cli.mask
+        },
         sigma: cli.sigma,
-        fractions: SplitFractions { val: cli.val_percent, test: cli.test_percent },
+        fractions: SplitFractions {
+            val: cli.val_percent,
+            test: cli.test_percent,
+        },
         split_file: cli.split_file,
         seed: cli.seed,
         detector: preprocess::detect::DetectorConfig {
@@ -119,17 +134,27 @@ fn run(cli: Cli) -> Result<()> {
         refine: !cli.no_refine,
         eye_weight: cli.eye_weight,
     };
-    if !(0.0..=100.0).contains(&(cfg.fractions.val + cfg.fractions.test)) || cfg.fractions.val < 0.0 || cfg.fractions.test < 0.0 {
+    if !(0.0..=100.0).contains(&(cfg.fractions.val + cfg.fractions.test))
+        || cfg.fractions.val < 0.0
+        || cfg.fractions.test < 0.0
+    {
         anyhow::bail!("--val-percent and --test-percent must be >= 0 and add up to at most 100");
     }
     if cli.skip_if_fresh {
         let inputs = preprocess::pipeline::provenance_inputs(&cli.input, &cfg)?;
-        if artifacts::up_to_date(&cli.output, artifacts::FACES_SCHEMA, &serde_json::to_value(&cfg)?, &inputs) {
+        if artifacts::up_to_date(
+            &cli.output,
+            artifacts::FACES_SCHEMA,
+            &serde_json::to_value(&cfg)?,
+            &inputs,
+        ) {
             println!("preprocess: up to date, skipped ({})", cli.output.display());
             return Ok(());
         }
     }
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(cli.jobs.unwrap_or(0)).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cli.jobs.unwrap_or(0))
+        .build()?;
     let s = pool.install(|| preprocess::run(&cli.input, &cli.output, &cfg))?;
     match cli.summary {
         SummaryFormat::Json => println!("{}", serde_json::to_string_pretty(&s)?),
@@ -153,7 +178,11 @@ fn run(cli: Cli) -> Result<()> {
                     q.eye_centres, q.nose_tip, q.mouth
                 );
             }
-            println!("  rejects: {}  montage: {}", s.rejects_file.display(), s.montage_file.display());
+            println!(
+                "  rejects: {}  montage: {}",
+                s.rejects_file.display(),
+                s.montage_file.display()
+            );
         }
     }
     Ok(())

@@ -5,7 +5,11 @@
 pub fn gaussian_mask(size: usize, sigma: f32) -> Vec<f32> {
     let g: Vec<f64> = (0..size)
         .map(|i| {
-            let x = if size > 1 { -3.0 + 6.0 * i as f64 / (size - 1) as f64 } else { 0.0 };
+            let x = if size > 1 {
+                -3.0 + 6.0 * i as f64 / (size - 1) as f64
+            } else {
+                0.0
+            };
             (-(x * x) / (2.0 * sigma as f64 * sigma as f64)).exp()
         })
         .collect();

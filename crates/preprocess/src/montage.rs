@@ -14,16 +14,26 @@ pub fn write_montage(
     thumb: u32,
 ) -> Result<(), String> {
     let rows = classes.max(1) as u32;
-    let mut sheet = image::RgbImage::from_pixel(per_row as u32 * thumb, rows * thumb, image::Rgb([32, 32, 32]));
+    let mut sheet = image::RgbImage::from_pixel(
+        per_row as u32 * thumb,
+        rows * thumb,
+        image::Rgb([32, 32, 32]),
+    );
     let mut filled = vec![0usize; classes];
     for (img, &l) in images.iter().zip(labels) {
         let l = l as usize;
         if l >= classes || filled[l] >= per_row {
             continue;
         }
-        let src = image::RgbImage::from_raw(size as u32, size as u32, img.to_vec()).ok_or("bad image buffer")?;
+        let src = image::RgbImage::from_raw(size as u32, size as u32, img.to_vec())
+            .ok_or("bad image buffer")?;
         let t = image::imageops::resize(&src, thumb, thumb, image::imageops::FilterType::Triangle);
-        image::imageops::replace(&mut sheet, &t, (filled[l] as u32 * thumb) as i64, (l as u32 * thumb) as i64);
+        image::imageops::replace(
+            &mut sheet,
+            &t,
+            (filled[l] as u32 * thumb) as i64,
+            (l as u32 * thumb) as i64,
+        );
         filled[l] += 1;
     }
     let mut buf = std::io::Cursor::new(Vec::new());

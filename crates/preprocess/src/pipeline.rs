@@ -4,7 +4,10 @@
 use crate::decode::{decode, Rgb};
 use crate::detect::{self, DetectorConfig};
 use crate::dlib::{gray_like_dlib, ShapePredictor};
-use crate::geometry::{align_weights, centre, template, weighted_similarity_fit, Similarity, ALIGN_POINTS, EYE_IMAGE_LEFT, EYE_IMAGE_RIGHT, MOUTH};
+use crate::geometry::{
+    align_weights, centre, template, weighted_similarity_fit, Similarity, ALIGN_POINTS,
+    EYE_IMAGE_LEFT, EYE_IMAGE_RIGHT, MOUTH,
+};
 use crate::mask::{apply_mask, gaussian_mask};
 use crate::split::{assign, read_split_file, SplitFractions};
 use artifacts::{FaceGeometry, Faces, Provenance, Split};
@@ -132,24 +135,36 @@ fn list_inputs(root: &Path) -> Result<(Vec<Candidate>, Vec<Reject>), PreprocessE
             continue;
         }
         let Some(class) = name.to_str().map(str::to_string) else {
-            rejects.push(Reject { path: shown, reason: "folder name is not valid UTF-8".into() });
+            rejects.push(Reject {
+                path: shown,
+                reason: "folder name is not valid UTF-8".into(),
+            });
             continue;
         };
         match std::fs::metadata(&path) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
-                rejects.push(Reject { path: shown, reason: "not inside a class folder".into() });
+                rejects.push(Reject {
+                    path: shown,
+                    reason: "not inside a class folder".into(),
+                });
                 continue;
             }
             Err(err) => {
-                rejects.push(Reject { path: shown, reason: format!("unreadable: {err}") });
+                rejects.push(Reject {
+                    path: shown,
+                    reason: format!("unreadable: {err}"),
+                });
                 continue;
             }
         }
         let files = match std::fs::read_dir(&path) {
             Ok(it) => it,
             Err(err) => {
-                rejects.push(Reject { path: shown, reason: format!("unreadable folder: {err}") });
+                rejects.push(Reject {
+                    path: shown,
+                    reason: format!("unreadable folder: {err}"),
+                });
                 continue;
             }
         };
@@ -163,14 +178,30 @@ fn list_inputs(root: &Path) -> Result<(Vec<Candidate>, Vec<Reject>), PreprocessE
             }
             let shown = fpath.display().to_string();
             let Some(file) = fname.to_str().map(str::to_string) else {
-                rejects.push(Reject { path: shown, reason: "file name is not valid UTF-8".into() });
+                rejects.push(Reject {
+                    path: shown,
+                    reason: "file name is not valid UTF-8".into(),
+                });
                 continue;
             };
             match std::fs::metadata(&fpath) {
-                Ok(m) if m.is_file() => out.push(Candidate { class: class.clone(), file, path: fpath }),
-                Ok(m) if m.is_dir() => rejects.push(Reject { path: shown, reason: "nested folder (only <class>/<image> is read)".into() }),
-                Ok(_) => rejects.push(Reject { path: shown, reason: "not a regular file".into() }),
-                Err(err) => rejects.push(Reject { path: shown, reason: format!("unreadable: {err}") }),
+                Ok(m) if m.is_file() => out.push(Candidate {
+                    class: class.clone(),
+                    file,
+                    path: fpath,
+                }),
+                Ok(m) if m.is_dir() => rejects.push(Reject {
+                    path: shown,
+                    reason: "nested folder (only <class>/<image> is read)".into(),
+                }),
+                Ok(_) => rejects.push(Reject {
+                    path: shown,
+                    reason: "not a regular file".into(),
+                }),
+                Err(err) => rejects.push(Reject {
+                    path: shown,
+                    reason: format!("unreadable: {err}"),
+                }),
             }
         }
     }
@@ -212,7 +243,9 @@ fn plausible(lm: &[[f32; 2]], box_w: f32) -> Result<(), String> {
     let (ex, ey) = (re[0] - le[0], re[1] - le[1]);
     let d = ex.hypot(ey);
     if d < 0.15 * box_w || d > 0.9 * box_w {
-        return Err(format!("landmark fit failed: eye distance {d:.0}px for a {box_w:.0}px face"));
+        return Err(format!(
+            "landmark fit failed: eye distance {d:.0}px for a {box_w:.0}px face"
+        ));
     }
     let mid = [(le[0] + re[0]) / 2.0, (le[1] + re[1]) / 2.0];
     let (mx, my) = (mo[0] - mid[0], mo[1] - mid[1]);
@@ -243,8 +276,10 @@ impl Worker<'_> {
 
     fn as_is(&self, img: Rgb) -> Result<Processed, String> {
         let s = self.cfg.size as u32;
-        let src = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data).ok_or("bad buffer")?;
-        let mut pixels = image::imageops::resize(&src, s, s, image::imageops::FilterType::Triangle).into_raw();
+        let src = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data)
+            .ok_or("bad buffer")?;
+        let mut pixels =
+            image::imageops::resize(&src, s, s, image::imageops::FilterType::Triangle).into_raw();
         if let Some(m) = &self.mask {
             apply_mask(&mut pixels, m);
         }
@@ -275,16 +310,33 @@ impl Worker<'_> {
         let size = self.cfg.size;
         let (transform, mut pixels) = match self.cfg.mode {
             Mode::Align => {
-                let t = weighted_similarity_fit(&lm[ALIGN_POINTS], &self.template[ALIGN_POINTS], &self.weights);
+                let t = weighted_similarity_fit(
+                    &lm[ALIGN_POINTS],
+                    &self.template[ALIGN_POINTS],
+                    &self.weights,
+                );
                 let m = t.matrix();
-                (m, detect::warp(&img.data, img.width, img.height, m, size).map_err(|e| format!("warp failed: {e}"))?)
+                (
+                    m,
+                    detect::warp(&img.data, img.width, img.height, m, size)
+                        .map_err(|e| format!("warp failed: {e}"))?,
+                )
             }
             _ => {
                 // Crop the detection box: a scale + translation.
                 let s = size as f32 / w;
-                let t = Similarity { a: s, b: 0.0, tx: -x * s, ty: -y * (size as f32 / h) };
+                let t = Similarity {
+                    a: s,
+                    b: 0.0,
+                    tx: -x * s,
+                    ty: -y * (size as f32 / h),
+                };
                 let m = [t.a, 0.0, t.tx, 0.0, size as f32 / h, t.ty];
-                (m, detect::warp(&img.data, img.width, img.height, m, size).map_err(|e| format!("crop failed: {e}"))?)
+                (
+                    m,
+                    detect::warp(&img.data, img.width, img.height, m, size)
+                        .map_err(|e| format!("crop failed: {e}"))?,
+                )
             }
         };
         if let Some(mask) = &self.mask {
@@ -320,7 +372,10 @@ pub struct RunSummary {
 /// `<stem>.rejects.json`.
 pub fn side_file(output: &Path, name: &str) -> PathBuf {
     let dir = output.parent().unwrap_or(Path::new("."));
-    let stem = output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = output
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if stem == "faces" {
         dir.join(name)
     } else {
@@ -335,19 +390,32 @@ pub fn tree_digest(root: &Path) -> String {
     let mut stack = vec![root.to_path_buf()];
     let mut seen = 0usize;
     while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for e in rd.flatten() {
             seen += 1;
             if seen > 2_000_000 {
                 break;
             }
             let p = e.path();
-            let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
-            let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().into_owned();
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let rel = p
+                .strip_prefix(root)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .into_owned();
             if m.is_dir() && p.parent() == Some(root) {
                 stack.push(p);
             } else {
-                let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+                let mtime = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
                 entries.push(format!("{rel}\t{}\t{mtime}", m.len()));
             }
         }
@@ -357,15 +425,23 @@ pub fn tree_digest(root: &Path) -> String {
 }
 
 /// What a run's artifact records as its inputs (used for up-to-date checks).
-pub fn provenance_inputs(input: &Path, cfg: &PreprocessConfig) -> Result<BTreeMap<String, String>, PreprocessError> {
+pub fn provenance_inputs(
+    input: &Path,
+    cfg: &PreprocessConfig,
+) -> Result<BTreeMap<String, String>, PreprocessError> {
     let mut m = BTreeMap::new();
     m.insert("input".to_string(), tree_digest(input));
     if let Some(p) = &cfg.split_file {
         m.insert("split_file".to_string(), artifacts::digest_file(p)?);
     }
     if cfg.mode != Mode::AsIs {
-        let len = std::fs::metadata(&cfg.landmarks).map(|m| m.len()).unwrap_or(0);
-        m.insert("landmarks".to_string(), format!("{}:{len}", cfg.landmarks.display()));
+        let len = std::fs::metadata(&cfg.landmarks)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        m.insert(
+            "landmarks".to_string(),
+            format!("{}:{len}", cfg.landmarks.display()),
+        );
     }
     Ok(m)
 }
@@ -398,7 +474,11 @@ pub fn load_predictor(cfg: &PreprocessConfig) -> Result<Option<ShapePredictor>, 
 }
 
 /// Runs preprocessing from `input` to `output`.
-pub fn run(input: &Path, output: &Path, cfg: &PreprocessConfig) -> Result<RunSummary, PreprocessError> {
+pub fn run(
+    input: &Path,
+    output: &Path,
+    cfg: &PreprocessConfig,
+) -> Result<RunSummary, PreprocessError> {
     let start = std::time::Instant::now();
     if cfg.size < 16 {
         return Err(PreprocessError::Config("--size must be at least 16".into()));
@@ -418,13 +498,18 @@ pub fn run(input: &Path, output: &Path, cfg: &PreprocessConfig) -> Result<RunSum
     let worker = Worker {
         cfg,
         predictor: predictor.as_ref(),
-        template: predictor.as_ref().map(|p| template(&p.initial_shape, cfg.size)).unwrap_or_default(),
+        template: predictor
+            .as_ref()
+            .map(|p| template(&p.initial_shape, cfg.size))
+            .unwrap_or_default(),
         weights: align_weights(cfg.eye_weight),
         mask: cfg.mask.then(|| gaussian_mask(cfg.size, cfg.sigma)),
     };
     let bar = indicatif::ProgressBar::new(candidates.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template("preprocess {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec}")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "preprocess {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec}",
+        )
+        .expect("valid template"),
     );
     let results: Vec<Result<Processed, String>> = candidates
         .par_iter()
@@ -432,7 +517,9 @@ pub fn run(input: &Path, output: &Path, cfg: &PreprocessConfig) -> Result<RunSum
         .map(|c| {
             // A panic inside a codec must not end the run: it becomes a reject.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.process(c)))
-                .unwrap_or_else(|_| Err("internal error while decoding (the photo is likely corrupt)".into()))
+                .unwrap_or_else(|_| {
+                    Err("internal error while decoding (the photo is likely corrupt)".into())
+                })
         })
         .collect();
     bar.finish_and_clear();
@@ -442,27 +529,43 @@ pub fn run(input: &Path, output: &Path, cfg: &PreprocessConfig) -> Result<RunSum
     for (i, r) in results.into_iter().enumerate() {
         let c = &candidates[i];
         let r = r.and_then(|p| match &split_file {
-            Some(m) if !m.contains_key(&(c.class.clone(), c.file.clone())) => Err("not listed in the split file".to_string()),
+            Some(m) if !m.contains_key(&(c.class.clone(), c.file.clone())) => {
+                Err("not listed in the split file".to_string())
+            }
             _ => Ok(p),
         });
         match r {
             Ok(p) => kept.push((i, p)),
-            Err(reason) => rejects.push(Reject { path: c.path.display().to_string(), reason }),
+            Err(reason) => rejects.push(Reject {
+                path: c.path.display().to_string(),
+                reason,
+            }),
         }
     }
     if kept.is_empty() {
         write_rejects(output, &rejects)?;
         return Err(PreprocessError::NothingKept(rejects.len()));
     }
-    let mut class_names: Vec<String> = kept.iter().map(|(i, _)| candidates[*i].class.clone()).collect();
+    let mut class_names: Vec<String> = kept
+        .iter()
+        .map(|(i, _)| candidates[*i].class.clone())
+        .collect();
     class_names.sort();
     class_names.dedup();
-    let class_idx: HashMap<&str, u32> = class_names.iter().enumerate().map(|(i, c)| (c.as_str(), i as u32)).collect();
+    let class_idx: HashMap<&str, u32> = class_names
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i as u32))
+        .collect();
     let keys: Vec<(String, String)> = kept
         .iter()
         .map(|(i, _)| {
             let c = &candidates[*i];
-            let file = if cfg.seed == 0 { c.file.clone() } else { format!("{}#{}", c.file, cfg.seed) };
+            let file = if cfg.seed == 0 {
+                c.file.clone()
+            } else {
+                format!("{}#{}", c.file, cfg.seed)
+            };
             (c.class.clone(), file)
         })
         .collect();
@@ -491,7 +594,11 @@ pub fn run(input: &Path, output: &Path, cfg: &PreprocessConfig) -> Result<RunSum
         ),
     };
     faces.provenance.inputs = provenance_inputs(input, cfg)?;
-    let mut geometry = FaceGeometry { boxes: Vec::new(), landmarks: Vec::new(), transforms: Vec::new() };
+    let mut geometry = FaceGeometry {
+        boxes: Vec::new(),
+        landmarks: Vec::new(),
+        transforms: Vec::new(),
+    };
     let mut per_class: BTreeMap<String, usize> = BTreeMap::new();
     let mut multiple = 0;
     for (i, p) in &kept {
@@ -510,14 +617,25 @@ pub fn run(input: &Path, output: &Path, cfg: &PreprocessConfig) -> Result<RunSum
     let rejects_file = write_rejects(output, &rejects)?;
     let montage_file = side_file(output, "montage.png");
     let views: Vec<&[u8]> = (0..n).map(|i| faces.image(i)).collect();
-    if let Err(e) = crate::montage::write_montage(&montage_file, size, &views, &faces.labels, class_names.len(), 12, 64) {
+    if let Err(e) = crate::montage::write_montage(
+        &montage_file,
+        size,
+        &views,
+        &faces.labels,
+        class_names.len(),
+        12,
+        64,
+    ) {
         tracing::warn!("montage not written: {e}");
     }
     let quality = match &predictor {
         Some(p) => {
             let q = crate::quality::measure(p, &faces, cfg.mode, &worker.template);
             let path = side_file(output, "alignment-quality.json");
-            artifacts::write_atomic(&path, serde_json::to_string_pretty(&q).expect("plain").as_bytes())?;
+            artifacts::write_atomic(
+                &path,
+                serde_json::to_string_pretty(&q).expect("plain").as_bytes(),
+            )?;
             Some(q)
         }
         None => None,
@@ -546,6 +664,11 @@ pub fn run(input: &Path, output: &Path, cfg: &PreprocessConfig) -> Result<RunSum
 fn write_rejects(output: &Path, rejects: &[Reject]) -> Result<PathBuf, PreprocessError> {
     let path = side_file(output, "rejects.json");
     let json = serde_json::json!({ "count": rejects.len(), "rejects": rejects });
-    artifacts::write_atomic(&path, serde_json::to_string_pretty(&json).expect("plain").as_bytes())?;
+    artifacts::write_atomic(
+        &path,
+        serde_json::to_string_pretty(&json)
+            .expect("plain")
+            .as_bytes(),
+    )?;
     Ok(path)
 }

@@ -23,15 +23,24 @@ pub struct Quality {
 
 fn mean(points: &[[f32; 2]]) -> [f64; 2] {
     let n = points.len().max(1) as f64;
-    let (x, y) = points.iter().fold((0f64, 0f64), |(x, y), p| (x + p[0] as f64, y + p[1] as f64));
+    let (x, y) = points
+        .iter()
+        .fold((0f64, 0f64), |(x, y), p| (x + p[0] as f64, y + p[1] as f64));
     [x / n, y / n]
 }
 
 fn spread(points: &[[f32; 2]]) -> f64 {
     let n = points.len().max(1) as f64;
-    let (mx, my) = points.iter().fold((0f64, 0f64), |(x, y), p| (x + p[0] as f64, y + p[1] as f64));
+    let (mx, my) = points
+        .iter()
+        .fold((0f64, 0f64), |(x, y), p| (x + p[0] as f64, y + p[1] as f64));
     let (mx, my) = (mx / n, my / n);
-    (points.iter().map(|p| (p[0] as f64 - mx).powi(2) + (p[1] as f64 - my).powi(2)).sum::<f64>() / n).sqrt()
+    (points
+        .iter()
+        .map(|p| (p[0] as f64 - mx).powi(2) + (p[1] as f64 - my).powi(2))
+        .sum::<f64>()
+        / n)
+        .sqrt()
 }
 
 /// The box the predictor starts from on a produced face: for aligned faces, the box in
@@ -49,7 +58,12 @@ pub fn measure(p: &ShapePredictor, faces: &Faces, mode: Mode, template: &[[f32; 
             let gray = gray_like_dlib(faces.image(i));
             let lm = p.predict(&gray, size, size, rect);
             let s = |q: [f32; 2]| [q[0] * to150, q[1] * to150];
-            [s(centre(&lm, EYE_IMAGE_LEFT)), s(centre(&lm, EYE_IMAGE_RIGHT)), s(lm[NOSE_TIP]), s(centre(&lm, MOUTH))]
+            [
+                s(centre(&lm, EYE_IMAGE_LEFT)),
+                s(centre(&lm, EYE_IMAGE_RIGHT)),
+                s(lm[NOSE_TIP]),
+                s(centre(&lm, MOUTH)),
+            ]
         })
         .collect();
     let col = |k: usize| feats.iter().map(|f| f[k]).collect::<Vec<_>>();

@@ -15,7 +15,10 @@ pub struct SplitFractions {
 
 impl Default for SplitFractions {
     fn default() -> Self {
-        SplitFractions { val: 10.0, test: 20.0 }
+        SplitFractions {
+            val: 10.0,
+            test: 20.0,
+        }
     }
 }
 
@@ -51,7 +54,10 @@ pub fn assign(items: &[(String, String)], f: SplitFractions) -> Vec<Split> {
         }
         for idx in by_class.values() {
             if idx.len() >= 5 && !idx.iter().any(|&i| out[i] == Split::Test) {
-                let lowest = *idx.iter().min_by(|&&a, &&b| pct[a].total_cmp(&pct[b])).expect("non-empty");
+                let lowest = *idx
+                    .iter()
+                    .min_by(|&&a, &&b| pct[a].total_cmp(&pct[b]))
+                    .expect("non-empty");
                 out[lowest] = Split::Test;
             }
         }
@@ -70,9 +76,15 @@ pub fn read_split_file(path: &Path) -> Result<HashMap<(String, String), Split>, 
         }
         let cols: Vec<&str> = line.split(',').map(str::trim).collect();
         let [class, image, split] = cols.as_slice() else {
-            return Err(format!("{}:{}: expected `entity,image,split`", path.display(), no + 1));
+            return Err(format!(
+                "{}:{}: expected `entity,image,split`",
+                path.display(),
+                no + 1
+            ));
         };
-        let split: Split = split.parse().map_err(|e| format!("{}:{}: {e}", path.display(), no + 1))?;
+        let split: Split = split
+            .parse()
+            .map_err(|e| format!("{}:{}: {e}", path.display(), no + 1))?;
         map.insert((class.to_string(), image.to_string()), split);
     }
     if map.is_empty() {
@@ -99,7 +111,11 @@ mod tests {
         let mut grown = old.clone();
         grown.extend(items(6, 25, "b"));
         let after = assign(&grown, f);
-        assert_eq!(&after[..old.len()], &before[..], "existing images keep their split");
+        assert_eq!(
+            &after[..old.len()],
+            &before[..],
+            "existing images keep their split"
+        );
         // Roughly the requested proportions.
         let test = after.iter().filter(|s| **s == Split::Test).count() as f64 / after.len() as f64;
         assert!((0.1..0.3).contains(&test), "{test}");

@@ -6,7 +6,9 @@ use preprocess::{run, PreprocessConfig};
 use std::path::Path;
 
 fn png(path: &Path, w: u32, h: u32, seed: u8) {
-    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x as u8).wrapping_mul(seed), y as u8, seed]));
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x as u8).wrapping_mul(seed), y as u8, seed])
+    });
     img.save(path).unwrap();
 }
 
@@ -21,12 +23,20 @@ fn cfg() -> PreprocessConfig {
 }
 
 fn rejects(out: &Path) -> Vec<(String, String)> {
-    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.parent().unwrap().join("rejects.json")).unwrap()).unwrap();
+    let j: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.parent().unwrap().join("rejects.json")).unwrap(),
+    )
+    .unwrap();
     j["rejects"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["path"].as_str().unwrap().to_string(), r["reason"].as_str().unwrap().to_string()))
+        .map(|r| {
+            (
+                r["path"].as_str().unwrap().to_string(),
+                r["reason"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -43,10 +53,16 @@ fn each_bad_file_is_a_reject_with_its_reason() {
         png(&b.join(format!("ok{i}.png")), 90, 60, i + 7);
     }
     // Grey, 16-bit and alpha images are converted, not rejected.
-    image::GrayImage::from_pixel(50, 50, image::Luma([90])).save(a.join("grey.png")).unwrap();
-    image::ImageBuffer::<image::Rgba<u16>, _>::from_pixel(40, 40, image::Rgba([60000, 100, 5, 30000]))
-        .save(a.join("deep.png"))
+    image::GrayImage::from_pixel(50, 50, image::Luma([90]))
+        .save(a.join("grey.png"))
         .unwrap();
+    image::ImageBuffer::<image::Rgba<u16>, _>::from_pixel(
+        40,
+        40,
+        image::Rgba([60000, 100, 5, 30000]),
+    )
+    .save(a.join("deep.png"))
+    .unwrap();
     std::fs::write(a.join("zero.jpg"), b"").unwrap();
     let full = std::fs::read(a.join("ok0.png")).unwrap();
     std::fs::write(a.join("truncated.png"), &full[..full.len() / 2]).unwrap();
@@ -79,7 +95,11 @@ fn each_bad_file_is_a_reject_with_its_reason() {
             .clone()
     };
     assert!(reason("zero.jpg").contains("empty"));
-    assert!(reason("truncated.png").contains("corrupt"), "{}", reason("truncated.png"));
+    assert!(
+        reason("truncated.png").contains("corrupt"),
+        "{}",
+        reason("truncated.png")
+    );
     assert!(reason("notes.txt").contains("not an image"));
     assert!(reason("tiny.png").contains("too small"));
     assert!(reason("stray.jpg").contains("class folder"));
@@ -137,10 +157,23 @@ fn split_file_assigns_the_published_split() {
     let csv = dir.path().join("split.csv");
     std::fs::write(&csv, "entity,image,split\nm.1,0.jpg.png,test\nm.1,1.jpg.png,train\nm.1,2.jpg.png,train\nm.2,0.jpg.png,train\nm.2,1.jpg.png,test\n").unwrap();
     let out = dir.path().join("faces.safetensors");
-    let s = run(&root, &out, &PreprocessConfig { split_file: Some(csv), ..cfg() }).unwrap();
+    let s = run(
+        &root,
+        &out,
+        &PreprocessConfig {
+            split_file: Some(csv),
+            ..cfg()
+        },
+    )
+    .unwrap();
     assert_eq!(s.faces, 5, "m.2/2 is not in the split file");
     let f = artifacts::Faces::read(&out).unwrap();
-    let test: Vec<&str> = (0..f.len()).filter(|&i| f.splits[i] == artifacts::Split::Test).map(|i| f.sources[i].as_str()).collect();
+    let test: Vec<&str> = (0..f.len())
+        .filter(|&i| f.splits[i] == artifacts::Split::Test)
+        .map(|i| f.sources[i].as_str())
+        .collect();
     assert_eq!(test, vec!["m.1/0.jpg.png", "m.2/1.jpg.png"]);
-    assert!(rejects(&out).iter().any(|(p, r)| p.ends_with("m.2/2.jpg.png") && r.contains("split file")));
+    assert!(rejects(&out)
+        .iter()
+        .any(|(p, r)| p.ends_with("m.2/2.jpg.png") && r.contains("split file")));
 }

@@ -50,12 +50,24 @@ fn parses_and_evaluates_a_tiny_model() {
 }
 
 fn near(a: [f32; 2], b: [f32; 2]) {
-    assert!((a[0] - b[0]).abs() < 1e-4 && (a[1] - b[1]).abs() < 1e-4, "{a:?} vs {b:?}");
+    assert!(
+        (a[0] - b[0]).abs() < 1e-4 && (a[1] - b[1]).abs() < 1e-4,
+        "{a:?} vs {b:?}"
+    );
 }
 
 #[test]
 fn exact_float_and_int_encodings() {
-    for v in [0.0f32, 1.0, -2.5, 1e-30, 3.4e38, 0.1, -7.0e-3, f32::MIN_POSITIVE / 4.0] {
+    for v in [
+        0.0f32,
+        1.0,
+        -2.5,
+        1e-30,
+        3.4e38,
+        0.1,
+        -7.0e-3,
+        f32::MIN_POSITIVE / 4.0,
+    ] {
         let mut b = Vec::new();
         write::int(&mut b, 1);
         write::column(&mut b, &[v, -v]);
@@ -84,7 +96,10 @@ fn header_len() -> usize {
 fn corrupt_models_are_errors_not_panics() {
     let good = tiny_model();
     for cut in [0, 1, 5, good.len() / 2, good.len() - 1] {
-        assert!(ShapePredictor::from_bytes(&good[..cut]).is_err(), "cut at {cut}");
+        assert!(
+            ShapePredictor::from_bytes(&good[..cut]).is_err(),
+            "cut at {cut}"
+        );
     }
     let mut bad = good.clone();
     bad[0] = 0x7F; // not an integer control byte

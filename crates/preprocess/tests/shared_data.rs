@@ -16,7 +16,12 @@ fn shared() -> PathBuf {
 fn msceleb_detection_share_and_landmark_spread() {
     let dir = tempfile::tempdir().unwrap();
     let input = shared().join("data/msceleb-samples");
-    let aligned = run(&input, &dir.path().join("faces.safetensors"), &PreprocessConfig::default()).unwrap();
+    let aligned = run(
+        &input,
+        &dir.path().join("faces.safetensors"),
+        &PreprocessConfig::default(),
+    )
+    .unwrap();
     assert_eq!(aligned.candidates, 1375);
     let share = aligned.faces as f64 / aligned.candidates as f64;
     assert!(share >= 0.89, "detection share {share}");
@@ -25,14 +30,32 @@ fn msceleb_detection_share_and_landmark_spread() {
     let crop = run(
         &input,
         &dir.path().join("faces-crop.safetensors"),
-        &PreprocessConfig { mode: Mode::CropOnly, size: 100, mask: false, ..Default::default() },
+        &PreprocessConfig {
+            mode: Mode::CropOnly,
+            size: 100,
+            mask: false,
+            ..Default::default()
+        },
     )
     .unwrap();
     let qc = crop.quality.unwrap();
-    assert!(qa.eye_centres <= 3.0, "aligned eye spread {}", qa.eye_centres);
-    assert!(qc.eye_centres >= 2.0 * qa.eye_centres, "crop {} vs aligned {}", qc.eye_centres, qa.eye_centres);
-    let rejects: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&aligned.rejects_file).unwrap()).unwrap();
-    assert_eq!(rejects["count"].as_u64().unwrap() as usize, aligned.rejected);
+    assert!(
+        qa.eye_centres <= 3.0,
+        "aligned eye spread {}",
+        qa.eye_centres
+    );
+    assert!(
+        qc.eye_centres >= 2.0 * qa.eye_centres,
+        "crop {} vs aligned {}",
+        qc.eye_centres,
+        qa.eye_centres
+    );
+    let rejects: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&aligned.rejects_file).unwrap()).unwrap();
+    assert_eq!(
+        rejects["count"].as_u64().unwrap() as usize,
+        aligned.rejected
+    );
     assert!(aligned.montage_file.is_file());
 }
 
@@ -43,7 +66,11 @@ fn study_aligned_images_match_our_alignment() {
     let study = run(
         &shared().join("data/seed-4x20/aligned_multi_gaus_mask_4_20/corpus"),
         &dir.path().join("study.safetensors"),
-        &PreprocessConfig { mode: Mode::AsIs, mask: false, ..Default::default() },
+        &PreprocessConfig {
+            mode: Mode::AsIs,
+            mask: false,
+            ..Default::default()
+        },
     )
     .unwrap();
     assert_eq!(study.faces, 80);
@@ -59,8 +86,16 @@ fn study_aligned_images_match_our_alignment() {
     .unwrap()
     .quality
     .unwrap();
-    for (k, name) in ["left eye", "right eye", "nose tip", "mouth"].iter().enumerate() {
+    for (k, name) in ["left eye", "right eye", "nose tip", "mouth"]
+        .iter()
+        .enumerate()
+    {
         let d = (q.means[k][0] - ours.means[k][0]).hypot(q.means[k][1] - ours.means[k][1]);
-        assert!(d < 6.0, "{name}: study {:?} vs ours {:?}", q.means[k], ours.means[k]);
+        assert!(
+            d < 6.0,
+            "{name}: study {:?} vs ours {:?}",
+            q.means[k],
+            ours.means[k]
+        );
     }
 }

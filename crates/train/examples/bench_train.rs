@@ -7,12 +7,18 @@ use train::{Dataset, Partition, RunFiles, TrainConfig, TrainMode, Trainer};
 fn main() -> anyhow::Result<()> {
     artifacts::runtime::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let batches: Vec<usize> = if args.is_empty() { vec![20, 64] } else { args.iter().map(|b| b.parse()).collect::<Result<_, _>>()? };
+    let batches: Vec<usize> = if args.is_empty() {
+        vec![20, 64]
+    } else {
+        args.iter().map(|b| b.parse()).collect::<Result<_, _>>()?
+    };
     let n = 640;
     let size = 150;
     let mut s = 1u64;
     let mut rnd = move || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (s >> 56) as u8
     };
     let faces = Faces {
@@ -34,12 +40,30 @@ fn main() -> anyhow::Result<()> {
         faces_digest: String::new(),
         provenance: Provenance::new("bench", "0", serde_json::json!({})),
     };
-    let data = Dataset { faces, teacher: Some(teacher), faces_digest: String::new(), bottlenecks_digest: None };
-    let part = Partition { train: (0..n).collect(), val: vec![], test: vec![] };
+    let data = Dataset {
+        faces,
+        teacher: Some(teacher),
+        faces_digest: String::new(),
+        bottlenecks_digest: None,
+    };
+    let part = Partition {
+        train: (0..n).collect(),
+        val: vec![],
+        test: vec![],
+    };
     for b in batches {
-        let cfg = TrainConfig { mode: TrainMode::Cosine, epochs: 2, batch: b, device: artifacts::device::DeviceChoice::Cpu, ..Default::default() };
+        let cfg = TrainConfig {
+            mode: TrainMode::Cosine,
+            epochs: 2,
+            batch: b,
+            device: artifacts::device::DeviceChoice::Cpu,
+            ..Default::default()
+        };
         let out = Trainer::new(&data, &cfg, &part)?.run(&part, &RunFiles::default())?;
-        println!("{}", serde_json::json!({"batch": b, "samples_per_second": out.samples_per_second, "seconds": out.seconds}));
+        println!(
+            "{}",
+            serde_json::json!({"batch": b, "samples_per_second": out.samples_per_second, "seconds": out.seconds})
+        );
     }
     Ok(())
 }

@@ -16,12 +16,19 @@ pub struct CvReport {
 
 /// Stratified folds: each class's images shuffled with `seed`, dealt round-robin.
 pub fn folds(labels: &[u32], k: usize, seed: u64) -> Vec<Vec<usize>> {
-    let classes = labels.iter().copied().max().map(|m| m as usize + 1).unwrap_or(0);
+    let classes = labels
+        .iter()
+        .copied()
+        .max()
+        .map(|m| m as usize + 1)
+        .unwrap_or(0);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out = vec![Vec::new(); k];
     let mut next = 0;
     for c in 0..classes {
-        let mut idx: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] as usize == c).collect();
+        let mut idx: Vec<usize> = (0..labels.len())
+            .filter(|&i| labels[i] as usize == c)
+            .collect();
         idx.shuffle(&mut rng);
         for i in idx {
             out[next % k].push(i);
@@ -35,26 +42,53 @@ pub fn folds(labels: &[u32], k: usize, seed: u64) -> Vec<Vec<usize>> {
 /// `val_fraction` of each class (stratified) validates when > 0.
 /// `pool`: the images to fold (all of them, or only the training split when tuning, so
 /// that a test split stays unseen).
-pub fn cross_validate(data: &Dataset, cfg: &TrainConfig, pool: &[usize], k: usize, seed: u64) -> Result<CvReport, TrainError> {
+pub fn cross_validate(
+    data: &Dataset,
+    cfg: &TrainConfig,
+    pool: &[usize],
+    k: usize,
+    seed: u64,
+) -> Result<CvReport, TrainError> {
     if k < 2 {
-        return Err(TrainError::Config("cross-validation needs at least 2 folds".into()));
+        return Err(TrainError::Config(
+            "cross-validation needs at least 2 folds".into(),
+        ));
     }
     let labels: Vec<u32> = pool.iter().map(|&i| data.faces.labels[i]).collect();
-    let fs: Vec<Vec<usize>> = folds(&labels, k, seed).into_iter().map(|f| f.into_iter().map(|j| pool[j]).collect()).collect();
+    let fs: Vec<Vec<usize>> = folds(&labels, k, seed)
+        .into_iter()
+        .map(|f| f.into_iter().map(|j| pool[j]).collect())
+        .collect();
     let mut accs = Vec::new();
     for (i, test) in fs.iter().enumerate() {
-        let train: Vec<usize> = fs.iter().enumerate().filter(|(j, _)| *j != i).flat_map(|(_, f)| f.iter().copied()).collect();
-        let part = Partition { train, val: vec![], test: test.clone() };
+        let train: Vec<usize> = fs
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .flat_map(|(_, f)| f.iter().copied())
+            .collect();
+        let part = Partition {
+            train,
+            val: vec![],
+            test: test.clone(),
+        };
         let out = train_fold(data, cfg, &part)?;
         tracing::info!("fold {}/{k}: test accuracy {:.4}", i + 1, out);
         accs.push(out);
     }
     let mean = accs.iter().sum::<f64>() / accs.len() as f64;
-    Ok(CvReport { folds: k, accuracies: accs, mean })
+    Ok(CvReport {
+        folds: k,
+        accuracies: accs,
+        mean,
+    })
 }
 
 fn train_fold(data: &Dataset, cfg: &TrainConfig, part: &Partition) -> Result<f64, TrainError> {
-    let files = RunFiles { progress: false, ..Default::default() };
+    let files = RunFiles {
+        progress: false,
+        ..Default::default()
+    };
     Ok(train(data, cfg, part, &files)?.test_acc.unwrap_or(f64::NAN))
 }
 

@@ -18,7 +18,10 @@ impl Dataset {
     pub fn load(faces_path: &Path, bottlenecks_path: Option<&Path>) -> Result<Dataset, TrainError> {
         let faces = Faces::read(faces_path)?;
         if faces.is_empty() {
-            return Err(TrainError::Data(format!("{} holds no faces", faces_path.display())));
+            return Err(TrainError::Data(format!(
+                "{} holds no faces",
+                faces_path.display()
+            )));
         }
         let faces_digest = artifacts::digest_file(faces_path)?;
         let (teacher, bottlenecks_digest) = match bottlenecks_path {
@@ -111,7 +114,12 @@ pub fn input_batch(
 }
 
 /// Rows of a [N,D] feature matrix.
-pub fn rows(features: &[f32], dim: usize, idx: &[usize], device: &Device) -> candle_core::Result<Tensor> {
+pub fn rows(
+    features: &[f32],
+    dim: usize,
+    idx: &[usize],
+    device: &Device,
+) -> candle_core::Result<Tensor> {
     let mut out = Vec::with_capacity(idx.len() * dim);
     for &i in idx {
         out.extend_from_slice(&features[i * dim..(i + 1) * dim]);
@@ -120,7 +128,9 @@ pub fn rows(features: &[f32], dim: usize, idx: &[usize], device: &Device) -> can
 }
 
 /// How teacher vectors are scaled before they become targets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetNorm {
     /// Raw values (post-ReLU Inception features are unevenly scaled).
@@ -133,7 +143,12 @@ pub enum TargetNorm {
 
 /// Applies `norm` to [N,D] features using statistics of the `train` rows; returns the
 /// transformed copy and the (mean, std) used (empty for None/L2).
-pub fn normalize_targets(features: &[f32], dim: usize, train: &[usize], norm: TargetNorm) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+pub fn normalize_targets(
+    features: &[f32],
+    dim: usize,
+    train: &[usize],
+    norm: TargetNorm,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     match norm {
         TargetNorm::None => (features.to_vec(), vec![], vec![]),
         TargetNorm::L2 => {

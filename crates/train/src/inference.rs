@@ -28,22 +28,38 @@ pub fn weights_of(varmap: &VarMap) -> Result<BTreeMap<String, NamedTensor>, Trai
 
 /// Builds the student of a checkpoint. The checkpoint's names must be exactly the model's
 /// (a `VarMap` would otherwise invent missing weights silently).
-pub fn student_from_weights(ck: &Checkpoint, device: &Device) -> Result<(Student, StudentConfig), TrainError> {
+pub fn student_from_weights(
+    ck: &Checkpoint,
+    device: &Device,
+) -> Result<(Student, StudentConfig), TrainError> {
     let cfg: StudentConfig = serde_json::from_value(ck.model_config["student"].clone())
         .map_err(|e| TrainError::Data(format!("checkpoint model config: {e}")))?;
     let varmap = VarMap::new();
     let student = Student::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
     {
         let data = varmap.data().lock().expect("varmap lock");
-        let missing: Vec<&String> = data.keys().filter(|k| !ck.weights.contains_key(*k)).collect();
-        let extra: Vec<&String> = ck.weights.keys().filter(|k| !data.contains_key(*k)).collect();
+        let missing: Vec<&String> = data
+            .keys()
+            .filter(|k| !ck.weights.contains_key(*k))
+            .collect();
+        let extra: Vec<&String> = ck
+            .weights
+            .keys()
+            .filter(|k| !data.contains_key(*k))
+            .collect();
         if !missing.is_empty() || !extra.is_empty() {
-            return Err(TrainError::Data(format!("checkpoint does not fit the model: missing {missing:?}, unexpected {extra:?}")));
+            return Err(TrainError::Data(format!(
+                "checkpoint does not fit the model: missing {missing:?}, unexpected {extra:?}"
+            )));
         }
         for (k, v) in data.iter() {
             let w = &ck.weights[k];
             if w.shape != v.as_tensor().dims() {
-                return Err(TrainError::Data(format!("weight {k}: shape {:?}, model {:?}", w.shape, v.as_tensor().dims())));
+                return Err(TrainError::Data(format!(
+                    "weight {k}: shape {:?}, model {:?}",
+                    w.shape,
+                    v.as_tensor().dims()
+                )));
             }
             v.set(&Tensor::from_slice(&w.data, w.shape.as_slice(), device)?)?;
         }
@@ -67,15 +83,29 @@ impl Predictions {
     pub fn argmax(&self) -> Vec<u32> {
         self.probs
             .chunks_exact(self.num_classes)
-            .map(|r| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as u32).unwrap_or(0))
+            .map(|r| {
+                r.iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(i, _)| i as u32)
+                    .unwrap_or(0)
+            })
             .collect()
     }
 }
 
 /// A trained classifier of either kind.
 pub enum Predictor {
-    Student { student: Student, mean: Vec<f32> },
-    Probe { weight: Tensor, bias: Tensor, mean: Tensor, std: Tensor },
+    Student {
+        student: Student,
+        mean: Vec<f32>,
+    },
+    Probe {
+        weight: Tensor,
+        bias: Tensor,
+        mean: Tensor,
+        std: Tensor,
+    },
 }
 
 impl Predictor {
@@ -84,11 +114,16 @@ impl Predictor {
         let p = match ck.model_config["kind"].as_str() {
             Some("student") => {
                 let (student, _) = student_from_weights(&ck, device)?;
-                Predictor::Student { student, mean: ck.mean_image.data.clone() }
+                Predictor::Student {
+                    student,
+                    mean: ck.mean_image.data.clone(),
+                }
             }
             Some("probe") => {
                 let get = |k: &str| -> Result<Tensor, TrainError> {
-                    let w = ck.weights.get(k).ok_or_else(|| TrainError::Data(format!("{}: probe lacks `{k}`", path.display())))?;
+                    let w = ck.weights.get(k).ok_or_else(|| {
+                        TrainError::Data(format!("{}: probe lacks `{k}`", path.display()))
+                    })?;
                     Ok(Tensor::from_slice(&w.data, w.shape.as_slice(), device)?)
                 };
                 Predictor::Probe {
@@ -98,7 +133,12 @@ impl Predictor {
                     std: get("probe.feature_std")?,
                 }
             }
-            other => return Err(TrainError::Data(format!("{}: unknown model kind {other:?}", path.display()))),
+            other => {
+                return Err(TrainError::Data(format!(
+                    "{}: unknown model kind {other:?}",
+                    path.display()
+                )))
+            }
         };
         Ok((p, ck))
     }
@@ -108,7 +148,13 @@ impl Predictor {
     }
 
     /// Runs on faces `idx` (in batches); the probe reads the teacher's rows instead.
-    pub fn predict(&self, faces: &Faces, teacher: Option<&Bottlenecks>, idx: &[usize], device: &Device) -> Result<Predictions, TrainError> {
+    pub fn predict(
+        &self,
+        faces: &Faces,
+        teacher: Option<&Bottlenecks>,
+        idx: &[usize],
+        device: &Device,
+    ) -> Result<Predictions, TrainError> {
         let mut probs = Vec::new();
         let mut emb = Vec::new();
         let (mut classes, mut dim) = (0, 0);
@@ -120,8 +166,15 @@ impl Predictor {
                     let e = out.bottleneck.unwrap_or(out.hidden);
                     (out.logits, e)
                 }
-                Predictor::Probe { weight, bias, mean, std } => {
-                    let b = teacher.ok_or_else(|| TrainError::Config("the probe needs the teacher's bottlenecks".into()))?;
+                Predictor::Probe {
+                    weight,
+                    bias,
+                    mean,
+                    std,
+                } => {
+                    let b = teacher.ok_or_else(|| {
+                        TrainError::Config("the probe needs the teacher's bottlenecks".into())
+                    })?;
                     let x = rows(&b.features, b.dim, chunk, device)?;
                     let z = x.broadcast_sub(mean)?.broadcast_div(std)?;
                     (z.matmul(&weight.t()?)?.broadcast_add(bias)?, z)
@@ -133,6 +186,11 @@ impl Predictor {
             probs.extend(p.flatten_all()?.to_vec1::<f32>()?);
             emb.extend(e.flatten_all()?.to_vec1::<f32>()?);
         }
-        Ok(Predictions { num_classes: classes, probs, dim, embeddings: emb })
+        Ok(Predictions {
+            num_classes: classes,
+            probs,
+            dim,
+            embeddings: emb,
+        })
     }
 }

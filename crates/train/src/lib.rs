@@ -50,7 +50,12 @@ pub fn stored_partition(data: &Dataset) -> Partition {
 }
 
 /// Trains one mode on one partition.
-pub fn train(data: &Dataset, cfg: &TrainConfig, part: &Partition, files: &RunFiles) -> Result<Outcome, TrainError> {
+pub fn train(
+    data: &Dataset,
+    cfg: &TrainConfig,
+    part: &Partition,
+    files: &RunFiles,
+) -> Result<Outcome, TrainError> {
     match cfg.mode {
         TrainMode::Probe => probe::train(data, cfg, part, files),
         _ => Trainer::new(data, cfg, part)?.run(part, files),

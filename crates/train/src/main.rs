@@ -102,7 +102,9 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     if let Some(j) = cli.jobs {
-        rayon::ThreadPoolBuilder::new().num_threads(j).build_global()?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(j)
+            .build_global()?;
     }
     let mode = if cli.two_step {
         TrainMode::TwoStep
@@ -118,7 +120,11 @@ fn run(cli: Cli) -> Result<()> {
         epochs: cli.epochs,
         phase1_epochs: cli.phase1_epochs,
         batch: cli.batch,
-        optim: train::optim::AdamWConfig { lr: cli.lr, weight_decay: cli.weight_decay, ..Default::default() },
+        optim: train::optim::AdamWConfig {
+            lr: cli.lr,
+            weight_decay: cli.weight_decay,
+            ..Default::default()
+        },
         schedule: cli.schedule,
         patience: cli.patience,
         beta: cli.beta,
@@ -130,19 +136,39 @@ fn run(cli: Cli) -> Result<()> {
         device: cli.device,
         ..Default::default()
     };
-    let output = cli.output.clone().unwrap_or_else(|| PathBuf::from(format!("data/artifacts/student-{}.safetensors", mode.name())));
+    let output = cli.output.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "data/artifacts/student-{}.safetensors",
+            mode.name()
+        ))
+    });
     if cli.skip_if_fresh && cli.cv.is_none() {
         let mut inputs = std::collections::BTreeMap::new();
         inputs.insert("faces".to_string(), artifacts::digest_file(&cli.faces)?);
         if mode.needs_teacher() {
-            inputs.insert("bottlenecks".to_string(), artifacts::digest_file(&cli.bottlenecks)?);
+            inputs.insert(
+                "bottlenecks".to_string(),
+                artifacts::digest_file(&cli.bottlenecks)?,
+            );
         }
-        if artifacts::up_to_date(&output, artifacts::CHECKPOINT_SCHEMA, &serde_json::to_value(&cfg)?, &inputs) {
-            println!("train {}: up to date, skipped ({})", mode.name(), output.display());
+        if artifacts::up_to_date(
+            &output,
+            artifacts::CHECKPOINT_SCHEMA,
+            &serde_json::to_value(&cfg)?,
+            &inputs,
+        ) {
+            println!(
+                "train {}: up to date, skipped ({})",
+                mode.name(),
+                output.display()
+            );
             return Ok(());
         }
     }
-    let data = Dataset::load(&cli.faces, mode.needs_teacher().then_some(cli.bottlenecks.as_path()))?;
+    let data = Dataset::load(
+        &cli.faces,
+        mode.needs_teacher().then_some(cli.bottlenecks.as_path()),
+    )?;
     if let Some(k) = cli.cv {
         let pool: Vec<usize> = if cli.cv_scope == "train" {
             data.indices(artifacts::Split::Train)
@@ -154,7 +180,11 @@ fn run(cli: Cli) -> Result<()> {
             "{} {k}-fold cross-validation: mean accuracy {:.4} (folds: {})",
             mode.name(),
             r.mean,
-            r.accuracies.iter().map(|a| format!("{a:.3}")).collect::<Vec<_>>().join(", ")
+            r.accuracies
+                .iter()
+                .map(|a| format!("{a:.3}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         return Ok(());
     }

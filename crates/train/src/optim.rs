@@ -53,7 +53,12 @@ impl AdamW {
     }
 
     /// One update with learning rate `lr` from the gradients of `loss`.
-    pub fn backward_step(&mut self, loss: &Tensor, lr: f64, frozen: &dyn Fn(&str) -> bool) -> Result<()> {
+    pub fn backward_step(
+        &mut self,
+        loss: &Tensor,
+        lr: f64,
+        frozen: &dyn Fn(&str) -> bool,
+    ) -> Result<()> {
         let grads = loss.backward()?;
         self.step += 1;
         let c = self.config;
@@ -64,7 +69,9 @@ impl AdamW {
             if frozen(name) {
                 continue;
             }
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
             let m = self.m.get_mut(name).expect("moment per var");
             *m = ((&*m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
             let v = self.v.get_mut(name).expect("moment per var");

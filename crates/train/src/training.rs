@@ -19,7 +19,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Which study variant to train.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum TrainMode {
     /// Cross entropy only, no bottleneck layer: the no-transfer baseline.
@@ -47,7 +49,9 @@ impl TrainMode {
 }
 
 /// Which student activation the teacher is compared with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum BottleneckSource {
     /// Before the ReLU (what the study's cosine loss used).
@@ -56,7 +60,9 @@ pub enum BottleneckSource {
     Post,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
     Constant,
@@ -139,7 +145,10 @@ pub struct RunFiles {
 impl RunFiles {
     /// `<dir>/<stem>.resume.safetensors` and `<dir>/<stem>.metrics.jsonl` beside `output`.
     pub fn beside(output: &Path) -> RunFiles {
-        let stem = output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = output
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let dir = output.parent().unwrap_or(Path::new("."));
         RunFiles {
             output: Some(output.to_path_buf()),
@@ -244,7 +253,9 @@ fn lr_at(cfg: &TrainConfig, epoch: usize, total: usize) -> f64 {
 
 /// A seeded RNG per (seed, phase, epoch): resuming at an epoch boundary replays exactly.
 fn epoch_rng(seed: u64, phase: usize, epoch: usize) -> StdRng {
-    StdRng::seed_from_u64(seed ^ ((phase as u64 + 1) << 40) ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    StdRng::seed_from_u64(
+        seed ^ ((phase as u64 + 1) << 40) ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    )
 }
 
 /// The trainer for the student modes (base, two-step, cosine).
@@ -259,9 +270,15 @@ pub struct Trainer<'a> {
 }
 
 impl<'a> Trainer<'a> {
-    pub fn new(data: &'a Dataset, cfg: &TrainConfig, part: &Partition) -> Result<Trainer<'a>, TrainError> {
+    pub fn new(
+        data: &'a Dataset,
+        cfg: &TrainConfig,
+        part: &Partition,
+    ) -> Result<Trainer<'a>, TrainError> {
         if cfg.mode == TrainMode::Probe {
-            return Err(TrainError::Config("the probe is trained by probe::train".into()));
+            return Err(TrainError::Config(
+                "the probe is trained by probe::train".into(),
+            ));
         }
         if cfg.batch == 0 {
             return Err(TrainError::Config("--batch must be at least 1".into()));
@@ -271,12 +288,18 @@ impl<'a> Trainer<'a> {
         }
         let f = &data.faces;
         if f.height != f.width {
-            return Err(TrainError::Data(format!("faces are {}x{}; the student needs square images", f.height, f.width)));
+            return Err(TrainError::Data(format!(
+                "faces are {}x{}; the student needs square images",
+                f.height, f.width
+            )));
         }
         let device = artifacts::device::pick(cfg.device)?;
         let targets = if cfg.mode.needs_teacher() {
             let b = data.teacher.as_ref().ok_or_else(|| {
-                TrainError::Config(format!("--{} needs the teacher's bottlenecks (--bottlenecks FILE)", cfg.mode.name()))
+                TrainError::Config(format!(
+                    "--{} needs the teacher's bottlenecks (--bottlenecks FILE)",
+                    cfg.mode.name()
+                ))
             })?;
             Some(b)
         } else {
@@ -315,7 +338,10 @@ impl<'a> Trainer<'a> {
     }
 
     fn teacher_rows(&self, idx: &[usize]) -> candle_core::Result<Option<Tensor>> {
-        self.targets.as_ref().map(|(t, d)| rows(t, *d, idx, &self.device)).transpose()
+        self.targets
+            .as_ref()
+            .map(|(t, d)| rows(t, *d, idx, &self.device))
+            .transpose()
     }
 
     fn pick_bottleneck<'o>(&self, out: &'o model::StudentOutput) -> Option<&'o Tensor> {
@@ -326,7 +352,12 @@ impl<'a> Trainer<'a> {
     }
 
     /// Mean loss and accuracy of `objective` over `idx`, in eval mode.
-    pub fn evaluate(&self, student: &Student, idx: &[usize], objective: &Objective) -> Result<(f64, f64), TrainError> {
+    pub fn evaluate(
+        &self,
+        student: &Student,
+        idx: &[usize],
+        objective: &Objective,
+    ) -> Result<(f64, f64), TrainError> {
         if idx.is_empty() {
             return Ok((f64::NAN, f64::NAN));
         }
@@ -336,10 +367,15 @@ impl<'a> Trainer<'a> {
             let out = student.forward(&x, NetMode::Eval)?;
             let y = self.labels(chunk)?;
             let t = self.teacher_rows(chunk)?;
-            let terms = objective.compute(&out.logits, &y, self.pick_bottleneck(&out), t.as_ref())?;
+            let terms =
+                objective.compute(&out.logits, &y, self.pick_bottleneck(&out), t.as_ref())?;
             loss += terms.total.to_dtype(DType::F64)?.to_scalar::<f64>()? * chunk.len() as f64;
             let pred = out.logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-            correct += pred.iter().zip(chunk).filter(|(p, &i)| **p == self.data.faces.labels[i]).count();
+            correct += pred
+                .iter()
+                .zip(chunk)
+                .filter(|(p, &i)| **p == self.data.faces.labels[i])
+                .count();
         }
         Ok((loss / idx.len() as f64, correct as f64 / idx.len() as f64))
     }
@@ -368,11 +404,15 @@ impl<'a> Trainer<'a> {
         let mut best: BTreeMap<String, Tensor> = snapshot(&varmap)?;
         let mut opt = AdamW::new(vars_of(&varmap), self.cfg.optim)?;
         if files.resume {
-            let path = files.resume_file.as_ref().ok_or_else(|| TrainError::Config("no resume file".into()))?;
+            let path = files
+                .resume_file
+                .as_ref()
+                .ok_or_else(|| TrainError::Config("no resume file".into()))?;
             if path.exists() {
                 let ck = Checkpoint::read(path)?;
-                let saved: TrainConfig = serde_json::from_value(ck.train_state["config"].clone())
-                    .map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
+                let saved: TrainConfig =
+                    serde_json::from_value(ck.train_state["config"].clone())
+                        .map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
                 if saved != self.cfg {
                     return Err(TrainError::Config(format!(
                         "{} was made with other settings; resume with the same flags or start afresh without --resume",
@@ -393,9 +433,17 @@ impl<'a> Trainer<'a> {
                     }
                 }
                 opt.step = state.step;
-                tracing::info!("resumed from {} at phase {} epoch {}", path.display(), state.phase, state.epoch);
+                tracing::info!(
+                    "resumed from {} at phase {} epoch {}",
+                    path.display(),
+                    state.phase,
+                    state.epoch
+                );
             } else {
-                tracing::warn!("--resume: {} does not exist; starting afresh", path.display());
+                tracing::warn!(
+                    "--resume: {} does not exist; starting afresh",
+                    path.display()
+                );
             }
         }
         let mut metrics_file = match &files.metrics {
@@ -421,13 +469,23 @@ impl<'a> Trainer<'a> {
             indicatif::ProgressBar::hidden()
         };
         bar.set_style(
-            indicatif::ProgressStyle::with_template("train {msg} {bar:30} epoch {pos}/{len} [{elapsed_precise}]").expect("valid template"),
+            indicatif::ProgressStyle::with_template(
+                "train {msg} {bar:30} epoch {pos}/{len} [{elapsed_precise}]",
+            )
+            .expect("valid template"),
         );
-        bar.set_position(phases[..state.phase.min(phases.len())].iter().map(|p| p.epochs).sum::<usize>() as u64 + state.epoch as u64);
+        bar.set_position(
+            phases[..state.phase.min(phases.len())]
+                .iter()
+                .map(|p| p.epochs)
+                .sum::<usize>() as u64
+                + state.epoch as u64,
+        );
         let mut epochs_here = 0usize;
         while state.phase < phases.len() {
             let ph = &phases[state.phase];
-            let done = state.epoch >= ph.epochs || (self.cfg.patience > 0 && state.bad_epochs >= self.cfg.patience);
+            let done = state.epoch >= ph.epochs
+                || (self.cfg.patience > 0 && state.bad_epochs >= self.cfg.patience);
             if done {
                 // End of phase: continue from (and keep) the selected epoch's weights.
                 if state.epoch > 0 {
@@ -441,15 +499,24 @@ impl<'a> Trainer<'a> {
                 state.step = 0;
                 opt = AdamW::new(vars_of(&varmap), self.cfg.optim)?;
                 if let Some(p) = &files.resume_file {
-                    self.checkpoint(&varmap, Some((&opt, &best)), &state)?.write(p)?;
+                    self.checkpoint(&varmap, Some((&opt, &best)), &state)?
+                        .write(p)?;
                 }
                 continue;
             }
-            let frozen = |name: &str| ph.freeze_trunk && Student::trunk_prefixes().iter().any(|p| name.starts_with(p));
-            let m = self.epoch(&student, &varmap, &mut opt, &mut best, &mut state, part, ph, &frozen, files)?;
+            let frozen = |name: &str| {
+                ph.freeze_trunk
+                    && Student::trunk_prefixes()
+                        .iter()
+                        .any(|p| name.starts_with(p))
+            };
+            let m = self.epoch(
+                &student, &varmap, &mut opt, &mut best, &mut state, part, ph, &frozen, files,
+            )?;
             if let Some(f) = metrics_file.as_mut() {
                 let line = serde_json::to_string(&m).expect("plain");
-                writeln!(f, "{line}").map_err(|e| TrainError::Io(files.metrics.clone().unwrap_or_default(), e))?;
+                writeln!(f, "{line}")
+                    .map_err(|e| TrainError::Io(files.metrics.clone().unwrap_or_default(), e))?;
             }
             bar.set_message(format!(
                 "{} p{} loss {:.4} acc {:.3}{}",
@@ -457,11 +524,14 @@ impl<'a> Trainer<'a> {
                 state.phase + 1,
                 m.loss,
                 m.train_acc,
-                m.val_acc.map(|v| format!(" val {v:.3}")).unwrap_or_default()
+                m.val_acc
+                    .map(|v| format!(" val {v:.3}"))
+                    .unwrap_or_default()
             ));
             bar.inc(1);
             if let Some(p) = &files.resume_file {
-                self.checkpoint(&varmap, Some((&opt, &best)), &state)?.write(p)?;
+                self.checkpoint(&varmap, Some((&opt, &best)), &state)?
+                    .write(p)?;
             }
             epochs_here += 1;
             if files.interrupt_after == Some(epochs_here) {
@@ -472,12 +542,18 @@ impl<'a> Trainer<'a> {
         let test_acc = if part.test.is_empty() {
             None
         } else {
-            Some(self.evaluate(&student, &part.test, &Objective::CrossEntropy)?.1)
+            Some(
+                self.evaluate(&student, &part.test, &Objective::CrossEntropy)?
+                    .1,
+            )
         };
         let val_acc = if part.val.is_empty() {
             None
         } else {
-            Some(self.evaluate(&student, &part.val, &Objective::CrossEntropy)?.1)
+            Some(
+                self.evaluate(&student, &part.val, &Objective::CrossEntropy)?
+                    .1,
+            )
         };
         if let Some(out) = &files.output {
             self.checkpoint(&varmap, None, &state)?.write(out)?;
@@ -518,21 +594,43 @@ impl<'a> Trainer<'a> {
         let (mut ce_sum, mut mse_sum, mut cos_sum) = (0f64, 0f64, 0f64);
         let (mut has_ce, mut has_mse, mut has_cos) = (false, false, false);
         for (b, chunk) in order.chunks(self.cfg.batch).enumerate() {
-            let aug: Option<Vec<(bool, i32, i32)>> = self
-                .cfg
-                .augment
-                .then(|| chunk.iter().map(|_| (rng.gen_bool(0.5), rng.gen_range(-4..=4), rng.gen_range(-4..=4))).collect());
-            let x = input_batch(&self.data.faces, chunk, &self.mean, aug.as_deref(), &self.device)?;
+            let aug: Option<Vec<(bool, i32, i32)>> = self.cfg.augment.then(|| {
+                chunk
+                    .iter()
+                    .map(|_| {
+                        (
+                            rng.gen_bool(0.5),
+                            rng.gen_range(-4..=4),
+                            rng.gen_range(-4..=4),
+                        )
+                    })
+                    .collect()
+            });
+            let x = input_batch(
+                &self.data.faces,
+                chunk,
+                &self.mean,
+                aug.as_deref(),
+                &self.device,
+            )?;
             let keep = self.student_cfg.keep_prob;
             let hidden = self.student_cfg.hidden[0];
             let mask: Vec<f32> = (0..chunk.len() * hidden)
-                .map(|_| if rng.gen::<f32>() < keep { 1.0 / keep } else { 0.0 })
+                .map(|_| {
+                    if rng.gen::<f32>() < keep {
+                        1.0 / keep
+                    } else {
+                        0.0
+                    }
+                })
                 .collect();
             let mask = Tensor::from_vec(mask, (chunk.len(), hidden), &self.device)?;
             let out = student.forward_masked(&x, &mask)?;
             let y = self.labels(chunk)?;
             let t = self.teacher_rows(chunk)?;
-            let terms = ph.objective.compute(&out.logits, &y, self.pick_bottleneck(&out), t.as_ref())?;
+            let terms =
+                ph.objective
+                    .compute(&out.logits, &y, self.pick_bottleneck(&out), t.as_ref())?;
             let loss = terms.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             if !loss.is_finite() {
                 return Err(TrainError::NonFinite {
@@ -544,20 +642,25 @@ impl<'a> Trainer<'a> {
             }
             opt.backward_step(&terms.total, lr, frozen)?;
             let k = chunk.len() as f64;
-            let add = |t: &Option<Tensor>, acc: &mut f64, has: &mut bool| -> candle_core::Result<()> {
-                if let Some(t) = t {
-                    *acc += t.to_dtype(DType::F64)?.to_scalar::<f64>()? * k;
-                    *has = true;
-                }
-                Ok(())
-            };
+            let add =
+                |t: &Option<Tensor>, acc: &mut f64, has: &mut bool| -> candle_core::Result<()> {
+                    if let Some(t) = t {
+                        *acc += t.to_dtype(DType::F64)?.to_scalar::<f64>()? * k;
+                        *has = true;
+                    }
+                    Ok(())
+                };
             add(&terms.cross_entropy, &mut ce_sum, &mut has_ce)?;
             add(&terms.mse, &mut mse_sum, &mut has_mse)?;
             add(&terms.cosine, &mut cos_sum, &mut has_cos)?;
             sum += loss * k;
             n_seen += chunk.len();
             let pred = out.logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-            correct += pred.iter().zip(chunk).filter(|(p, &i)| **p == self.data.faces.labels[i]).count();
+            correct += pred
+                .iter()
+                .zip(chunk)
+                .filter(|(p, &i)| **p == self.data.faces.labels[i])
+                .count();
         }
         state.samples += n_seen as u64;
         state.step = opt.step;
@@ -599,7 +702,12 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    fn checkpoint(&self, varmap: &VarMap, train: Option<(&AdamW, &BTreeMap<String, Tensor>)>, state: &State) -> Result<Checkpoint, TrainError> {
+    fn checkpoint(
+        &self,
+        varmap: &VarMap,
+        train: Option<(&AdamW, &BTreeMap<String, Tensor>)>,
+        state: &State,
+    ) -> Result<Checkpoint, TrainError> {
         let mut optimizer = BTreeMap::new();
         if let Some((opt, best)) = train {
             for (k, t) in &opt.m {
@@ -614,19 +722,38 @@ impl<'a> Trainer<'a> {
         }
         if !self.target_stats.0.is_empty() {
             let d = self.target_stats.0.len();
-            optimizer.insert("target/mean".into(), NamedTensor { shape: vec![d], data: self.target_stats.0.clone() });
-            optimizer.insert("target/std".into(), NamedTensor { shape: vec![d], data: self.target_stats.1.clone() });
+            optimizer.insert(
+                "target/mean".into(),
+                NamedTensor {
+                    shape: vec![d],
+                    data: self.target_stats.0.clone(),
+                },
+            );
+            optimizer.insert(
+                "target/std".into(),
+                NamedTensor {
+                    shape: vec![d],
+                    data: self.target_stats.1.clone(),
+                },
+            );
         }
         let f = &self.data.faces;
-        let mut prov = Provenance::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"), serde_json::to_value(&self.cfg).expect("plain"))
-            .with_input("faces", self.data.faces_digest.clone());
+        let mut prov = Provenance::new(
+            env!("CARGO_PKG_NAME"),
+            env!("CARGO_PKG_VERSION"),
+            serde_json::to_value(&self.cfg).expect("plain"),
+        )
+        .with_input("faces", self.data.faces_digest.clone());
         if let Some(d) = &self.data.bottlenecks_digest {
             prov = prov.with_input("bottlenecks", d.clone());
         }
         Ok(Checkpoint {
             weights: weights_of(varmap)?,
             optimizer,
-            mean_image: NamedTensor { shape: vec![f.height, f.width, 3], data: self.mean.clone() },
+            mean_image: NamedTensor {
+                shape: vec![f.height, f.width, 3],
+                data: self.mean.clone(),
+            },
             model_config: serde_json::json!({ "kind": "student", "student": self.student_cfg, "class_names": f.class_names }),
             train_state: serde_json::json!({ "config": self.cfg, "state": state, "final": train.is_none() }),
             provenance: prov,
@@ -648,7 +775,9 @@ fn vars_of(varmap: &VarMap) -> Vec<(String, candle_core::Var)> {
 
 fn snapshot(varmap: &VarMap) -> candle_core::Result<BTreeMap<String, Tensor>> {
     let data = varmap.data().lock().expect("varmap lock");
-    data.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?))).collect()
+    data.iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
+        .collect()
 }
 
 fn load_tensors(varmap: &VarMap, ts: &BTreeMap<String, Tensor>) -> candle_core::Result<()> {
@@ -661,11 +790,17 @@ fn load_tensors(varmap: &VarMap, ts: &BTreeMap<String, Tensor>) -> candle_core::
     Ok(())
 }
 
-fn load_into(varmap: &VarMap, ws: &BTreeMap<String, NamedTensor>, device: &Device) -> Result<(), TrainError> {
+fn load_into(
+    varmap: &VarMap,
+    ws: &BTreeMap<String, NamedTensor>,
+    device: &Device,
+) -> Result<(), TrainError> {
     let data = varmap.data().lock().expect("varmap lock");
     let missing: Vec<&String> = data.keys().filter(|k| !ws.contains_key(*k)).collect();
     if !missing.is_empty() {
-        return Err(TrainError::Data(format!("checkpoint lacks weights: {missing:?}")));
+        return Err(TrainError::Data(format!(
+            "checkpoint lacks weights: {missing:?}"
+        )));
     }
     for (k, v) in data.iter() {
         let w = &ws[k];
@@ -697,12 +832,19 @@ fn reinit_seeded(varmap: &VarMap, seed: u64) -> candle_core::Result<()> {
             let bound = (6.0 / fan_in as f32).sqrt().min(1.0);
             (0..n).map(|_| rng.gen_range(-bound..bound)).collect()
         };
-        var.set(&Tensor::from_vec(values, dims.as_slice(), var.as_tensor().device())?)?;
+        var.set(&Tensor::from_vec(
+            values,
+            dims.as_slice(),
+            var.as_tensor().device(),
+        )?)?;
     }
     Ok(())
 }
 
 /// Reconstructs the student of a checkpoint (for evaluation and tests).
-pub fn student_of(ck: &Checkpoint, device: &Device) -> Result<(Student, StudentConfig), TrainError> {
+pub fn student_of(
+    ck: &Checkpoint,
+    device: &Device,
+) -> Result<(Student, StudentConfig), TrainError> {
     student_from_weights(ck, device)
 }

@@ -12,7 +12,9 @@ const SIZE: usize = 32;
 fn dataset(n_per: usize) -> Dataset {
     let mut s = 7u64;
     let mut rnd = move || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (s >> 33) as u32
     };
     let mut images = Vec::new();
@@ -25,15 +27,26 @@ fn dataset(n_per: usize) -> Dataset {
                 for x in 0..SIZE {
                     let inside = (x / 11) as u32 == c && (8..24).contains(&y);
                     for ch in 0..3 {
-                        let base = if ch as u32 == c { 150 } else { 60 } + if inside { 80 } else { 0 };
+                        let base =
+                            if ch as u32 == c { 150 } else { 60 } + if inside { 80 } else { 0 };
                         images.push((base + rnd() % 40) as u8);
                     }
                 }
             }
             labels.push(c);
-            splits.push(if i % 5 == 4 { Split::Test } else if i % 5 == 3 { Split::Val } else { Split::Train });
+            splits.push(if i % 5 == 4 {
+                Split::Test
+            } else if i % 5 == 3 {
+                Split::Val
+            } else {
+                Split::Train
+            });
             for d in 0..16 {
-                feats.push(if d % 3 == c as usize { 1.0 + (rnd() % 10) as f32 / 50.0 } else { (rnd() % 10) as f32 / 50.0 });
+                feats.push(if d % 3 == c as usize {
+                    1.0 + (rnd() % 10) as f32 / 50.0
+                } else {
+                    (rnd() % 10) as f32 / 50.0
+                });
             }
         }
     }
@@ -57,7 +70,12 @@ fn dataset(n_per: usize) -> Dataset {
         faces_digest: String::new(),
         provenance: Provenance::new("test", "0", serde_json::json!({})),
     };
-    Dataset { faces, teacher: Some(teacher), faces_digest: "sha256:faces".into(), bottlenecks_digest: Some("sha256:b".into()) }
+    Dataset {
+        faces,
+        teacher: Some(teacher),
+        faces_digest: "sha256:faces".into(),
+        bottlenecks_digest: Some("sha256:b".into()),
+    }
 }
 
 fn cfg(mode: TrainMode) -> TrainConfig {
@@ -71,7 +89,10 @@ fn cfg(mode: TrainMode) -> TrainConfig {
         bottleneck_source: BottleneckSource::Pre,
         target_norm: TargetNorm::Standardize,
         device: artifacts::device::DeviceChoice::Cpu,
-        optim: train::optim::AdamWConfig { lr: 3e-3, ..Default::default() },
+        optim: train::optim::AdamWConfig {
+            lr: 3e-3,
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
@@ -95,7 +116,12 @@ fn every_mode_fits_the_synthetic_data() {
     let data = dataset(20);
     let part = train::stored_partition(&data);
     let dir = tempfile::tempdir().unwrap();
-    for mode in [TrainMode::Base, TrainMode::TwoStep, TrainMode::Cosine, TrainMode::Probe] {
+    for mode in [
+        TrainMode::Base,
+        TrainMode::TwoStep,
+        TrainMode::Cosine,
+        TrainMode::Probe,
+    ] {
         let out = train::train(&data, &cfg(mode), &part, &files(dir.path(), mode.name())).unwrap();
         let acc = out.test_acc.unwrap();
         assert!(acc >= 0.8, "{}: test accuracy {acc}", mode.name());
@@ -103,7 +129,11 @@ fn every_mode_fits_the_synthetic_data() {
             let m = metrics(dir.path(), mode.name());
             let last = m.last().unwrap();
             let first = m.iter().find(|e| e["phase"] == last["phase"]).unwrap();
-            assert!(last["loss"].as_f64() < first["loss"].as_f64(), "{}: loss did not fall", mode.name());
+            assert!(
+                last["loss"].as_f64() < first["loss"].as_f64(),
+                "{}: loss did not fall",
+                mode.name()
+            );
             assert!(last["train_acc"].as_f64().unwrap() >= first["train_acc"].as_f64().unwrap());
             assert!(last["lr"].is_number() && last["seconds"].is_number());
         }
@@ -119,17 +149,45 @@ fn mean_image_comes_from_the_training_split_and_is_stored() {
     let data = dataset(10);
     let part = train::stored_partition(&data);
     let dir = tempfile::tempdir().unwrap();
-    train::train(&data, &TrainConfig { epochs: 1, ..cfg(TrainMode::Base) }, &part, &files(dir.path(), "m")).unwrap();
+    train::train(
+        &data,
+        &TrainConfig {
+            epochs: 1,
+            ..cfg(TrainMode::Base)
+        },
+        &part,
+        &files(dir.path(), "m"),
+    )
+    .unwrap();
     let ck = Checkpoint::read(&dir.path().join("m.safetensors")).unwrap();
     assert_eq!(ck.mean_image.shape, vec![SIZE, SIZE, 3]);
     let want = data.mean_image(&part.train);
     assert_eq!(ck.mean_image.data, want);
     let all: Vec<usize> = (0..data.faces.len()).collect();
-    assert_ne!(data.mean_image(&all), want, "test/val images must not leak into the mean");
+    assert_ne!(
+        data.mean_image(&all),
+        want,
+        "test/val images must not leak into the mean"
+    );
     // The input really is mean-subtracted: a training image equal to the mean is all zeros.
-    let x = train::data::input_batch(&data.faces, &[0], &vec![0.0; SIZE * SIZE * 3], None, &candle_core::Device::Cpu).unwrap();
-    let y = train::data::input_batch(&data.faces, &[0], &want, None, &candle_core::Device::Cpu).unwrap();
-    let dx = (x - y).unwrap().abs().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+    let x = train::data::input_batch(
+        &data.faces,
+        &[0],
+        &vec![0.0; SIZE * SIZE * 3],
+        None,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let y = train::data::input_batch(&data.faces, &[0], &want, None, &candle_core::Device::Cpu)
+        .unwrap();
+    let dx = (x - y)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(dx > 0.1);
 }
 
@@ -138,15 +196,35 @@ fn same_seed_same_result() {
     let data = dataset(10);
     let part = train::stored_partition(&data);
     let dir = tempfile::tempdir().unwrap();
-    let c = TrainConfig { epochs: 3, augment: true, ..cfg(TrainMode::Cosine) };
+    let c = TrainConfig {
+        epochs: 3,
+        augment: true,
+        ..cfg(TrainMode::Cosine)
+    };
     train::train(&data, &c, &part, &files(dir.path(), "a")).unwrap();
     train::train(&data, &c, &part, &files(dir.path(), "b")).unwrap();
     let a = Checkpoint::read(&dir.path().join("a.safetensors")).unwrap();
     let b = Checkpoint::read(&dir.path().join("b.safetensors")).unwrap();
     assert_eq!(a.weights, b.weights);
-    let strip = |v: Vec<serde_json::Value>| v.into_iter().map(|mut m| { m["seconds"] = 0.into(); m }).collect::<Vec<_>>();
-    assert_eq!(strip(metrics(dir.path(), "a")), strip(metrics(dir.path(), "b")));
-    train::train(&data, &TrainConfig { seed: 7, ..c }, &part, &files(dir.path(), "c")).unwrap();
+    let strip = |v: Vec<serde_json::Value>| {
+        v.into_iter()
+            .map(|mut m| {
+                m["seconds"] = 0.into();
+                m
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        strip(metrics(dir.path(), "a")),
+        strip(metrics(dir.path(), "b"))
+    );
+    train::train(
+        &data,
+        &TrainConfig { seed: 7, ..c },
+        &part,
+        &files(dir.path(), "c"),
+    )
+    .unwrap();
     let c7 = Checkpoint::read(&dir.path().join("c.safetensors")).unwrap();
     assert_ne!(a.weights, c7.weights, "another seed, other weights");
 }
@@ -154,28 +232,49 @@ fn same_seed_same_result() {
 #[test]
 fn resume_equals_an_uninterrupted_run() {
     let data = dataset(10);
-    let part = Partition { ..train::stored_partition(&data) };
+    let part = Partition {
+        ..train::stored_partition(&data)
+    };
     let dir = tempfile::tempdir().unwrap();
-    let c = TrainConfig { epochs: 4, phase1_epochs: 3, ..cfg(TrainMode::TwoStep) };
+    let c = TrainConfig {
+        epochs: 4,
+        phase1_epochs: 3,
+        ..cfg(TrainMode::TwoStep)
+    };
     train::train(&data, &c, &part, &files(dir.path(), "whole")).unwrap();
     // Killed after 2 epochs (phase 1), then after 2 more (into phase 2), then finished.
     let mut f = files(dir.path(), "parts");
     f.interrupt_after = Some(2);
-    assert!(matches!(train::train(&data, &c, &part, &f), Err(TrainError::Interrupted(2))));
-    assert!(!dir.path().join("parts.safetensors").exists(), "no final checkpoint yet");
+    assert!(matches!(
+        train::train(&data, &c, &part, &f),
+        Err(TrainError::Interrupted(2))
+    ));
+    assert!(
+        !dir.path().join("parts.safetensors").exists(),
+        "no final checkpoint yet"
+    );
     f.resume = true;
-    assert!(matches!(train::train(&data, &c, &part, &f), Err(TrainError::Interrupted(2))));
+    assert!(matches!(
+        train::train(&data, &c, &part, &f),
+        Err(TrainError::Interrupted(2))
+    ));
     f.interrupt_after = None;
     train::train(&data, &c, &part, &f).unwrap();
     let whole = Checkpoint::read(&dir.path().join("whole.safetensors")).unwrap();
     let parts = Checkpoint::read(&dir.path().join("parts.safetensors")).unwrap();
     assert_eq!(whole.weights, parts.weights);
-    assert_eq!(metrics(dir.path(), "whole").len(), metrics(dir.path(), "parts").len());
+    assert_eq!(
+        metrics(dir.path(), "whole").len(),
+        metrics(dir.path(), "parts").len()
+    );
     // Resuming with other settings is refused.
     let other = TrainConfig { beta: 0.5, ..c };
     let mut f2 = files(dir.path(), "parts");
     f2.resume = true;
-    assert!(matches!(train::train(&data, &other, &part, &f2), Err(TrainError::Config(_))));
+    assert!(matches!(
+        train::train(&data, &other, &part, &f2),
+        Err(TrainError::Config(_))
+    ));
 }
 
 #[test]
@@ -183,16 +282,28 @@ fn nan_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
     let data = dataset(10);
     let part = train::stored_partition(&data);
     let dir = tempfile::tempdir().unwrap();
-    let good = TrainConfig { epochs: 2, ..cfg(TrainMode::Base) };
+    let good = TrainConfig {
+        epochs: 2,
+        ..cfg(TrainMode::Base)
+    };
     let mut f = files(dir.path(), "nan");
     train::train(&data, &good, &part, &f).unwrap();
     let before = std::fs::read(dir.path().join("nan.resume.safetensors")).unwrap();
-    let bad = TrainConfig { optim: train::optim::AdamWConfig { lr: 1e38, ..Default::default() }, ..good };
+    let bad = TrainConfig {
+        optim: train::optim::AdamWConfig {
+            lr: 1e38,
+            ..Default::default()
+        },
+        ..good
+    };
     f.resume = false;
     let err = train::train(&data, &bad, &part, &f).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, TrainError::NonFinite { .. }), "{msg}");
     assert!(msg.contains("epoch") && msg.contains("batch"), "{msg}");
     // The failed run wrote no epoch, so the last good checkpoint file is intact.
-    assert_eq!(std::fs::read(dir.path().join("nan.resume.safetensors")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(dir.path().join("nan.resume.safetensors")).unwrap(),
+        before
+    );
 }

@@ -1,0 +1,156 @@
+//! Hermetic: a tiny trained student through the whole evaluation (report, PNGs, HTML).
+//! With ../shared: the same on the study's msceleb faces.
+
+use artifacts::{Faces, Provenance, Split};
+use eval_tsne::{evaluate, EvalConfig};
+use std::path::{Path, PathBuf};
+use train::{Dataset, RunFiles, TrainConfig, TrainMode};
+
+fn font_or_skip() -> Option<PathBuf> {
+    let p = PathBuf::from(eval_tsne::plots::DEFAULT_FONT);
+    p.exists().then_some(p)
+}
+
+fn synthetic_faces(path: &Path) {
+    let size = 32;
+    let mut images = Vec::new();
+    let mut labels = Vec::new();
+    let mut splits = Vec::new();
+    for c in 0..3u32 {
+        for i in 0..15 {
+            for y in 0..size {
+                for x in 0..size {
+                    for ch in 0..3u32 {
+                        let v =
+                            if ch == c { 170 } else { 50 } + ((x * 7 + y * 3 + i * 11) % 30) as u32;
+                        images.push(v as u8);
+                    }
+                }
+            }
+            labels.push(c);
+            splits.push(if i % 5 == 0 {
+                Split::Test
+            } else {
+                Split::Train
+            });
+        }
+    }
+    let n = labels.len();
+    Faces {
+        height: size,
+        width: size,
+        images,
+        labels,
+        splits,
+        class_names: vec!["red".into(), "green".into(), "blue".into()],
+        sources: (0..n).map(|i| format!("c/{i}.png")).collect(),
+        geometry: None,
+        provenance: Provenance::new("test", "0", serde_json::json!({})),
+    }
+    .write(path)
+    .unwrap();
+}
+
+#[test]
+fn report_and_pictures_are_produced() {
+    let Some(font) = font_or_skip() else {
+        panic!(
+            "{} missing: install fonts-dejavu-core (see README)",
+            eval_tsne::plots::DEFAULT_FONT
+        );
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let faces = dir.path().join("faces.safetensors");
+    synthetic_faces(&faces);
+    let data = Dataset::load(&faces, None).unwrap();
+    let ck = dir.path().join("student-base.safetensors");
+    let cfg = TrainConfig {
+        mode: TrainMode::Base,
+        epochs: 8,
+        batch: 8,
+        patience: 0,
+        device: artifacts::device::DeviceChoice::Cpu,
+        ..Default::default()
+    };
+    let mut files = RunFiles::beside(&ck);
+    files.progress = false;
+    train::train(&data, &cfg, &train::stored_partition(&data), &files).unwrap();
+    let out = dir.path().join("eval");
+    let ecfg = EvalConfig {
+        checkpoint: ck,
+        faces,
+        bottlenecks: None,
+        out: out.clone(),
+        font,
+        tsne: eval_tsne::tsne::TsneConfig {
+            perplexity: 5.0,
+            iters: 300,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let r = evaluate(&ecfg).unwrap();
+    let test = r.test.as_ref().unwrap();
+    assert_eq!(test.n, 9);
+    assert!(test.top1 >= 0.66, "{}", test.top1);
+    for f in [
+        "report.json",
+        "report.html",
+        "tsne.png",
+        "confusion.png",
+        "embeddings.safetensors",
+    ] {
+        let len = std::fs::metadata(out.join(f)).unwrap().len();
+        assert!(len > 1000, "{f}: {len} bytes");
+    }
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("data:image/png;base64,") && html.contains("Test split"));
+    let png = image::open(out.join("tsne.png")).unwrap().to_rgb8();
+    let distinct: std::collections::HashSet<[u8; 3]> = png.pixels().map(|p| p.0).collect();
+    assert!(distinct.len() > 8, "the map has colours");
+    let emb = artifacts::Embeddings::read(&out.join("embeddings.safetensors")).unwrap();
+    assert_eq!(emb.len(), 45);
+    assert!(eval_tsne::up_to_date(&ecfg));
+}
+
+#[test]
+#[ignore = "needs ../shared and Debian data packages"]
+fn msceleb_end_to_end() {
+    let shared = std::env::var_os("CELEB_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    let dir = tempfile::tempdir().unwrap();
+    let faces = dir.path().join("faces.safetensors");
+    let s = preprocess::run(
+        &shared.join("data/msceleb-samples"),
+        &faces,
+        &preprocess::PreprocessConfig::default(),
+    )
+    .unwrap();
+    assert!(s.faces > 1000);
+    let data = Dataset::load(&faces, None).unwrap();
+    let ck = dir.path().join("student-base.safetensors");
+    let cfg = TrainConfig {
+        mode: TrainMode::Base,
+        epochs: 6,
+        device: artifacts::device::DeviceChoice::Cpu,
+        ..Default::default()
+    };
+    let mut files = RunFiles::beside(&ck);
+    files.progress = false;
+    train::train(&data, &cfg, &train::stored_partition(&data), &files).unwrap();
+    let out = dir.path().join("eval");
+    let r = evaluate(&EvalConfig {
+        checkpoint: ck,
+        faces,
+        bottlenecks: None,
+        out: out.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let test = r.test.unwrap();
+    assert_eq!(test.per_class.len(), 14);
+    assert!(test.top1 > 3.0 / 14.0, "{}", test.top1);
+    assert!(!r.suspects.is_empty(), "dirty folders give suspects");
+    assert!(out.join("report.html").exists());
+}
