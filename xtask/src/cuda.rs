@@ -76,11 +76,84 @@ fn cuda_from_wheels() -> Result<PathBuf> {
     Ok(home)
 }
 
+/// `libcuda.so` comes with the GPU driver, which a build machine lacks. Some crates link
+/// `-lcuda`, so a link-only stub (soname `libcuda.so.1`) exporting the driver API names
+/// cudarc declares stands in; at run time the driver's real library is loaded.
+fn ensure_libcuda_stub(home: &Path) -> Result<Option<PathBuf>> {
+    let have_real = [
+        "lib/libcuda.so",
+        "lib64/libcuda.so",
+        "lib/stubs/libcuda.so",
+        "lib64/stubs/libcuda.so",
+    ]
+    .iter()
+    .any(|p| home.join(p).exists())
+        || Path::new("/usr/lib/x86_64-linux-gnu/libcuda.so").exists();
+    if have_real {
+        return Ok(None);
+    }
+    let stubs = home_cache().join("libcuda-stub");
+    let lib = stubs.join("libcuda.so");
+    if lib.exists() {
+        return Ok(Some(stubs));
+    }
+    // Driver API names from cudarc's bindings in the cargo registry.
+    let registry = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"))
+        .join("registry/src");
+    run(cargo().args(["fetch", "--quiet"]))?;
+    let mut names = std::collections::BTreeSet::new();
+    for index in std::fs::read_dir(&registry)?.flatten() {
+        for krate in std::fs::read_dir(index.path())?.flatten() {
+            if !krate.file_name().to_string_lossy().starts_with("cudarc-") {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(krate.path().join("src/driver/sys/mod.rs"))
+            else {
+                continue;
+            };
+            let bytes = text.as_bytes();
+            for (i, _) in text.match_indices("cu") {
+                let before_ok =
+                    i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+                if !before_ok || !bytes.get(i + 2).is_some_and(|b| b.is_ascii_uppercase()) {
+                    continue;
+                }
+                let end = text[i..]
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .map(|e| i + e)
+                    .unwrap_or(text.len());
+                names.insert(text[i..end].to_string());
+            }
+        }
+    }
+    if names.is_empty() {
+        bail!(
+            "no cudarc sources in {} to make a libcuda stub from",
+            registry.display()
+        );
+    }
+    std::fs::create_dir_all(&stubs)?;
+    let c: String = names
+        .iter()
+        .map(|n| format!("void {n}(void) {{}}\n"))
+        .collect();
+    let src = stubs.join("libcuda_stub.c");
+    std::fs::write(&src, c)?;
+    run(Command::new("cc")
+        .args(["-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
+        .arg(&lib)
+        .arg(&src))?;
+    Ok(Some(stubs))
+}
+
 pub fn check(args: &[String]) -> Result<()> {
     let home = match nvcc_on_path() {
         Some(h) => h,
         None => cuda_from_wheels()?,
     };
+    let stub = ensure_libcuda_stub(&home)?;
     let target_dir = std::env::var_os("CUDA_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| home_cache().join("cuda-target"));
@@ -100,7 +173,15 @@ pub fn check(args: &[String]) -> Result<()> {
         .env("NVCC", home.join("bin/nvcc"))
         .env("PATH", path)
         .env("CUDA_COMPUTE_CAP", std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into()))
-        .env("LIBRARY_PATH", format!("{}:{}", home.join("lib").display(), home.join("lib/stubs").display()))
+        .env(
+            "LIBRARY_PATH",
+            format!(
+                "{}:{}{}",
+                home.join("lib").display(),
+                home.join("lib/stubs").display(),
+                stub.map(|s| format!(":{}", s.display())).unwrap_or_default()
+            ),
+        )
         .args(args);
     run(&mut cmd).context("the CUDA build failed")?;
     println!(

@@ -67,6 +67,7 @@ fn report_and_pictures_are_produced() {
     let cfg = TrainConfig {
         mode: TrainMode::Base,
         epochs: 8,
+        min_steps: 0,
         batch: 8,
         patience: 0,
         device: artifacts::device::DeviceChoice::Cpu,
@@ -133,6 +134,7 @@ fn msceleb_end_to_end() {
     let cfg = TrainConfig {
         mode: TrainMode::Base,
         epochs: 6,
+        min_steps: 0,
         device: artifacts::device::DeviceChoice::Cpu,
         ..Default::default()
     };

@@ -55,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         let cfg = TrainConfig {
             mode: TrainMode::Cosine,
             epochs: 2,
+            min_steps: 0,
             batch: b,
             device: artifacts::device::DeviceChoice::Cpu,
             ..Default::default()

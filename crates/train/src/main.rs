@@ -39,7 +39,10 @@ struct Cli {
     /// Epochs of --two-step's MSE phase.
     #[arg(long, default_value_t = 40)]
     phase1_epochs: usize,
-    #[arg(long, default_value_t = 32)]
+    /// At least this many optimiser steps per phase (small data sets get more epochs).
+    #[arg(long, default_value_t = 800)]
+    min_steps: usize,
+    #[arg(long, default_value_t = 16)]
     batch: usize,
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
@@ -119,6 +122,7 @@ fn run(cli: Cli) -> Result<()> {
         mode,
         epochs: cli.epochs,
         phase1_epochs: cli.phase1_epochs,
+        min_steps: cli.min_steps,
         batch: cli.batch,
         optim: train::optim::AdamWConfig {
             lr: cli.lr,

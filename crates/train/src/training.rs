@@ -78,6 +78,10 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Epochs of two-step's MSE phase.
     pub phase1_epochs: usize,
+    /// Lower bound on optimiser steps per phase: small data sets get more epochs
+    /// (64 images at batch 16 are 4 steps an epoch; the distillation term needs hundreds
+    /// of steps to move, measured on the study's 4x20 subset).
+    pub min_steps: usize,
     pub batch: usize,
     pub optim: AdamWConfig,
     pub schedule: Schedule,
@@ -102,7 +106,8 @@ impl Default for TrainConfig {
             mode: TrainMode::Cosine,
             epochs: 60,
             phase1_epochs: 40,
-            batch: 32,
+            min_steps: 800,
+            batch: 16,
             optim: AdamWConfig::default(),
             schedule: Schedule::Cosine,
             patience: 20,
@@ -213,10 +218,18 @@ struct Phase {
     freeze_trunk: bool,
 }
 
-fn phases(cfg: &TrainConfig) -> Vec<Phase> {
+fn phases(cfg: &TrainConfig, n_train: usize) -> Vec<Phase> {
+    let steps_per_epoch = n_train.div_ceil(cfg.batch.max(1)).max(1);
+    let at_least = |epochs: usize| {
+        if epochs == 0 {
+            0
+        } else {
+            epochs.max(cfg.min_steps.div_ceil(steps_per_epoch))
+        }
+    };
     let ce = |freeze| Phase {
         objective: Objective::CrossEntropy,
-        epochs: cfg.epochs,
+        epochs: at_least(cfg.epochs),
         by_accuracy: true,
         freeze_trunk: freeze,
     };
@@ -225,7 +238,7 @@ fn phases(cfg: &TrainConfig) -> Vec<Phase> {
         TrainMode::TwoStep => vec![
             Phase {
                 objective: Objective::Mse,
-                epochs: cfg.phase1_epochs,
+                epochs: at_least(cfg.phase1_epochs),
                 by_accuracy: false,
                 freeze_trunk: false,
             },
@@ -233,7 +246,7 @@ fn phases(cfg: &TrainConfig) -> Vec<Phase> {
         ],
         TrainMode::Cosine => vec![Phase {
             objective: Objective::Cosine { beta: cfg.beta },
-            epochs: cfg.epochs,
+            epochs: at_least(cfg.epochs),
             by_accuracy: true,
             freeze_trunk: false,
         }],
@@ -389,7 +402,7 @@ impl<'a> Trainer<'a> {
         // initial weights are drawn here from the run's seed (same shapes and scales).
         let student = Student::new(&self.student_cfg, vb)?;
         reinit_seeded(&varmap, self.cfg.seed)?;
-        let phases = phases(&self.cfg);
+        let phases = phases(&self.cfg, part.train.len());
         let mut state = State {
             phase: 0,
             epoch: 0,

@@ -83,6 +83,7 @@ fn cfg(mode: TrainMode) -> TrainConfig {
         mode,
         epochs: 12,
         phase1_epochs: 4,
+        min_steps: 0,
         batch: 8,
         patience: 0,
         schedule: Schedule::Cosine,
