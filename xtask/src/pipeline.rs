@@ -400,8 +400,10 @@ pub fn ci(args: &[String]) -> Result<()> {
         "warnings",
     ]))?;
     let shared = shared_dir();
+    // Release: the data tests train real models, and release shares its dependency
+    // builds with the pipeline's binaries below.
     let mut test = cargo();
-    test.args(["test", "--workspace"]);
+    test.args(["test", "--workspace", "--release"]);
     if shared.is_some() {
         test.args(["--", "--include-ignored"]);
     } else {

@@ -54,32 +54,6 @@ pub struct Affinities {
     pub values: Vec<f64>,
 }
 
-/// Squared Euclidean distances of rows `rows` to all points, as a matrix product.
-fn block_sq_dists(
-    x: &[f32],
-    n: usize,
-    d: usize,
-    norms: &[f32],
-    rows: std::ops::Range<usize>,
-) -> Vec<f32> {
-    let b = rows.len();
-    let mut out = vec![0f32; b * n];
-    // out = -2 X_b X^T via gemm-like blocked loops over contiguous rows.
-    out.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
-        let i = rows.start + r;
-        let xi = &x[i * d..(i + 1) * d];
-        for (j, o) in row.iter_mut().enumerate() {
-            let xj = &x[j * d..(j + 1) * d];
-            let mut dot = 0f32;
-            for k in 0..d {
-                dot += xi[k] * xj[k];
-            }
-            *o = (norms[i] + norms[j] - 2.0 * dot).max(0.0);
-        }
-    });
-    out
-}
-
 /// k nearest neighbours (excluding self) and their squared distances, exact.
 pub fn knn(x: &[f32], n: usize, d: usize, k: usize) -> (Vec<usize>, Vec<f32>) {
     let k = k.min(n.saturating_sub(1));
@@ -88,12 +62,27 @@ pub fn knn(x: &[f32], n: usize, d: usize, k: usize) -> (Vec<usize>, Vec<f32>) {
         .collect();
     let mut idx = vec![0usize; n * k];
     let mut dist = vec![0f32; n * k];
+    // Squared distances block by block: |a|^2 + |b|^2 - 2 a.b, the dot products as one
+    // matrix product per block of rows (gemm), which dominates naive loops on 2048-d data.
+    let all =
+        candle_core::Tensor::from_slice(x, (n, d), &candle_core::Device::Cpu).expect("n*d floats");
+    let all_t = all.t().expect("2-d");
     let block = 256;
     let mut start = 0;
     while start < n {
         let end = (start + block).min(n);
-        let dm = crate::tsne::sq_dists_gemm(x, n, d, &norms, start..end)
-            .unwrap_or_else(|| block_sq_dists(x, n, d, &norms, start..end));
+        let mut dm = all
+            .narrow(0, start, end - start)
+            .and_then(|b| b.matmul(&all_t))
+            .and_then(|m| m.flatten_all())
+            .and_then(|m| m.to_vec1::<f32>())
+            .expect("in-memory matmul of valid shapes");
+        for (r, row) in dm.chunks_mut(n).enumerate() {
+            let ni = norms[start + r];
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = (ni + norms[j] - 2.0 * *v).max(0.0);
+            }
+        }
         idx[start * k..end * k]
             .par_chunks_mut(k.max(1))
             .zip(dist[start * k..end * k].par_chunks_mut(k.max(1)))
@@ -121,35 +110,6 @@ pub fn knn(x: &[f32], n: usize, d: usize, k: usize) -> (Vec<usize>, Vec<f32>) {
         start = end;
     }
     (idx, dist)
-}
-
-/// Distances of a block of rows through candle's matmul (gemm), which is far faster than
-/// plain loops for 2048-d data.
-pub fn sq_dists_gemm(
-    x: &[f32],
-    n: usize,
-    d: usize,
-    norms: &[f32],
-    rows: std::ops::Range<usize>,
-) -> Option<Vec<f32>> {
-    use candle_core::{Device, Tensor};
-    let all = Tensor::from_slice(x, (n, d), &Device::Cpu).ok()?;
-    let blk = all.narrow(0, rows.start, rows.len()).ok()?;
-    let dots = blk
-        .matmul(&all.t().ok()?)
-        .ok()?
-        .flatten_all()
-        .ok()?
-        .to_vec1::<f32>()
-        .ok()?;
-    let mut out = dots;
-    for (r, row) in out.chunks_mut(n).enumerate() {
-        let ni = norms[rows.start + r];
-        for (j, v) in row.iter_mut().enumerate() {
-            *v = (ni + norms[j] - 2.0 * *v).max(0.0);
-        }
-    }
-    Some(out)
 }
 
 /// Perplexity-calibrated conditional affinities, symmetrised and normalised to sum 1.
