@@ -29,7 +29,7 @@ pub fn digest_bytes(bytes: &[u8]) -> String {
 pub fn digest_file(path: &Path) -> Result<String> {
     let io_err = |source| ArtifactError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     };
     let mut f = std::fs::File::open(path).map_err(io_err)?;
     let mut h = Sha256::new();
@@ -49,7 +49,7 @@ pub fn digest_file(path: &Path) -> Result<String> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let io_err = |source| ArtifactError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -156,7 +156,7 @@ pub(crate) fn write_artifact(path: &Path, header: &Header, tensors: &[OutTensor]
 pub fn read_header(path: &Path) -> Result<Header> {
     let io_err = |source| ArtifactError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     };
     let mut f = std::fs::File::open(path).map_err(io_err)?;
     let file_len = f.metadata().map_err(io_err)?.len();
@@ -217,7 +217,7 @@ impl Loaded {
         }
         let bytes = std::fs::read(path).map_err(|source| ArtifactError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         })?;
         // Validate the whole layout once (offsets inside the file, no overlaps).
         safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {

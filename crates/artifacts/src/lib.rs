@@ -28,10 +28,10 @@ pub const META_KEY: &str = "celeb_transfer";
 /// Errors reading or writing artifacts. Each names the file and what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "{path}: not a safetensors file ({reason}); was it truncated or is it another format?"

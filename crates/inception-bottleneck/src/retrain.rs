@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RetrainError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: value {index} (`{value}`) is not a number")]
     Parse {
@@ -87,7 +87,7 @@ pub fn import(dir: &Path, sources: &[String]) -> Result<(usize, Vec<f32>), Retra
         let path = file_for(dir, s);
         let text = std::fs::read_to_string(&path).map_err(|source| RetrainError::Io {
             path: path.clone(),
-            source,
+            error: source,
         })?;
         let v = parse(&path, &text)?;
         if dim == 0 {
@@ -116,13 +116,13 @@ pub fn export(
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|source| RetrainError::Io {
                 path: parent.to_path_buf(),
-                source,
+                error: source,
             })?;
         }
         artifacts::write_atomic(&path, format(&features[i * dim..(i + 1) * dim]).as_bytes())
             .map_err(|e| RetrainError::Io {
                 path: path.clone(),
-                source: std::io::Error::other(e.to_string()),
+                error: std::io::Error::other(e.to_string()),
             })?;
     }
     Ok(())

@@ -12,11 +12,8 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DlibError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("not a dlib shape predictor: {what} at byte {offset}")]
     Format { what: String, offset: usize },
 }
@@ -218,7 +215,7 @@ impl ShapePredictor {
     pub fn open(path: &Path) -> Result<ShapePredictor, DlibError> {
         let io = |source| DlibError::Io {
             path: path.display().to_string(),
-            source,
+            error: source,
         };
         let file = std::fs::File::open(path).map_err(io)?;
         // SAFETY: read-only mapping of a file we only read; a concurrent truncation

@@ -78,10 +78,10 @@ pub enum PreprocessError {
     NoImages(PathBuf),
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
-    #[error("landmark model {path}: {source}; install it with `apt-get install libdlib-data` or pass --landmarks")]
+    #[error("landmark model {path}: {error}; install it with `apt-get install libdlib-data` or pass --landmarks")]
     Landmarks {
         path: PathBuf,
-        source: crate::dlib::DlibError,
+        error: crate::dlib::DlibError,
     },
     #[error("{0}")]
     Config(String),
@@ -456,10 +456,10 @@ pub fn load_predictor(cfg: &PreprocessConfig) -> Result<Option<ShapePredictor>, 
             tracing::warn!("no alignment-quality report: {e}");
             return Ok(None);
         }
-        Err(source) => {
+        Err(error) => {
             return Err(PreprocessError::Landmarks {
                 path: cfg.landmarks.clone(),
-                source,
+                error,
             })
         }
     };
