@@ -64,3 +64,98 @@ fn matches_torchvision_on_random_weights() {
     let e = rel_err(&logits, &reference["logits"]);
     assert!(e < 1e-4, "logits: relative error {e}");
 }
+
+#[test]
+#[ignore = "needs ../shared (models/inception-v3-nsfwjs, data/seed-4x20)"]
+fn stand_in_teacher_on_study_faces_and_tensorflow_import() {
+    use artifacts::{Bottlenecks, Faces, Provenance, Split};
+    let seed = shared().join("data/seed-4x20/aligned_multi_gaus_mask_4_20");
+    let dir = tempfile::tempdir().unwrap();
+    // Faces straight from the study's aligned corpus (as is), 2 per person.
+    let mut images = Vec::new();
+    let mut sources = Vec::new();
+    let mut labels = Vec::new();
+    let mut classes: Vec<String> = std::fs::read_dir(seed.join("corpus"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    classes.sort();
+    for (c, class) in classes.iter().enumerate() {
+        let mut files: Vec<String> = std::fs::read_dir(seed.join("corpus").join(class))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        for f in files.iter().take(2) {
+            let img = image::open(seed.join("corpus").join(class).join(f))
+                .unwrap()
+                .to_rgb8();
+            let img =
+                image::imageops::resize(&img, 150, 150, image::imageops::FilterType::Triangle);
+            images.extend(img.into_raw());
+            sources.push(format!("{class}/{f}"));
+            labels.push(c as u32);
+        }
+    }
+    let n = labels.len();
+    let faces_path = dir.path().join("faces.safetensors");
+    Faces {
+        height: 150,
+        width: 150,
+        images,
+        labels,
+        splits: vec![Split::Train; n],
+        class_names: classes,
+        sources,
+        geometry: None,
+        provenance: Provenance::new("test", "0", serde_json::json!({})),
+    }
+    .write(&faces_path)
+    .unwrap();
+    let cfg = inception_bottleneck::ExtractConfig {
+        teacher: shared()
+            .join("models/inception-v3-nsfwjs")
+            .display()
+            .to_string(),
+        layer: "Mixed_6c".into(),
+        cache_dir: None,
+        device: artifacts::device::DeviceChoice::Cpu,
+        ..Default::default()
+    };
+    let out = dir.path().join("b.safetensors");
+    let s = inception_bottleneck::extract(&faces_path, &out, &cfg).unwrap();
+    assert_eq!((s.images, s.dim), (n, 768));
+    let b = Bottlenecks::read(&out).unwrap();
+    assert!(b.teacher.starts_with("dir:inception-v3-nsfwjs#"));
+    assert!(
+        b.features.iter().all(|v| v.is_finite() && *v >= 0.0),
+        "pooled post-ReLU features"
+    );
+    // Two photos of one person are closer than photos of different people, on average.
+    let cos = |a: &[f32], c: &[f32]| {
+        let d: f32 = a.iter().zip(c).map(|(x, y)| x * y).sum();
+        d / (a.iter().map(|x| x * x).sum::<f32>().sqrt()
+            * c.iter().map(|x| x * x).sum::<f32>().sqrt())
+    };
+    let same: f32 = (0..n / 2)
+        .map(|p| cos(b.row(2 * p), b.row(2 * p + 1)))
+        .sum::<f32>()
+        / (n / 2) as f32;
+    let diff: f32 = (0..n / 2 - 1)
+        .map(|p| cos(b.row(2 * p), b.row(2 * p + 2)))
+        .sum::<f32>()
+        / (n / 2 - 1) as f32;
+    assert!(same > diff, "same person {same} vs different {diff}");
+    // The study's TensorFlow bottlenecks for the same files import in the same order.
+    let imported = dir.path().join("tf.safetensors");
+    let s = inception_bottleneck::extract::import_retrain(
+        &faces_path,
+        &seed.join("bottleneck"),
+        &imported,
+        &cfg,
+    )
+    .unwrap();
+    assert_eq!(s.dim, 2048);
+    let tf = Bottlenecks::read(&imported).unwrap();
+    assert_eq!(tf.len(), n);
+}
