@@ -22,7 +22,8 @@ pub struct Suspect {
 pub struct SuspectConfig {
     /// Neighbours consulted.
     pub k: usize,
-    /// Flag when at least this share of the neighbours carries another label.
+    /// Flag when at least this share of the neighbours carries another label and one
+    /// other class holds at least half of them.
     pub min_disagreement: f64,
     /// Flag when the distance to the class medoid is at least this many robust z-units.
     pub max_z: f64,
@@ -38,7 +39,8 @@ impl Default for SuspectConfig {
     }
 }
 
-/// Flags images per `cfg`. Features are compared by cosine similarity after centring.
+/// Flags images per `cfg`. Features are standardised per dimension (so that a few
+/// large-valued channels do not decide), then compared by cosine similarity.
 pub fn find(
     features: &[f32],
     dim: usize,
@@ -59,11 +61,19 @@ pub fn find(
         }
     }
     mean.iter_mut().for_each(|m| *m /= n as f64);
+    let mut sd = vec![0f64; dim];
+    for i in 0..n {
+        for d in 0..dim {
+            sd[d] += (features[i * dim + d] as f64 - mean[d]).powi(2);
+        }
+    }
+    sd.iter_mut()
+        .for_each(|v| *v = (*v / n as f64).sqrt().max(1e-6));
     let mut x = vec![0f32; n * dim];
     for i in 0..n {
         let mut norm = 0f64;
         for d in 0..dim {
-            let v = features[i * dim + d] as f64 - mean[d];
+            let v = (features[i * dim + d] as f64 - mean[d]) / sd[d];
             x[i * dim + d] = v as f32;
             norm += v * v;
         }
@@ -130,7 +140,8 @@ pub fn find(
             .max_by_key(|(c, v)| (**v, usize::MAX - c))
             .map(|(c, _)| c)
             .unwrap_or(0);
-        if disagreement >= min_disagreement || z[i] >= max_z {
+        let majority_other = says != labels[i] as usize && votes[says] * 2 >= k;
+        if (disagreement >= min_disagreement && majority_other) || z[i] >= max_z {
             out.push(Suspect {
                 index: i,
                 source: sources[i].clone(),
