@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 use train::{Dataset, RunFiles, TrainConfig, TrainMode};
 
-/// Floors with some margin under the measured figures (see the README and issue notes).
+/// Floors with some margin under the figures measured on 2026-11-29: split 0.8125 (seed
+/// 42; seeds 42-46 mean 0.8375), 5-fold over all 80 images 0.875.
 const MIN_SPLIT: f64 = 0.75;
-const MIN_SPLIT_MEAN: f64 = 0.70;
-const MIN_CV: f64 = 0.75;
+const MIN_SPLIT_MEAN: f64 = 0.75;
+const MIN_CV: f64 = 0.80;
 
 fn shared() -> PathBuf {
     std::env::var_os("CELEB_SHARED")
