@@ -23,3 +23,16 @@ pub fn init() {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+/// A stage binary's `main`: set-up, then the body; exit code 0 on success, else the
+/// error chain on stderr and exit code 1 (clap's usage errors exit with 2 before this).
+pub fn main<E: std::fmt::Display>(body: impl FnOnce() -> Result<(), E>) -> std::process::ExitCode {
+    init();
+    match body() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -46,14 +46,7 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
-    artifacts::runtime::init();
-    match run(Cli::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    artifacts::runtime::main(|| run(Cli::parse()))
 }
 
 fn run(cli: Cli) -> Result<()> {

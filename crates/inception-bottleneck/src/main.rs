@@ -77,14 +77,7 @@ fn parse_triple(s: &str) -> Result<[f32; 3], String> {
 }
 
 fn main() -> std::process::ExitCode {
-    artifacts::runtime::init();
-    match run(Cli::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    artifacts::runtime::main(|| run(Cli::parse()))
 }
 
 fn run(cli: Cli) -> Result<()> {
