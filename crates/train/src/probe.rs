@@ -3,10 +3,10 @@
 
 use crate::data::{normalize_targets, rows, Dataset, TargetNorm};
 use crate::optim::AdamW;
-use crate::training::{Outcome, Partition, RunFiles, TrainConfig, TrainMode};
+use crate::training::{count_correct, Outcome, Partition, RunFiles, TrainConfig, TrainMode};
 use crate::TrainError;
 use artifacts::{Checkpoint, NamedTensor, Provenance};
-use candle_core::{DType, Tensor, Var, D};
+use candle_core::{DType, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -53,17 +53,10 @@ pub fn train(
             return Ok(f64::NAN);
         }
         let x = rows(&z, b.dim, idx, &device)?;
-        let pred = x
+        let logits = x
             .matmul(&w.as_tensor().t()?)?
-            .broadcast_add(bias.as_tensor())?
-            .argmax(D::Minus1)?
-            .to_vec1::<u32>()?;
-        Ok(pred
-            .iter()
-            .zip(idx)
-            .filter(|(p, &i)| **p == data.faces.labels[i])
-            .count() as f64
-            / idx.len() as f64)
+            .broadcast_add(bias.as_tensor())?;
+        Ok(count_correct(&logits, idx, &data.faces.labels)? as f64 / idx.len() as f64)
     };
     let mut best = (
         f64::NEG_INFINITY,

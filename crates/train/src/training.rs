@@ -2,7 +2,7 @@
 //! per-epoch checkpoints that resume exactly, and a NaN guard.
 
 use crate::data::{input_batch, normalize_targets, rows, Dataset, TargetNorm};
-use crate::inference::{student_from_weights, weights_of};
+use crate::inference::weights_of;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::TrainError;
 use artifacts::device::DeviceChoice;
@@ -383,12 +383,7 @@ impl<'a> Trainer<'a> {
             let terms =
                 objective.compute(&out.logits, &y, self.pick_bottleneck(&out), t.as_ref())?;
             loss += terms.total.to_dtype(DType::F64)?.to_scalar::<f64>()? * chunk.len() as f64;
-            let pred = out.logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-            correct += pred
-                .iter()
-                .zip(chunk)
-                .filter(|(p, &i)| **p == self.data.faces.labels[i])
-                .count();
+            correct += count_correct(&out.logits, chunk, &self.data.faces.labels)?;
         }
         Ok((loss / idx.len() as f64, correct as f64 / idx.len() as f64))
     }
@@ -668,12 +663,7 @@ impl<'a> Trainer<'a> {
             add(&terms.cosine, &mut cos_sum, &mut has_cos)?;
             sum += loss * k;
             n_seen += chunk.len();
-            let pred = out.logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-            correct += pred
-                .iter()
-                .zip(chunk)
-                .filter(|(p, &i)| **p == self.data.faces.labels[i])
-                .count();
+            correct += count_correct(&out.logits, chunk, &self.data.faces.labels)?;
         }
         state.samples += n_seen as u64;
         state.step = opt.step;
@@ -854,10 +844,16 @@ fn reinit_seeded(varmap: &VarMap, seed: u64) -> candle_core::Result<()> {
     Ok(())
 }
 
-/// Reconstructs the student of a checkpoint (for evaluation and tests).
-pub fn student_of(
-    ck: &Checkpoint,
-    device: &Device,
-) -> Result<(Student, StudentConfig), TrainError> {
-    student_from_weights(ck, device)
+/// How many rows of `logits` pick the label of the image they stand for (`idx[r]`).
+pub(crate) fn count_correct(
+    logits: &Tensor,
+    idx: &[usize],
+    labels: &[u32],
+) -> candle_core::Result<usize> {
+    let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    Ok(pred
+        .iter()
+        .zip(idx)
+        .filter(|(p, &i)| **p == labels[i])
+        .count())
 }
