@@ -82,8 +82,9 @@ const OPENTSNE: &str = r#"
 import sys, time, json, numpy as np
 from openTSNE import TSNE
 n = int(sys.argv[2]); x = np.fromfile(sys.argv[1], dtype=np.float32).reshape(n, 2048)
-t = time.time(); e = TSNE(n_jobs=2, random_state=42).fit(x)
-print(json.dumps({"n": n, "seconds": time.time() - t, "kl": float(e.kl_divergence)}))
+t = time.time(); e = TSNE(n_jobs=2, random_state=42).fit(x); s = time.time() - t
+np.asarray(e, dtype='<f8').tofile(sys.argv[3])
+print(json.dumps({"n": n, "seconds": s, "kl_own": float(e.kl_divergence)}))
 "#;
 
 fn ratio(ours: f64, peer: f64) -> String {
@@ -188,10 +189,24 @@ pub fn run(args: &[String]) -> Result<()> {
                 &[n.to_string(), dump.display().to_string()],
             )?;
             let o = ours.first().cloned().unwrap_or(Value::Null);
+            let map = dir.join(format!("opentsne-{n}.f64"));
             let peer = if python_has("openTSNE, numpy") {
-                python(OPENTSNE, &[dump.display().to_string(), n.to_string()])?
-                    .first()
-                    .cloned()
+                let args = [
+                    dump.display().to_string(),
+                    n.to_string(),
+                    map.display().to_string(),
+                ];
+                let mut p = python(OPENTSNE, &args)?.first().cloned();
+                // openTSNE's own KL estimate is not ours: score its map with our exact KL.
+                let kl = example(
+                    "eval-tsne",
+                    "bench_tsne",
+                    &[n.to_string(), "--kl-of".into(), map.display().to_string()],
+                )?;
+                if let (Some(p), Some(k)) = (p.as_mut(), kl.first()) {
+                    p["kl"] = k["kl"].clone();
+                }
+                p
             } else {
                 None
             };
@@ -208,10 +223,17 @@ pub fn run(args: &[String]) -> Result<()> {
                     (Some(s), Some(k)) => format!("openTSNE {s:.1} s, KL {k:.3}"),
                     _ => "openTSNE not importable".into(),
                 },
-                ps.map(|s| format!("{:.2}x faster", s / os.max(1e-9)))
-                    .unwrap_or_else(|| "-".into()),
+                match (ps, pk) {
+                    (Some(s), Some(k)) => format!(
+                        "{:.2}x faster, KL {:+.1}%",
+                        s / os.max(1e-9),
+                        100.0 * (ok / k - 1.0)
+                    ),
+                    _ => "-".into(),
+                },
             ));
             let _ = std::fs::remove_file(&dump);
+            let _ = std::fs::remove_file(&map);
             rows.push(json!({"ours": o, "opentsne": peer}));
         }
         results["tsne"] = json!(rows);
