@@ -3,6 +3,7 @@
 mod bench;
 mod cuda;
 mod deps;
+mod lfw;
 mod pipeline;
 mod util;
 
@@ -17,6 +18,8 @@ commands:
                --teacher REPO|DIR (timm/inception_v3.tv_in1k)  --teacher-layer NAME (pool)
                --modes base,two-step,cosine,probe  --device auto|cpu|cuda  --seed N (42)
                --config pipeline.toml  --features cuda  --install-deps
+               --download-lfw (when data/raw is missing: fetch LFW, people with >= 20
+               photos, checksum verified; asked interactively without the flag)
   ci           fmt, clippy, tests (with ../shared: including ignored ones), and a pipeline
                run on ../shared/data/msceleb-samples with the offline stand-in teacher
   bench [preprocess|bottleneck|train|tsne|all]

@@ -22,6 +22,7 @@ pub struct Options {
     pub config: Option<PathBuf>,
     pub cuda: bool,
     pub install_deps: bool,
+    pub download_lfw: bool,
 }
 
 impl Options {
@@ -42,7 +43,7 @@ impl Options {
             let a = args[i].as_str();
             if known.contains(&a) {
                 i += 2;
-            } else if a == "--install-deps" {
+            } else if a == "--install-deps" || a == "--download-lfw" {
                 i += 1;
             } else {
                 bail!("unknown option `{a}` for pipeline (see `cargo xtask --help`)");
@@ -81,6 +82,7 @@ impl Options {
             config,
             cuda: features == "cuda",
             install_deps: has_flag(args, "--install-deps"),
+            download_lfw: has_flag(args, "--download-lfw"),
         })
     }
 }
@@ -136,6 +138,13 @@ fn stage(
 pub fn run(o: &Options) -> Result<Value> {
     let start = std::time::Instant::now();
     crate::deps::ensure(o.install_deps)?;
+    let default_data = o.data == Path::new("data/raw");
+    if !o.data.is_dir()
+        && (default_data || o.download_lfw)
+        && crate::lfw::offer(&o.data, o.download_lfw)?
+    {
+        eprintln!("using {} (LFW)", o.data.display());
+    }
     if !o.data.is_dir() {
         eprintln!(
             "no photos at {}: put one folder of photos per person there (<folder>/<person>/<photo>.jpg), or pass --data DIR{}",
@@ -433,6 +442,7 @@ pub fn ci(args: &[String]) -> Result<()> {
         config: Some(PathBuf::from("xtask/ci-pipeline.toml")),
         cuda: false,
         install_deps: util::is_root(),
+        download_lfw: false,
     };
     let summary = run_pipeline_checked(&o)?;
     // A second run must skip every stage.
