@@ -6,6 +6,8 @@
 //! (`conv1.weight`, `fc1.weight`, `bottleneck.weight`, `classifier.weight`, ...) are
 //! what checkpoints store.
 
+pub mod conv_cpu;
+
 use candle_core::{Module, ModuleT, Result, Tensor, D};
 use candle_nn::{BatchNorm, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
@@ -182,13 +184,24 @@ impl ConvLayer {
 }
 
 /// Convolution (no padding) of an NHWC tensor with a [out, in, k, k] kernel, as one matrix
-/// product over explicitly gathered patches (im2col).
+/// product over gathered patches (im2col).
 ///
 /// Why: candle's CPU conv2d backward (a transposed convolution for the input gradient and
-/// an output-sized convolution for the kernel gradient) dominated training time. Here the
-/// patches are one `index_select` of pixel rows, whose backward is a single scatter-add,
-/// and the rest is a matmul.
+/// an output-sized convolution for the kernel gradient) dominated training time. On the
+/// CPU (f32) this is [`conv_cpu::ConvNhwc`], a custom op with its own backward; elsewhere
+/// [`conv_nhwc_graph`], the same computation from candle ops.
 pub fn conv_nhwc(x: &Tensor, weight: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        return x
+            .contiguous()?
+            .apply_op2(&weight.contiguous()?, conv_cpu::ConvNhwc { k, stride });
+    }
+    conv_nhwc_graph(x, weight, k, stride)
+}
+
+/// [`conv_nhwc`] from candle ops: the patches are one `index_select` of pixel rows (whose
+/// backward is one scatter-add), the rest a matmul. Runs on every device.
+pub fn conv_nhwc_graph(x: &Tensor, weight: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
     let (n, h, w, c) = x.dims4()?;
     let (c_out, c_in, kh, kw) = weight.dims4()?;
     if c_in != c || kh != k || kw != k || stride == 0 {
@@ -454,6 +467,53 @@ mod tests {
                 .to_scalar::<f32>()
                 .unwrap();
             assert!(diff < 1e-4, "size {size} k {k} s {s}: {diff}");
+        }
+    }
+
+    /// The CPU custom op and the candle-graph version agree on values and on both
+    /// gradients (input and kernel); an untracked input gets no gradient.
+    #[test]
+    fn conv_op_gradients_equal_the_graph_version() {
+        let dev = Device::Cpu;
+        let max_diff = |a: &Tensor, b: &Tensor| {
+            let scale = b
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            d.to_scalar::<f32>().unwrap() / scale.max(1e-6)
+        };
+        for (size, c, k, s) in [
+            (9usize, 5usize, 4usize, 2usize),
+            (10, 3, 2, 2),
+            (7, 4, 3, 1),
+        ] {
+            let x = candle_core::Var::randn(0f32, 1.0, (2, size, size, c), &dev).unwrap();
+            let w = candle_core::Var::randn(0f32, 1.0, (6, c, k, k), &dev).unwrap();
+            let probe = Tensor::randn(
+                0f32,
+                1.0,
+                conv_nhwc_graph(&x, &w, k, s).unwrap().shape(),
+                &dev,
+            )
+            .unwrap();
+            let loss = |y: Tensor| (y * &probe).unwrap().sum_all().unwrap();
+            let ya = conv_nhwc(&x, &w, k, s).unwrap();
+            let yb = conv_nhwc_graph(&x, &w, k, s).unwrap();
+            assert!(max_diff(&ya, &yb) < 1e-5);
+            let ga = loss(ya).backward().unwrap();
+            let gb = loss(yb).backward().unwrap();
+            for v in [&x, &w] {
+                let (a, b) = (ga.get(v).unwrap(), gb.get(v).unwrap());
+                assert!(max_diff(a, b) < 1e-5, "size {size} k {k} s {s}");
+            }
+            // Images (no gradient wanted): only the kernel gets one.
+            let img = x.as_tensor().detach();
+            let g = loss(conv_nhwc(&img, &w, k, s).unwrap()).backward().unwrap();
+            assert!(g.get(&img).is_none() && g.get(&w).is_some());
         }
     }
 
