@@ -141,6 +141,13 @@ pub fn run(args: &[String]) -> Result<()> {
         };
         for (i, r) in ours.iter().enumerate() {
             let o = r["images_per_second"].as_f64().unwrap_or(0.0);
+            let c = r["candle_ops_images_per_second"].as_f64().unwrap_or(0.0);
+            table.push((
+                format!("inception-v3 batch {} (candle ops)", r["batch"]),
+                format!("{c:.2} images/s"),
+                format!("NHWC kernels {o:.2}"),
+                ratio(o, c),
+            ));
             let p = peer
                 .as_ref()
                 .and_then(|p| p.get(i))

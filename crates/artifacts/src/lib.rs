@@ -8,6 +8,7 @@
 
 mod bottlenecks;
 mod checkpoint;
+pub mod cpu;
 pub mod device;
 mod embeddings;
 mod faces;

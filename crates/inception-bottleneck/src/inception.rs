@@ -3,9 +3,14 @@
 //! BatchNorm runs in eval mode (eps 0.001) and is folded into the convolution at load
 //! time, so each `BasicConv2d` is one convolution plus bias and ReLU. Branch average pools
 //! follow torchvision: 3x3, stride 1, zero padding 1 counted in the divisor.
+//!
+//! Two layouts: on the CPU in f32 the network runs in NHWC on [`crate::cpu_kernels`]
+//! (faster there); elsewhere (CUDA, f16/bf16) in NCHW on candle's own ops. Block outputs
+//! handed out are NCHW either way.
 
+use crate::cpu_kernels::{AvgPool3x3Same, ConvBiasRelu, MaxPool3x3S2};
 use crate::weights::{Weights, WeightsError};
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor, D};
 use std::collections::HashMap;
 
 const BN_EPS: f64 = 1e-3;
@@ -50,10 +55,19 @@ pub fn block_channels(name: &str) -> Option<usize> {
 
 /// Conv + folded BatchNorm + ReLU, with per-dimension (asymmetric-kernel) padding.
 struct BasicConv2d {
-    weight: Tensor,
-    bias: Tensor,
-    stride: usize,
-    pad: (usize, usize),
+    imp: ConvImpl,
+}
+
+enum ConvImpl {
+    /// NCHW on candle's conv2d.
+    Candle {
+        weight: Tensor,
+        bias: Tensor,
+        stride: usize,
+        pad: (usize, usize),
+    },
+    /// NHWC CPU kernel.
+    Cpu(ConvBiasRelu),
 }
 
 impl BasicConv2d {
@@ -83,12 +97,26 @@ impl BasicConv2d {
             .to_dtype(work)?
             .broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?
             .to_dtype(w.dtype)?;
+        if w.cpu_kernels {
+            let op = ConvBiasRelu::new(
+                &weight.flatten_all()?.to_vec1::<f32>()?,
+                &bias.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+                [c_out, c_in, k.0, k.1],
+                stride,
+                pad,
+            );
+            return Ok(BasicConv2d {
+                imp: ConvImpl::Cpu(op),
+            });
+        }
         let bias = bias.reshape((1, c_out, 1, 1))?.to_dtype(w.dtype)?;
         Ok(BasicConv2d {
-            weight,
-            bias,
-            stride,
-            pad,
+            imp: ConvImpl::Candle {
+                weight,
+                bias,
+                stride,
+                pad,
+            },
         })
     }
     fn sq(
@@ -103,11 +131,19 @@ impl BasicConv2d {
     }
 }
 
-impl Module for BasicConv2d {
+impl BasicConv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (ph, pw) = self.pad;
+        let (weight, bias, stride, (ph, pw)) = match &self.imp {
+            ConvImpl::Cpu(op) => return x.apply_op1_no_bwd(op),
+            ConvImpl::Candle {
+                weight,
+                bias,
+                stride,
+                pad,
+            } => (weight, bias, *stride, *pad),
+        };
         let y = if ph == pw {
-            x.conv2d(&self.weight, ph, self.stride, 1, 1)?
+            x.conv2d(weight, ph, stride, 1, 1)?
         } else {
             // candle's conv padding is symmetric over both dims: pad the odd one by hand.
             let x = if ph > 0 {
@@ -120,21 +156,44 @@ impl Module for BasicConv2d {
             } else {
                 x
             };
-            x.conv2d(&self.weight, 0, self.stride, 1, 1)?
+            x.conv2d(weight, 0, stride, 1, 1)?
         };
-        y.broadcast_add(&self.bias)?.relu()
+        y.broadcast_add(bias)?.relu()
+    }
+}
+
+/// Tensor layout of a forward pass; decides the channel dimension and the pool kernels.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lay {
+    Nchw,
+    Nhwc,
+}
+
+impl Lay {
+    fn channels(self) -> usize {
+        match self {
+            Lay::Nchw => 1,
+            Lay::Nhwc => 3,
+        }
     }
 }
 
 /// torchvision's `avg_pool2d(3, stride=1, padding=1)` with the padding counted.
-fn avg_pool_3x3_same(x: &Tensor) -> Result<Tensor> {
-    x.pad_with_zeros(2, 1, 1)?
-        .pad_with_zeros(3, 1, 1)?
-        .avg_pool2d_with_stride(3, 1)
+fn avg_pool_3x3_same(x: &Tensor, lay: Lay) -> Result<Tensor> {
+    match lay {
+        Lay::Nhwc => x.apply_op1_no_bwd(&AvgPool3x3Same),
+        Lay::Nchw => x
+            .pad_with_zeros(2, 1, 1)?
+            .pad_with_zeros(3, 1, 1)?
+            .avg_pool2d_with_stride(3, 1),
+    }
 }
 
-fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
-    x.max_pool2d_with_stride(3, 2)
+fn max_pool_3x3_s2(x: &Tensor, lay: Lay) -> Result<Tensor> {
+    match lay {
+        Lay::Nhwc => x.apply_op1_no_bwd(&MaxPool3x3S2),
+        Lay::Nchw => x.max_pool2d_with_stride(3, 2),
+    }
 }
 
 struct InceptionA {
@@ -161,15 +220,15 @@ impl InceptionA {
     }
 }
 
-impl Module for InceptionA {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl InceptionA {
+    fn forward(&self, x: &Tensor, lay: Lay) -> Result<Tensor> {
         let a = self.b1x1.forward(x)?;
         let b = self.b5x5_2.forward(&self.b5x5_1.forward(x)?)?;
         let c = self
             .b3dbl_3
             .forward(&self.b3dbl_2.forward(&self.b3dbl_1.forward(x)?)?)?;
-        let d = self.pool.forward(&avg_pool_3x3_same(x)?)?;
-        Tensor::cat(&[a, b, c, d], 1)
+        let d = self.pool.forward(&avg_pool_3x3_same(x, lay)?)?;
+        Tensor::cat(&[a, b, c, d], lay.channels())
     }
 }
 
@@ -191,14 +250,14 @@ impl InceptionB {
     }
 }
 
-impl Module for InceptionB {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl InceptionB {
+    fn forward(&self, x: &Tensor, lay: Lay) -> Result<Tensor> {
         let a = self.b3x3.forward(x)?;
         let b = self
             .b3dbl_3
             .forward(&self.b3dbl_2.forward(&self.b3dbl_1.forward(x)?)?)?;
-        let c = max_pool_3x3_s2(x)?;
-        Tensor::cat(&[a, b, c], 1)
+        let c = max_pool_3x3_s2(x, lay)?;
+        Tensor::cat(&[a, b, c], lay.channels())
     }
 }
 
@@ -240,13 +299,13 @@ fn chain(convs: &[BasicConv2d], x: &Tensor) -> Result<Tensor> {
     Ok(h)
 }
 
-impl Module for InceptionC {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl InceptionC {
+    fn forward(&self, x: &Tensor, lay: Lay) -> Result<Tensor> {
         let a = self.b1x1.forward(x)?;
         let b = chain(&self.b7, x)?;
         let c = chain(&self.b7dbl, x)?;
-        let d = self.pool.forward(&avg_pool_3x3_same(x)?)?;
-        Tensor::cat(&[a, b, c, d], 1)
+        let d = self.pool.forward(&avg_pool_3x3_same(x, lay)?)?;
+        Tensor::cat(&[a, b, c, d], lay.channels())
     }
 }
 
@@ -272,12 +331,12 @@ impl InceptionD {
     }
 }
 
-impl Module for InceptionD {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl InceptionD {
+    fn forward(&self, x: &Tensor, lay: Lay) -> Result<Tensor> {
         let a = chain(&self.b3, x)?;
         let b = chain(&self.b7x3, x)?;
-        let c = max_pool_3x3_s2(x)?;
-        Tensor::cat(&[a, b, c], 1)
+        let c = max_pool_3x3_s2(x, lay)?;
+        Tensor::cat(&[a, b, c], lay.channels())
     }
 }
 
@@ -311,15 +370,21 @@ impl InceptionE {
     }
 }
 
-impl Module for InceptionE {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl InceptionE {
+    fn forward(&self, x: &Tensor, lay: Lay) -> Result<Tensor> {
         let a = self.b1x1.forward(x)?;
         let h = self.b3_1.forward(x)?;
-        let b = Tensor::cat(&[self.b3_2a.forward(&h)?, self.b3_2b.forward(&h)?], 1)?;
+        let b = Tensor::cat(
+            &[self.b3_2a.forward(&h)?, self.b3_2b.forward(&h)?],
+            lay.channels(),
+        )?;
         let h = self.b3dbl_2.forward(&self.b3dbl_1.forward(x)?)?;
-        let c = Tensor::cat(&[self.b3dbl_3a.forward(&h)?, self.b3dbl_3b.forward(&h)?], 1)?;
-        let d = self.pool.forward(&avg_pool_3x3_same(x)?)?;
-        Tensor::cat(&[a, b, c, d], 1)
+        let c = Tensor::cat(
+            &[self.b3dbl_3a.forward(&h)?, self.b3dbl_3b.forward(&h)?],
+            lay.channels(),
+        )?;
+        let d = self.pool.forward(&avg_pool_3x3_same(x, lay)?)?;
+        Tensor::cat(&[a, b, c, d], lay.channels())
     }
 }
 
@@ -333,16 +398,16 @@ enum Block {
     E(InceptionE),
 }
 
-impl Module for Block {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Block {
+    fn forward(&self, x: &Tensor, lay: Lay) -> Result<Tensor> {
         match self {
             Block::Conv(m) => m.forward(x),
-            Block::MaxPool => max_pool_3x3_s2(x),
-            Block::A(m) => m.forward(x),
-            Block::B(m) => m.forward(x),
-            Block::C(m) => m.forward(x),
-            Block::D(m) => m.forward(x),
-            Block::E(m) => m.forward(x),
+            Block::MaxPool => max_pool_3x3_s2(x, lay),
+            Block::A(m) => m.forward(x, lay),
+            Block::B(m) => m.forward(x, lay),
+            Block::C(m) => m.forward(x, lay),
+            Block::D(m) => m.forward(x, lay),
+            Block::E(m) => m.forward(x, lay),
         }
     }
 }
@@ -350,6 +415,7 @@ impl Module for Block {
 /// Inception-v3 up to the chosen block (blocks after it are not even loaded).
 pub struct InceptionV3 {
     blocks: Vec<(&'static str, Block)>,
+    lay: Lay,
     fc: Option<(Tensor, Tensor)>,
     /// Keys in the file the model did not use (aux head, `num_batches_tracked`, ...).
     pub unused_keys: Vec<String>,
@@ -365,6 +431,24 @@ impl InceptionV3 {
         dtype: DType,
         device: &Device,
     ) -> std::result::Result<InceptionV3, WeightsError> {
+        let cpu = device.is_cpu() && dtype == DType::F32;
+        Self::load_with(tensors, until, dtype, device, cpu)
+    }
+
+    /// [`Self::load`] with the kernel choice made by the caller: `cpu_kernels` = the NHWC
+    /// CPU kernels (CPU and f32 only), otherwise candle's NCHW ops. For comparisons.
+    pub fn load_with(
+        tensors: HashMap<String, Tensor>,
+        until: Option<&str>,
+        dtype: DType,
+        device: &Device,
+        cpu_kernels: bool,
+    ) -> std::result::Result<InceptionV3, WeightsError> {
+        if cpu_kernels && !(device.is_cpu() && dtype == DType::F32) {
+            return Err(WeightsError::Candle(candle_core::Error::Msg(
+                "the NHWC kernels run on the CPU in f32 only".into(),
+            )));
+        }
         if let Some(u) = until {
             if !BLOCKS.contains(&u) {
                 return Err(WeightsError::Candle(candle_core::Error::Msg(format!(
@@ -373,7 +457,8 @@ impl InceptionV3 {
                 ))));
             }
         }
-        let w = Weights::new(tensors, dtype, device);
+        let mut w = Weights::new(tensors, dtype, device);
+        w.cpu_kernels = cpu_kernels;
         let mut blocks = Vec::new();
         for &name in BLOCKS {
             let p = w.pp(name);
@@ -411,6 +496,7 @@ impl InceptionV3 {
         let unused_keys = w.finish()?;
         Ok(InceptionV3 {
             blocks,
+            lay: if cpu_kernels { Lay::Nhwc } else { Lay::Nchw },
             fc,
             unused_keys,
         })
@@ -420,17 +506,20 @@ impl InceptionV3 {
         self.fc.is_some()
     }
 
-    /// Runs the blocks in order, handing each output to `sink`; stops after `until`.
-    pub fn forward_blocks(
-        &self,
-        x: &Tensor,
-        until: &str,
-        mut sink: impl FnMut(&str, &Tensor),
-    ) -> Result<Tensor> {
-        let mut h = x.clone();
+    /// Runs the blocks in order, handing each output (NCHW) to `sink`; stops after
+    /// `until`. Returns that block's output in the model's own layout.
+    fn run(&self, x: &Tensor, until: &str, mut sink: impl FnMut(&str, &Tensor)) -> Result<Tensor> {
+        let nchw = |h: &Tensor| match self.lay {
+            Lay::Nhwc => h.permute((0, 3, 1, 2)),
+            Lay::Nchw => Ok(h.clone()),
+        };
+        let mut h = match self.lay {
+            Lay::Nhwc => x.permute((0, 2, 3, 1))?.contiguous()?,
+            Lay::Nchw => x.clone(),
+        };
         for (name, block) in &self.blocks {
-            h = block.forward(&h)?;
-            sink(name, &h);
+            h = block.forward(&h, self.lay)?;
+            sink(name, &nchw(&h)?);
             if *name == until {
                 return Ok(h);
             }
@@ -442,6 +531,21 @@ impl InceptionV3 {
         candle_core::bail!("layer `{until}` is not part of this loaded model")
     }
 
+    /// Runs the blocks in order, handing each output to `sink`; stops after `until`.
+    /// Input and outputs are NCHW.
+    pub fn forward_blocks(
+        &self,
+        x: &Tensor,
+        until: &str,
+        sink: impl FnMut(&str, &Tensor),
+    ) -> Result<Tensor> {
+        let h = self.run(x, until, sink)?;
+        match self.lay {
+            Lay::Nhwc => h.permute((0, 3, 1, 2))?.contiguous(),
+            Lay::Nchw => Ok(h),
+        }
+    }
+
     /// Output of Mixed_7c, [N,2048,8,8] for 299 px inputs.
     pub fn forward_features(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_blocks(x, "Mixed_7c", |_, _| {})
@@ -450,8 +554,11 @@ impl InceptionV3 {
     /// Global average pool of a block's output (`pool` = after Mixed_7c), [N,C].
     pub fn bottleneck(&self, x: &Tensor, layer: &str) -> Result<Tensor> {
         let until = if layer == "pool" { "Mixed_7c" } else { layer };
-        let h = self.forward_blocks(x, until, |_, _| {})?;
-        h.mean(D::Minus1)?.mean(D::Minus1)
+        let h = self.run(x, until, |_, _| {})?;
+        match self.lay {
+            Lay::Nhwc => h.mean(1)?.mean(1),
+            Lay::Nchw => h.mean(D::Minus1)?.mean(D::Minus1),
+        }
     }
 
     /// Class logits [N,classes]; needs `fc` in the checkpoint.

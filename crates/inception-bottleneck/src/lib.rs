@@ -2,6 +2,7 @@
 //! files, and cached extraction of pooled bottlenecks into a `Bottlenecks` artifact.
 
 pub mod cache;
+pub mod cpu_kernels;
 pub mod extract;
 pub mod inception;
 pub mod retrain;

@@ -34,6 +34,8 @@ pub struct Weights {
     log: Rc<RefCell<Log>>,
     pub dtype: DType,
     pub device: Device,
+    /// Build the NHWC CPU kernels ([`crate::cpu_kernels`]) instead of candle convolutions.
+    pub cpu_kernels: bool,
 }
 
 impl Weights {
@@ -44,6 +46,7 @@ impl Weights {
             log: Default::default(),
             dtype,
             device: device.clone(),
+            cpu_kernels: false,
         }
     }
 

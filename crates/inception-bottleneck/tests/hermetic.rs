@@ -272,3 +272,51 @@ fn fake_hub_cache_resolves_offline() {
         b3.features
     );
 }
+
+/// The NHWC CPU kernels and candle's NCHW ops compute the same network: every block
+/// output and the pooled bottleneck agree (odd input size: padding and pool borders).
+#[test]
+fn cpu_kernels_equal_candle_ops() {
+    let dev = Device::Cpu;
+    let sd = random_state_dict(false);
+    let fast = InceptionV3::load_with(sd.clone(), None, DType::F32, &dev, true).unwrap();
+    let slow = InceptionV3::load_with(sd, None, DType::F32, &dev, false).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (2, 3, 163, 171), &dev).unwrap();
+    let rel = |a: &Tensor, b: &Tensor| {
+        let d = (a - b)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let n = b
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        (d / n.max(1e-30)).sqrt()
+    };
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    fast.forward_blocks(&x, "Mixed_7c", |n, t| a.push((n.to_string(), t.clone())))
+        .unwrap();
+    slow.forward_blocks(&x, "Mixed_7c", |n, t| b.push((n.to_string(), t.clone())))
+        .unwrap();
+    assert_eq!(a.len(), BLOCKS.len());
+    for ((name, ta), (_, tb)) in a.iter().zip(&b) {
+        assert_eq!(ta.dims(), tb.dims(), "{name}");
+        assert!(rel(ta, tb) < 1e-4, "{name}: {}", rel(ta, tb));
+    }
+    let (pa, pb) = (
+        fast.bottleneck(&x, "Mixed_6c").unwrap(),
+        slow.bottleneck(&x, "Mixed_6c").unwrap(),
+    );
+    assert!(rel(&pa, &pb) < 1e-4);
+    assert!(
+        InceptionV3::load_with(random_state_dict(false), None, DType::F16, &dev, true).is_err()
+    );
+}

@@ -7,6 +7,7 @@
 //! backward recomputes the patches for the kernel gradient and scatters the patch
 //! gradient straight back to pixels (col2im), in parallel over images, deterministically.
 
+use artifacts::cpu::{f32_slice as slice, gemm, Mat};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -103,79 +104,6 @@ impl ConvNhwc {
             });
         x
     }
-}
-
-/// A contiguous f32 slice of a CPU storage.
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("conv: f32 tensors only");
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("conv: contiguous tensors only"),
-    }
-}
-
-/// A read-only matrix view: element (i, j) is `data[i * rs + j * cs]`.
-struct Mat<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a> Mat<'a> {
-    fn rows(data: &'a [f32], cols: usize) -> Self {
-        Mat {
-            data,
-            rs: cols,
-            cs: 1,
-        }
-    }
-    /// The transpose of a row-major `[rows, cols]` matrix, without a copy.
-    fn transposed(data: &'a [f32], cols: usize) -> Self {
-        Mat {
-            data,
-            rs: 1,
-            cs: cols,
-        }
-    }
-}
-
-/// `[m, k] x [k, n] -> [m, n]` (row-major result) on all of rayon's threads; the operands
-/// may be strided views, which the GEMM packs itself.
-fn gemm(a: Mat, b: Mat, m: usize, k: usize, n: usize) -> Vec<f32> {
-    let last = |v: &Mat, r: usize, c: usize| (r - 1) * v.rs + (c - 1) * v.cs;
-    assert!(m > 0 && k > 0 && n > 0);
-    assert!(last(&a, m, k) < a.data.len() && last(&b, k, n) < b.data.len());
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    // SAFETY: every index the strides reach is inside its slice (checked above); `out` has
-    // room for m*n elements, is not aliased, and is only written (`read_dst` is false), so
-    // all m*n elements are initialised when `set_len` runs.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            0f32,
-            1f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        );
-        out.set_len(m * n);
-    }
-    out
 }
 
 /// The kernel as a `[k*k*c, out]` matrix matching the patch columns.

@@ -1,0 +1,104 @@
+//! CPU kernels the stages share: a strided f32 GEMM (the `gemm` crate candle itself uses)
+//! and access to a CPU tensor's contiguous data, for custom ops that avoid candle's
+//! per-op copies on hot paths.
+
+use candle_core::{CpuStorage, Layout, Result};
+use std::mem::MaybeUninit;
+
+/// A contiguous f32 slice of a CPU storage.
+pub fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("expected an f32 tensor");
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("expected a contiguous tensor"),
+    }
+}
+
+/// A read-only matrix view: element (i, j) is `data[i * rs + j * cs]`.
+pub struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+        Mat {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+    /// The transpose of a row-major `[rows, cols]` matrix, without a copy.
+    pub fn transposed(data: &'a [f32], cols: usize) -> Self {
+        Mat {
+            data,
+            rs: 1,
+            cs: cols,
+        }
+    }
+}
+
+/// `[m, k] x [k, n] -> [m, n]` (row-major result) on all of rayon's threads; the operands
+/// may be strided views, which the GEMM packs itself.
+pub fn gemm(a: Mat, b: Mat, m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    gemm_into(a, b, m, k, n, &mut out.spare_capacity_mut()[..m * n]);
+    // SAFETY: `gemm_into` initialised all m*n elements.
+    unsafe { out.set_len(m * n) };
+    out
+}
+
+/// [`gemm`] into `out` (exactly m*n elements, row-major), which it only writes: every
+/// element is initialised on return.
+pub fn gemm_into(a: Mat, b: Mat, m: usize, k: usize, n: usize, out: &mut [MaybeUninit<f32>]) {
+    let last = |v: &Mat, r: usize, c: usize| (r - 1) * v.rs + (c - 1) * v.cs;
+    assert!(m > 0 && k > 0 && n > 0 && out.len() == m * n);
+    assert!(last(&a, m, k) < a.data.len() && last(&b, k, n) < b.data.len());
+    // SAFETY: every index the strides reach is inside its slice (checked above); `out`
+    // holds m*n elements, is not aliased, and is only written (`read_dst` is false).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr() as *mut f32,
+            1,
+            n as isize,
+            false,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            0f32,
+            1f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_with_transposed_views() {
+        // a = [[1,2,3],[4,5,6]] (2x3), b = [[1,0],[0,1],[1,1]] (3x2)
+        let a = [1f32, 2., 3., 4., 5., 6.];
+        let b = [1f32, 0., 0., 1., 1., 1.];
+        assert_eq!(
+            gemm(Mat::rows(&a, 3), Mat::rows(&b, 2), 2, 3, 2),
+            [4., 5., 10., 11.]
+        );
+        // a^T (3x2) x a (2x3) from the same storage.
+        let ata = gemm(Mat::transposed(&a, 3), Mat::rows(&a, 3), 3, 2, 3);
+        assert_eq!(ata, [17., 22., 27., 22., 29., 36., 27., 36., 45.]);
+    }
+}

@@ -1,0 +1,200 @@
+//! Inference kernels for Inception-v3 on the CPU in NHWC layout (f32).
+//!
+//! Why: candle's CPU conv2d copies its input into patches even for 1x1 kernels, multiplies
+//! image by image, then transposes the result back to NCHW; bias, ReLU, asymmetric padding
+//! and the pools' padding are more full passes over memory. In NHWC a 1x1 convolution is
+//! one GEMM over the whole batch with no copy, a kxk one gathers its patches (padding
+//! included) once, and bias + ReLU are applied in one pass over the GEMM's output.
+
+use artifacts::cpu::{f32_slice, gemm_into, Mat};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
+use rayon::prelude::*;
+
+/// Convolution + bias + ReLU (BatchNorm already folded in), NHWC in and out.
+pub struct ConvBiasRelu {
+    /// `[kh*kw*c_in, c_out]`, rows in (dy, dx, channel) order to match the patches.
+    kernel: Vec<f32>,
+    bias: Vec<f32>,
+    c_in: usize,
+    c_out: usize,
+    k: (usize, usize),
+    stride: usize,
+    pad: (usize, usize),
+}
+
+impl ConvBiasRelu {
+    /// From a PyTorch-layout `[c_out, c_in, kh, kw]` kernel and a `[c_out]` bias.
+    pub fn new(
+        weight: &[f32],
+        bias: &[f32],
+        dims: [usize; 4],
+        stride: usize,
+        pad: (usize, usize),
+    ) -> Self {
+        let [c_out, c_in, kh, kw] = dims;
+        let mut kernel = vec![0f32; kh * kw * c_in * c_out];
+        for o in 0..c_out {
+            for c in 0..c_in {
+                for dy in 0..kh {
+                    for dx in 0..kw {
+                        kernel[((dy * kw + dx) * c_in + c) * c_out + o] =
+                            weight[((o * c_in + c) * kh + dy) * kw + dx];
+                    }
+                }
+            }
+        }
+        ConvBiasRelu {
+            kernel,
+            bias: bias.to_vec(),
+            c_in,
+            c_out,
+            k: (kh, kw),
+            stride,
+            pad,
+        }
+    }
+
+    fn pointwise(&self) -> bool {
+        self.k == (1, 1) && self.stride == 1 && self.pad == (0, 0)
+    }
+}
+
+/// Output side of a window sweep, or an error when the window does not fit.
+fn out_size(input: usize, k: usize, stride: usize, pad: usize) -> Result<usize> {
+    if input + 2 * pad < k || stride == 0 {
+        candle_core::bail!("window {k} (stride {stride}, pad {pad}) does not fit {input}");
+    }
+    Ok((input + 2 * pad - k) / stride + 1)
+}
+
+impl CustomOp1 for ConvBiasRelu {
+    fn name(&self) -> &'static str {
+        "conv-bias-relu-nhwc"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let (n, h, w, c) = l.shape().dims4()?;
+        if c != self.c_in {
+            candle_core::bail!("conv expects {} channels, got {c}", self.c_in);
+        }
+        let ((kh, kw), (ph, pw), st) = (self.k, self.pad, self.stride);
+        let (oh, ow) = (out_size(h, kh, st, ph)?, out_size(w, kw, st, pw)?);
+        let m = n * oh * ow;
+        let kk = kh * kw * c;
+        let patches;
+        let lhs = if self.pointwise() {
+            x
+        } else {
+            // One row per output pixel: for each (dy, dx) its c input channels, or zeros
+            // where the window hangs over the border.
+            let mut cols = vec![0f32; m * kk];
+            cols.par_chunks_mut(ow * kk)
+                .enumerate()
+                .for_each(|(row, out)| {
+                    let (b, oy) = (row / oh, row % oh);
+                    for dy in 0..kh {
+                        let iy = (oy * st + dy) as isize - ph as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        let line = (b * h + iy as usize) * w;
+                        for ox in 0..ow {
+                            for dx in 0..kw {
+                                let ix = (ox * st + dx) as isize - pw as isize;
+                                if ix < 0 || ix >= w as isize {
+                                    continue;
+                                }
+                                let src = (line + ix as usize) * c;
+                                let dst = ox * kk + (dy * kw + dx) * c;
+                                out[dst..dst + c].copy_from_slice(&x[src..src + c]);
+                            }
+                        }
+                    }
+                });
+            patches = cols;
+            &patches
+        };
+        let mut out: Vec<f32> = Vec::with_capacity(m * self.c_out);
+        gemm_into(
+            Mat::rows(lhs, kk),
+            Mat::rows(&self.kernel, self.c_out),
+            m,
+            kk,
+            self.c_out,
+            &mut out.spare_capacity_mut()[..m * self.c_out],
+        );
+        // SAFETY: `gemm_into` initialised all m * c_out elements.
+        unsafe { out.set_len(m * self.c_out) };
+        out.par_chunks_mut(self.c_out * 64).for_each(|rows| {
+            for px in rows.chunks_exact_mut(self.c_out) {
+                for (v, b) in px.iter_mut().zip(&self.bias) {
+                    *v = (*v + b).max(0.0);
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, oh, ow, self.c_out))))
+    }
+}
+
+/// torchvision's `avg_pool2d(3, stride=1, padding=1)` (padding counted: always / 9), NHWC.
+pub struct AvgPool3x3Same;
+
+impl CustomOp1 for AvgPool3x3Same {
+    fn name(&self) -> &'static str {
+        "avg-pool-3x3-same-nhwc"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let (n, h, w, c) = l.shape().dims4()?;
+        let mut out = vec![0f32; n * h * w * c];
+        out.par_chunks_mut(w * c).enumerate().for_each(|(row, o)| {
+            let (b, y) = (row / h, row % h);
+            for iy in y.saturating_sub(1)..(y + 2).min(h) {
+                let line = &x[(b * h + iy) * w * c..(b * h + iy + 1) * w * c];
+                for ox in 0..w {
+                    let dst = &mut o[ox * c..(ox + 1) * c];
+                    for ix in ox.saturating_sub(1)..(ox + 2).min(w) {
+                        for (d, v) in dst.iter_mut().zip(&line[ix * c..(ix + 1) * c]) {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+            o.iter_mut().for_each(|v| *v /= 9.0);
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, h, w, c))))
+    }
+}
+
+/// `max_pool2d(3, stride=2)` without padding, NHWC.
+pub struct MaxPool3x3S2;
+
+impl CustomOp1 for MaxPool3x3S2 {
+    fn name(&self) -> &'static str {
+        "max-pool-3x3-s2-nhwc"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let (n, h, w, c) = l.shape().dims4()?;
+        let (oh, ow) = (out_size(h, 3, 2, 0)?, out_size(w, 3, 2, 0)?);
+        let mut out = vec![f32::NEG_INFINITY; n * oh * ow * c];
+        out.par_chunks_mut(ow * c).enumerate().for_each(|(row, o)| {
+            let (b, y) = (row / oh, row % oh);
+            for iy in 2 * y..2 * y + 3 {
+                let line = &x[(b * h + iy) * w * c..(b * h + iy + 1) * w * c];
+                for ox in 0..ow {
+                    let dst = &mut o[ox * c..(ox + 1) * c];
+                    for ix in 2 * ox..2 * ox + 3 {
+                        for (d, v) in dst.iter_mut().zip(&line[ix * c..(ix + 1) * c]) {
+                            *d = d.max(*v);
+                        }
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, oh, ow, c))))
+    }
+}
