@@ -38,7 +38,7 @@ impl Default for ExtractConfig {
             teacher: teacher::DEFAULT_TEACHER.into(),
             revision: "main".into(),
             layer: "pool".into(),
-            batch: 16,
+            batch: 8,
             device: DeviceChoice::Auto,
             dtype: "f32".into(),
             size: None,

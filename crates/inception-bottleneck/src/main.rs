@@ -26,8 +26,9 @@ struct Cli {
     /// Block to pool: `pool` (2048-d, after Mixed_7c) or a block name like Mixed_6c (768-d).
     #[arg(long, default_value = "pool")]
     layer: String,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 16)]
+    /// Images per forward pass (8: the fastest on 2 CPU cores in `cargo xtask bench
+    /// bottleneck`, with 1-32 within 20%; larger batches help on CUDA).
+    #[arg(long, default_value_t = 8)]
     batch: usize,
     /// auto, cpu or cuda.
     #[arg(long, default_value = "auto")]
