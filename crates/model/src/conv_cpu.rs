@@ -11,10 +11,12 @@ use artifacts::cpu::{f32_slice as slice, gemm, Mat};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-/// NHWC input (already padded) convolved with a PyTorch-layout `[out, in, k, k]` kernel.
+/// NHWC input convolved with a PyTorch-layout `[out, in, k, k]` kernel, with zero padding
+/// `pad = (before, after)` on both spatial dimensions (TensorFlow's SAME is asymmetric).
 pub struct ConvNhwc {
     pub k: usize,
     pub stride: usize,
+    pub pad: (usize, usize),
 }
 
 struct Geometry {
@@ -31,7 +33,8 @@ impl ConvNhwc {
         let (n, h, wd, c) = x.shape().dims4()?;
         let (c_out, c_in, kh, kw) = w.shape().dims4()?;
         let k = self.k;
-        if c_in != c || kh != k || kw != k || self.stride == 0 || h < k || wd < k {
+        let (a, b) = self.pad;
+        if c_in != c || kh != k || kw != k || self.stride == 0 || h + a + b < k || wd + a + b < k {
             candle_core::bail!(
                 "conv: input {:?}, kernel {:?}, stride {}",
                 x.shape(),
@@ -44,14 +47,21 @@ impl ConvNhwc {
             h,
             w: wd,
             c,
-            oh: (h - k) / self.stride + 1,
-            ow: (wd - k) / self.stride + 1,
+            oh: (h + a + b - k) / self.stride + 1,
+            ow: (wd + a + b - k) / self.stride + 1,
         };
         Ok((g, c_out))
     }
 
-    /// Patches `[n*oh*ow, k*k*c]`, columns in (dy, dx, channel) order: each (patch, dy) is
-    /// one contiguous run of `k*c` values of the NHWC input.
+    /// Input column of output column `ox`, tap `dx` (None in the padding).
+    fn source(&self, o: usize, d: usize, size: usize) -> Option<usize> {
+        let i = (o * self.stride + d).checked_sub(self.pad.0)?;
+        (i < size).then_some(i)
+    }
+
+    /// Patches `[n*oh*ow, k*k*c]`, columns in (dy, dx, channel) order: inside the image each
+    /// (patch, dy) is one contiguous run of `k*c` values of the NHWC input; taps in the
+    /// padding are zeros.
     fn im2col(&self, x: &[f32], g: &Geometry) -> Vec<f32> {
         let (k, s) = (self.k, self.stride);
         let run = k * g.c;
@@ -65,14 +75,31 @@ impl ConvNhwc {
                 let (b, oy) = (row / g.oh, row % g.oh);
                 for ox in 0..g.ow {
                     for dy in 0..k {
-                        let src = ((b * g.h + oy * s + dy) * g.w + ox * s) * g.c;
-                        let dst = ox * kk + dy * run;
-                        for (d, v) in out[dst..dst + run].iter_mut().zip(&x[src..src + run]) {
-                            d.write(*v);
+                        let dst = &mut out[ox * kk + dy * run..ox * kk + (dy + 1) * run];
+                        let Some(iy) = self.source(oy, dy, g.h) else {
+                            dst.iter_mut().for_each(|d| {
+                                d.write(0.0);
+                            });
+                            continue;
+                        };
+                        let line = (b * g.h + iy) * g.w;
+                        for (dx, d) in dst.chunks_exact_mut(g.c).enumerate() {
+                            match self.source(ox, dx, g.w) {
+                                Some(ix) => {
+                                    let src = &x[(line + ix) * g.c..(line + ix + 1) * g.c];
+                                    for (d, v) in d.iter_mut().zip(src) {
+                                        d.write(*v);
+                                    }
+                                }
+                                None => d.iter_mut().for_each(|d| {
+                                    d.write(0.0);
+                                }),
+                            }
                         }
                     }
                 }
             });
+        let _ = s;
         // SAFETY: the loops above wrote every one of the `total` elements (each patch row
         // is `ow * kk` values: `ow` patches of `k` runs of `k * c`).
         unsafe { cols.set_len(total) };
@@ -92,16 +119,24 @@ impl ConvNhwc {
                     for ox in 0..g.ow {
                         let patch = ((b * g.oh + oy) * g.ow + ox) * kk;
                         for dy in 0..k {
-                            let dst = ((oy * s + dy) * g.w + ox * s) * g.c;
+                            let Some(iy) = self.source(oy, dy, g.h) else {
+                                continue;
+                            };
                             let src = &cols[patch + dy * run..patch + (dy + 1) * run];
-                            img[dst..dst + run]
-                                .iter_mut()
-                                .zip(src)
-                                .for_each(|(a, b)| *a += b);
+                            for (dx, g_px) in src.chunks_exact(g.c).enumerate() {
+                                if let Some(ix) = self.source(ox, dx, g.w) {
+                                    let at = (iy * g.w + ix) * g.c;
+                                    img[at..at + g.c]
+                                        .iter_mut()
+                                        .zip(g_px)
+                                        .for_each(|(a, b)| *a += b);
+                                }
+                            }
                         }
                     }
                 }
             });
+        let _ = s;
         x
     }
 }

@@ -167,13 +167,7 @@ impl ConvLayer {
 
     /// NHWC in, NHWC out.
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let (a, b) = self.pad;
-        let x = if a + b > 0 {
-            x.pad_with_zeros(1, a, b)?.pad_with_zeros(2, a, b)?
-        } else {
-            x.clone()
-        };
-        let mut y = conv_nhwc(&x, &self.weight, self.k, self.stride)?;
+        let mut y = conv_nhwc(x, &self.weight, self.k, self.stride, self.pad)?;
         if let Some(bn) = &self.bn {
             y = bn
                 .forward_t(&y.permute((0, 3, 1, 2))?, mode == Mode::Train)?
@@ -183,23 +177,34 @@ impl ConvLayer {
     }
 }
 
-/// Convolution (no padding) of an NHWC tensor with a [out, in, k, k] kernel, as one matrix
-/// product over gathered patches (im2col).
+/// Convolution of an NHWC tensor with a [out, in, k, k] kernel and zero padding
+/// `(before, after)` on both spatial dims, as one matrix product over gathered patches.
 ///
 /// Why: candle's CPU conv2d backward (a transposed convolution for the input gradient and
 /// an output-sized convolution for the kernel gradient) dominated training time. On the
 /// CPU (f32) this is [`conv_cpu::ConvNhwc`], a custom op with its own backward; elsewhere
 /// [`conv_nhwc_graph`], the same computation from candle ops.
-pub fn conv_nhwc(x: &Tensor, weight: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
+pub fn conv_nhwc(
+    x: &Tensor,
+    weight: &Tensor,
+    k: usize,
+    stride: usize,
+    pad: (usize, usize),
+) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
-        return x
-            .contiguous()?
-            .apply_op2(&weight.contiguous()?, conv_cpu::ConvNhwc { k, stride });
+        let op = conv_cpu::ConvNhwc { k, stride, pad };
+        return x.contiguous()?.apply_op2(&weight.contiguous()?, op);
     }
-    conv_nhwc_graph(x, weight, k, stride)
+    let (a, b) = pad;
+    let x = if a + b > 0 {
+        x.pad_with_zeros(1, a, b)?.pad_with_zeros(2, a, b)?
+    } else {
+        x.clone()
+    };
+    conv_nhwc_graph(&x, weight, k, stride)
 }
 
-/// [`conv_nhwc`] from candle ops: the patches are one `index_select` of pixel rows (whose
+/// [`conv_nhwc`] (input already padded) from candle ops: the patches are one `index_select` of pixel rows (whose
 /// backward is one scatter-add), the rest a matmul. Runs on every device.
 pub fn conv_nhwc_graph(x: &Tensor, weight: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
     let (n, h, w, c) = x.dims4()?;
@@ -453,7 +458,7 @@ mod tests {
             let x = Tensor::randn(0f32, 1.0, (2, 5, size, size), &dev).unwrap();
             let w = Tensor::randn(0f32, 1.0, (3, 5, k, k), &dev).unwrap();
             let want = x.conv2d(&w, 0, s, 1, 1).unwrap();
-            let got = conv_nhwc(&x.permute((0, 2, 3, 1)).unwrap(), &w, k, s)
+            let got = conv_nhwc(&x.permute((0, 2, 3, 1)).unwrap(), &w, k, s, (0, 0))
                 .unwrap()
                 .permute((0, 3, 1, 2))
                 .unwrap();
@@ -486,23 +491,24 @@ mod tests {
             let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
             d.to_scalar::<f32>().unwrap() / scale.max(1e-6)
         };
-        for (size, c, k, s) in [
-            (9usize, 5usize, 4usize, 2usize),
-            (10, 3, 2, 2),
-            (7, 4, 3, 1),
-        ] {
+        let cases = [
+            (9usize, 5usize, 4usize, 2usize, (1usize, 2usize)),
+            (10, 3, 2, 2, (0, 0)),
+            (7, 4, 3, 1, (1, 1)),
+            (8, 2, 4, 2, (1, 1)),
+        ];
+        for (size, c, k, s, pad) in cases {
             let x = candle_core::Var::randn(0f32, 1.0, (2, size, size, c), &dev).unwrap();
             let w = candle_core::Var::randn(0f32, 1.0, (6, c, k, k), &dev).unwrap();
-            let probe = Tensor::randn(
-                0f32,
-                1.0,
-                conv_nhwc_graph(&x, &w, k, s).unwrap().shape(),
-                &dev,
-            )
-            .unwrap();
+            let graph = |x: &Tensor| {
+                let p = x.pad_with_zeros(1, pad.0, pad.1).unwrap();
+                let p = p.pad_with_zeros(2, pad.0, pad.1).unwrap();
+                conv_nhwc_graph(&p, &w, k, s).unwrap()
+            };
+            let probe = Tensor::randn(0f32, 1.0, graph(&x).shape(), &dev).unwrap();
             let loss = |y: Tensor| (y * &probe).unwrap().sum_all().unwrap();
-            let ya = conv_nhwc(&x, &w, k, s).unwrap();
-            let yb = conv_nhwc_graph(&x, &w, k, s).unwrap();
+            let ya = conv_nhwc(&x, &w, k, s, pad).unwrap();
+            let yb = graph(&x);
             assert!(max_diff(&ya, &yb) < 1e-5);
             let ga = loss(ya).backward().unwrap();
             let gb = loss(yb).backward().unwrap();
@@ -512,7 +518,9 @@ mod tests {
             }
             // Images (no gradient wanted): only the kernel gets one.
             let img = x.as_tensor().detach();
-            let g = loss(conv_nhwc(&img, &w, k, s).unwrap()).backward().unwrap();
+            let g = loss(conv_nhwc(&img, &w, k, s, pad).unwrap())
+                .backward()
+                .unwrap();
             assert!(g.get(&img).is_none() && g.get(&w).is_some());
         }
     }
