@@ -282,24 +282,12 @@ fn cpu_kernels_equal_candle_ops() {
     let fast = InceptionV3::load_with(sd.clone(), None, DType::F32, &dev, true).unwrap();
     let slow = InceptionV3::load_with(sd, None, DType::F32, &dev, false).unwrap();
     let x = Tensor::randn(0f32, 1.0, (2, 3, 163, 171), &dev).unwrap();
-    let rel = |a: &Tensor, b: &Tensor| {
-        let d = (a - b)
+    let sum_sq = |t: &Tensor| {
+        t.sqr()
+            .and_then(|t| t.sum_all()?.to_scalar::<f32>())
             .unwrap()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let n = b
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        (d / n.max(1e-30)).sqrt()
     };
+    let rel = |a: &Tensor, b: &Tensor| (sum_sq(&(a - b).unwrap()) / sum_sq(b).max(1e-30)).sqrt();
     let mut a = Vec::new();
     let mut b = Vec::new();
     fast.forward_blocks(&x, "Mixed_7c", |n, t| a.push((n.to_string(), t.clone())))

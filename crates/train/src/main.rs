@@ -66,8 +66,10 @@ struct Cli {
     /// --two-step phase 2 trains only the classifier.
     #[arg(long)]
     freeze_trunk: bool,
-    /// Random horizontal flips and shifts of up to 4 px.
-    #[arg(long)]
+    /// Random horizontal flips and shifts of up to 4 px while training (`--augment false`
+    /// turns it off; the teacher target of the unaugmented image is kept).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
     augment: bool,
     #[arg(long, default_value_t = 42)]
     seed: u64,

@@ -92,7 +92,9 @@ pub struct TrainConfig {
     pub target_norm: TargetNorm,
     /// Two-step phase 2: train only the classifier.
     pub freeze_trunk: bool,
-    /// Horizontal flips and shifts of up to 4 px.
+    /// Horizontal flips and shifts of up to 4 px (on by default: +4.7 points in a 5-fold
+    /// cross-validation inside the seed-4x20 training split, and +11 / +5 points of
+    /// validation accuracy for base / cosine on msceleb-samples).
     pub augment: bool,
     pub seed: u64,
     pub device: DeviceChoice,
@@ -115,7 +117,7 @@ impl Default for TrainConfig {
             bottleneck_source: BottleneckSource::Pre,
             target_norm: TargetNorm::Standardize,
             freeze_trunk: false,
-            augment: false,
+            augment: true,
             seed: 42,
             device: DeviceChoice::Auto,
             student: StudentConfig::default(),

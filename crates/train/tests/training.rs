@@ -89,6 +89,8 @@ fn cfg(mode: TrainMode) -> TrainConfig {
         schedule: Schedule::Cosine,
         bottleneck_source: BottleneckSource::Pre,
         target_norm: TargetNorm::Standardize,
+        // The fitting tests are about the objectives; determinism covers augmentation.
+        augment: false,
         device: artifacts::device::DeviceChoice::Cpu,
         optim: train::optim::AdamWConfig {
             lr: 3e-3,
@@ -240,6 +242,7 @@ fn resume_equals_an_uninterrupted_run() {
     let c = TrainConfig {
         epochs: 4,
         phase1_epochs: 3,
+        augment: true,
         ..cfg(TrainMode::TwoStep)
     };
     train::train(&data, &c, &part, &files(dir.path(), "whole")).unwrap();
