@@ -10,6 +10,7 @@
 use artifacts::cpu::{f32_slice as slice, gemm, Mat};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// NHWC input convolved with a PyTorch-layout `[out, in, k, k]` kernel, with zero padding
 /// `pad = (before, after)` on both spatial dimensions (TensorFlow's SAME is asymmetric).
@@ -59,6 +60,12 @@ impl ConvNhwc {
         (i < size).then_some(i)
     }
 
+    /// First input column of output column `o` when its whole window lies inside.
+    fn window(&self, o: usize, size: usize) -> Option<usize> {
+        let i = (o * self.stride).checked_sub(self.pad.0)?;
+        (i + self.k <= size).then_some(i)
+    }
+
     /// Patches `[n*oh*ow, k*k*c]`, columns in (dy, dx, channel) order: inside the image each
     /// (patch, dy) is one contiguous run of `k*c` values of the NHWC input; taps in the
     /// padding are zeros.
@@ -77,23 +84,19 @@ impl ConvNhwc {
                     for dy in 0..k {
                         let dst = &mut out[ox * kk + dy * run..ox * kk + (dy + 1) * run];
                         let Some(iy) = self.source(oy, dy, g.h) else {
-                            dst.iter_mut().for_each(|d| {
-                                d.write(0.0);
-                            });
+                            dst.fill(MaybeUninit::new(0.0));
                             continue;
                         };
                         let line = (b * g.h + iy) * g.w;
+                        if let Some(ix) = self.window(ox, g.w) {
+                            // The whole window is inside the image: one copy.
+                            write(dst, &x[(line + ix) * g.c..(line + ix + k) * g.c]);
+                            continue;
+                        }
                         for (dx, d) in dst.chunks_exact_mut(g.c).enumerate() {
                             match self.source(ox, dx, g.w) {
-                                Some(ix) => {
-                                    let src = &x[(line + ix) * g.c..(line + ix + 1) * g.c];
-                                    for (d, v) in d.iter_mut().zip(src) {
-                                        d.write(*v);
-                                    }
-                                }
-                                None => d.iter_mut().for_each(|d| {
-                                    d.write(0.0);
-                                }),
+                                Some(ix) => write(d, &x[(line + ix) * g.c..(line + ix + 1) * g.c]),
+                                None => d.fill(MaybeUninit::new(0.0)),
                             }
                         }
                     }
@@ -123,6 +126,14 @@ impl ConvNhwc {
                                 continue;
                             };
                             let src = &cols[patch + dy * run..patch + (dy + 1) * run];
+                            if let Some(ix) = self.window(ox, g.w) {
+                                let at = (iy * g.w + ix) * g.c;
+                                img[at..at + run]
+                                    .iter_mut()
+                                    .zip(src)
+                                    .for_each(|(a, b)| *a += b);
+                                continue;
+                            }
                             for (dx, g_px) in src.chunks_exact(g.c).enumerate() {
                                 if let Some(ix) = self.source(ox, dx, g.w) {
                                     let at = (iy * g.w + ix) * g.c;
@@ -139,6 +150,13 @@ impl ConvNhwc {
         let _ = s;
         x
     }
+}
+
+/// `dst = src` (equal lengths) as one memcpy into not yet initialised memory.
+fn write(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    assert_eq!(dst.len(), src.len());
+    // SAFETY: equal lengths, and `dst` (uninitialised output) cannot overlap `src` (input).
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast(), src.len()) }
 }
 
 /// The kernel as a `[k*k*c, out]` matrix matching the patch columns.
