@@ -84,9 +84,56 @@ pub fn gemm_into(a: Mat, b: Mat, m: usize, k: usize, n: usize, out: &mut [MaybeU
     }
 }
 
+/// Index of element (o, c, dy, dx) of a PyTorch `[out, in, kh, kw]` kernel, and of the
+/// same element in the patch-major `[kh*kw*in, out]` matrix (rows in (dy, dx, channel)
+/// order) that an NHWC im2col GEMM multiplies by.
+fn kernel_indices(dims: [usize; 4]) -> impl Iterator<Item = (usize, usize)> {
+    let [c_out, c_in, kh, kw] = dims;
+    (0..c_out).flat_map(move |o| {
+        (0..c_in).flat_map(move |c| {
+            (0..kh).flat_map(move |dy| {
+                (0..kw).map(move |dx| {
+                    (
+                        ((o * c_in + c) * kh + dy) * kw + dx,
+                        ((dy * kw + dx) * c_in + c) * c_out + o,
+                    )
+                })
+            })
+        })
+    })
+}
+
+/// A PyTorch-layout `[out, in, kh, kw]` kernel as the patch-major `[kh*kw*in, out]` matrix.
+pub fn kernel_to_patch_major(weight: &[f32], dims: [usize; 4]) -> Vec<f32> {
+    let mut m = vec![0f32; weight.len()];
+    for (torch, patch) in kernel_indices(dims) {
+        m[patch] = weight[torch];
+    }
+    m
+}
+
+/// The inverse of [`kernel_to_patch_major`] (for kernel gradients).
+pub fn kernel_from_patch_major(m: &[f32], dims: [usize; 4]) -> Vec<f32> {
+    let mut w = vec![0f32; m.len()];
+    for (torch, patch) in kernel_indices(dims) {
+        w[torch] = m[patch];
+    }
+    w
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_layouts_round_trip() {
+        let dims = [2, 3, 2, 1];
+        let w: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        let m = kernel_to_patch_major(&w, dims);
+        // Row (dy=1, dx=0, c=2) = 5, columns o = 0, 1: w[0,2,1,0] = 5, w[1,2,1,0] = 11.
+        assert_eq!(&m[10..12], &[5., 11.]);
+        assert_eq!(kernel_from_patch_major(&m, dims), w);
+    }
 
     #[test]
     fn gemm_with_transposed_views() {

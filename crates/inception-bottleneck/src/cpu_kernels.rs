@@ -6,7 +6,7 @@
 //! one GEMM over the whole batch with no copy, a kxk one gathers its patches (padding
 //! included) once, and bias + ReLU are applied in one pass over the GEMM's output.
 
-use artifacts::cpu::{f32_slice, gemm_into, Mat};
+use artifacts::cpu::{f32_slice, gemm_into, kernel_to_patch_major, Mat};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
 use rayon::prelude::*;
 
@@ -32,19 +32,8 @@ impl ConvBiasRelu {
         pad: (usize, usize),
     ) -> Self {
         let [c_out, c_in, kh, kw] = dims;
-        let mut kernel = vec![0f32; kh * kw * c_in * c_out];
-        for o in 0..c_out {
-            for c in 0..c_in {
-                for dy in 0..kh {
-                    for dx in 0..kw {
-                        kernel[((dy * kw + dx) * c_in + c) * c_out + o] =
-                            weight[((o * c_in + c) * kh + dy) * kw + dx];
-                    }
-                }
-            }
-        }
         ConvBiasRelu {
-            kernel,
+            kernel: kernel_to_patch_major(weight, dims),
             bias: bias.to_vec(),
             c_in,
             c_out,

@@ -509,17 +509,13 @@ impl InceptionV3 {
     /// Runs the blocks in order, handing each output (NCHW) to `sink`; stops after
     /// `until`. Returns that block's output in the model's own layout.
     fn run(&self, x: &Tensor, until: &str, mut sink: impl FnMut(&str, &Tensor)) -> Result<Tensor> {
-        let nchw = |h: &Tensor| match self.lay {
-            Lay::Nhwc => h.permute((0, 3, 1, 2)),
-            Lay::Nchw => Ok(h.clone()),
-        };
         let mut h = match self.lay {
             Lay::Nhwc => x.permute((0, 2, 3, 1))?.contiguous()?,
             Lay::Nchw => x.clone(),
         };
         for (name, block) in &self.blocks {
             h = block.forward(&h, self.lay)?;
-            sink(name, &nchw(&h)?);
+            sink(name, &self.nchw(&h)?);
             if *name == until {
                 return Ok(h);
             }
@@ -539,10 +535,14 @@ impl InceptionV3 {
         until: &str,
         sink: impl FnMut(&str, &Tensor),
     ) -> Result<Tensor> {
-        let h = self.run(x, until, sink)?;
+        self.nchw(&self.run(x, until, sink)?)?.contiguous()
+    }
+
+    /// A view of a block output in NCHW, whatever the model's layout.
+    fn nchw(&self, h: &Tensor) -> Result<Tensor> {
         match self.lay {
-            Lay::Nhwc => h.permute((0, 3, 1, 2))?.contiguous(),
-            Lay::Nchw => Ok(h),
+            Lay::Nhwc => h.permute((0, 3, 1, 2)),
+            Lay::Nchw => Ok(h.clone()),
         }
     }
 

@@ -7,7 +7,9 @@
 //! backward recomputes the patches for the kernel gradient and scatters the patch
 //! gradient straight back to pixels (col2im), in parallel over images, deterministically.
 
-use artifacts::cpu::{f32_slice as slice, gemm, Mat};
+use artifacts::cpu::{
+    f32_slice as slice, gemm, kernel_from_patch_major, kernel_to_patch_major, Mat,
+};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -70,7 +72,7 @@ impl ConvNhwc {
     /// (patch, dy) is one contiguous run of `k*c` values of the NHWC input; taps in the
     /// padding are zeros.
     fn im2col(&self, x: &[f32], g: &Geometry) -> Vec<f32> {
-        let (k, s) = (self.k, self.stride);
+        let k = self.k;
         let run = k * g.c;
         let kk = k * run;
         let total = g.n * g.oh * g.ow * kk;
@@ -102,7 +104,6 @@ impl ConvNhwc {
                     }
                 }
             });
-        let _ = s;
         // SAFETY: the loops above wrote every one of the `total` elements (each patch row
         // is `ow * kk` values: `ow` patches of `k` runs of `k * c`).
         unsafe { cols.set_len(total) };
@@ -111,7 +112,7 @@ impl ConvNhwc {
 
     /// The adjoint of [`Self::im2col`]: patch gradients summed back onto pixels.
     fn col2im(&self, cols: &[f32], g: &Geometry) -> Vec<f32> {
-        let (k, s) = (self.k, self.stride);
+        let k = self.k;
         let run = k * g.c;
         let kk = k * run;
         let mut x = vec![0f32; g.n * g.h * g.w * g.c];
@@ -147,7 +148,6 @@ impl ConvNhwc {
                     }
                 }
             });
-        let _ = s;
         x
     }
 }
@@ -157,22 +157,6 @@ fn write(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
     assert_eq!(dst.len(), src.len());
     // SAFETY: equal lengths, and `dst` (uninitialised output) cannot overlap `src` (input).
     unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast(), src.len()) }
-}
-
-/// The kernel as a `[k*k*c, out]` matrix matching the patch columns.
-fn kernel_matrix(w: &[f32], c_out: usize, c: usize, k: usize) -> Vec<f32> {
-    let kk = k * k * c;
-    let mut m = vec![0f32; kk * c_out];
-    for o in 0..c_out {
-        for ci in 0..c {
-            for dy in 0..k {
-                for dx in 0..k {
-                    m[((dy * k + dx) * c + ci) * c_out + o] = w[((o * c + ci) * k + dy) * k + dx];
-                }
-            }
-        }
-    }
-    m
 }
 
 impl CustomOp2 for ConvNhwc {
@@ -191,7 +175,7 @@ impl CustomOp2 for ConvNhwc {
         let (x, w) = (slice(xs, xl)?, slice(ws, wl)?);
         let cols = self.im2col(x, &g);
         let kk = self.k * self.k * g.c;
-        let km = kernel_matrix(w, c_out, g.c, self.k);
+        let km = kernel_to_patch_major(w, [c_out, g.c, self.k, self.k]);
         let m = g.n * g.oh * g.ow;
         let out = gemm(Mat::rows(&cols, kk), Mat::rows(&km, c_out), m, kk, c_out);
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.oh, g.ow, c_out))))
@@ -225,23 +209,12 @@ impl CustomOp2 for ConvNhwc {
             c_out,
         );
         drop(cols);
-        // Back to [out, in, k, k].
-        let mut dw = vec![0f32; c_out * kk];
-        for o in 0..c_out {
-            for ci in 0..c {
-                for dy in 0..k {
-                    for dx in 0..k {
-                        dw[((o * c + ci) * k + dy) * k + dx] =
-                            dwm[((dy * k + dx) * c + ci) * c_out + o];
-                    }
-                }
-            }
-        }
+        let dw = kernel_from_patch_major(&dwm, [c_out, c, k, k]);
         let dw = Tensor::from_vec(dw, (c_out, c, k, k), w.device())?;
         // The input gradient only when something upstream wants it (not for images).
         let dx = if x.track_op() {
             let wv = w.flatten_all()?.to_vec1::<f32>()?;
-            let km = kernel_matrix(&wv, c_out, c, k);
+            let km = kernel_to_patch_major(&wv, [c_out, c, k, k]);
             let dcols = gemm(
                 Mat::rows(gv, c_out),
                 Mat::transposed(&km, c_out),
