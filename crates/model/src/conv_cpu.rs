@@ -15,11 +15,18 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// NHWC input convolved with a PyTorch-layout `[out, in, k, k]` kernel, with zero padding
-/// `pad = (before, after)` on both spatial dimensions (TensorFlow's SAME is asymmetric).
+/// `pad = (before, after)` on both spatial dimensions (TensorFlow's SAME is asymmetric),
+/// and optionally a ReLU fused in.
+///
+/// Why fuse the ReLU: candle's ReLU backward (compare, cast, multiply) plus the gradient
+/// buffers of the extra node made ~8 passes over the largest activation of the student;
+/// fused, it is one clamp forward and one mask pass backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvNhwc {
     pub k: usize,
     pub stride: usize,
     pub pad: (usize, usize),
+    pub relu: bool,
 }
 
 struct Geometry {
@@ -177,7 +184,11 @@ impl CustomOp2 for ConvNhwc {
         let kk = self.k * self.k * g.c;
         let km = kernel_to_patch_major(w, [c_out, g.c, self.k, self.k]);
         let m = g.n * g.oh * g.ow;
-        let out = gemm(Mat::rows(&cols, kk), Mat::rows(&km, c_out), m, kk, c_out);
+        let mut out = gemm(Mat::rows(&cols, kk), Mat::rows(&km, c_out), m, kk, c_out);
+        if self.relu {
+            out.par_chunks_mut(1 << 14)
+                .for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
+        }
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.oh, g.ow, c_out))))
     }
 
@@ -185,7 +196,7 @@ impl CustomOp2 for ConvNhwc {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (g, c_out) = self.geometry(x.layout(), w.layout())?;
@@ -199,6 +210,28 @@ impl CustomOp2 for ConvNhwc {
             candle_core::bail!("conv: CPU tensors only");
         };
         let (xv, gv) = (slice(xs, xl)?, slice(gs, gl)?);
+        // Through the fused ReLU: the gradient passes where the output is positive.
+        let masked;
+        let gv = if self.relu {
+            let res = res.contiguous()?;
+            let (rs, rl) = res.storage_and_layout();
+            let Storage::Cpu(rs) = &*rs else {
+                candle_core::bail!("conv: CPU tensors only");
+            };
+            let rv = slice(rs, rl)?;
+            let mut g = gv.to_vec();
+            g.par_chunks_mut(1 << 14)
+                .zip(rv.par_chunks(1 << 14))
+                .for_each(|(g, r)| {
+                    g.iter_mut()
+                        .zip(r)
+                        .for_each(|(g, &r)| *g = if r > 0.0 { *g } else { 0.0 })
+                });
+            masked = g;
+            &masked[..]
+        } else {
+            gv
+        };
         // dW[(dy,dx,c), o] = cols^T [kk, m] x grad [m, o].
         let cols = self.im2col(xv, &g);
         let dwm = gemm(

@@ -8,6 +8,8 @@
 
 pub mod conv_cpu;
 
+pub use conv_cpu::ConvNhwc;
+
 use candle_core::{Module, ModuleT, Result, Tensor, D};
 use candle_nn::{BatchNorm, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
@@ -127,9 +129,7 @@ struct ConvLayer {
     /// PyTorch layout [out, in, k, k] (what checkpoints store).
     weight: Tensor,
     bn: Option<BatchNorm>,
-    k: usize,
-    stride: usize,
-    pad: (usize, usize),
+    spec: ConvNhwc,
 }
 
 impl ConvLayer {
@@ -156,52 +156,53 @@ impl ConvLayer {
         } else {
             None
         };
-        Ok(ConvLayer {
-            weight,
-            bn,
+        // Without BatchNorm the ReLU directly follows the convolution: fuse it.
+        let spec = ConvNhwc {
             k,
             stride,
             pad,
-        })
+            relu: bn.is_none(),
+        };
+        Ok(ConvLayer { weight, bn, spec })
     }
 
     /// NHWC in, NHWC out.
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let mut y = conv_nhwc(x, &self.weight, self.k, self.stride, self.pad)?;
-        if let Some(bn) = &self.bn {
-            y = bn
+        let y = conv_nhwc(x, &self.weight, self.spec)?;
+        match &self.bn {
+            Some(bn) => bn
                 .forward_t(&y.permute((0, 3, 1, 2))?, mode == Mode::Train)?
-                .permute((0, 2, 3, 1))?;
+                .permute((0, 2, 3, 1))?
+                .relu(),
+            None => Ok(y),
         }
-        y.relu()
     }
 }
 
-/// Convolution of an NHWC tensor with a [out, in, k, k] kernel and zero padding
-/// `(before, after)` on both spatial dims, as one matrix product over gathered patches.
+/// Convolution of an NHWC tensor with a [out, in, k, k] kernel, zero padding
+/// `(before, after)` on both spatial dims and an optional ReLU (all in `spec`), as one
+/// matrix product over gathered patches.
 ///
 /// Why: candle's CPU conv2d backward (a transposed convolution for the input gradient and
 /// an output-sized convolution for the kernel gradient) dominated training time. On the
 /// CPU (f32) this is [`conv_cpu::ConvNhwc`], a custom op with its own backward; elsewhere
 /// [`conv_nhwc_graph`], the same computation from candle ops.
-pub fn conv_nhwc(
-    x: &Tensor,
-    weight: &Tensor,
-    k: usize,
-    stride: usize,
-    pad: (usize, usize),
-) -> Result<Tensor> {
+pub fn conv_nhwc(x: &Tensor, weight: &Tensor, spec: ConvNhwc) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
-        let op = conv_cpu::ConvNhwc { k, stride, pad };
-        return x.contiguous()?.apply_op2(&weight.contiguous()?, op);
+        return x.contiguous()?.apply_op2(&weight.contiguous()?, spec);
     }
-    let (a, b) = pad;
+    let (a, b) = spec.pad;
     let x = if a + b > 0 {
         x.pad_with_zeros(1, a, b)?.pad_with_zeros(2, a, b)?
     } else {
         x.clone()
     };
-    conv_nhwc_graph(&x, weight, k, stride)
+    let y = conv_nhwc_graph(&x, weight, spec.k, spec.stride)?;
+    if spec.relu {
+        y.relu()
+    } else {
+        Ok(y)
+    }
 }
 
 /// [`conv_nhwc`] (input already padded) from candle ops: the patches are one `index_select` of pixel rows (whose
@@ -458,7 +459,13 @@ mod tests {
             let x = Tensor::randn(0f32, 1.0, (2, 5, size, size), &dev).unwrap();
             let w = Tensor::randn(0f32, 1.0, (3, 5, k, k), &dev).unwrap();
             let want = x.conv2d(&w, 0, s, 1, 1).unwrap();
-            let got = conv_nhwc(&x.permute((0, 2, 3, 1)).unwrap(), &w, k, s, (0, 0))
+            let spec = ConvNhwc {
+                k,
+                stride: s,
+                pad: (0, 0),
+                relu: false,
+            };
+            let got = conv_nhwc(&x.permute((0, 2, 3, 1)).unwrap(), &w, spec)
                 .unwrap()
                 .permute((0, 3, 1, 2))
                 .unwrap();
@@ -492,30 +499,45 @@ mod tests {
             (7, 4, 3, 1, (1, 1)),
             (8, 2, 4, 2, (1, 1)),
         ];
-        for (size, c, k, s, pad) in cases {
+        for ((size, c, k, s, pad), relu) in cases.into_iter().flat_map(|c| [(c, false), (c, true)])
+        {
             let x = candle_core::Var::randn(0f32, 1.0, (2, size, size, c), &dev).unwrap();
             let w = candle_core::Var::randn(0f32, 1.0, (6, c, k, k), &dev).unwrap();
+            let spec = ConvNhwc {
+                k,
+                stride: s,
+                pad,
+                relu,
+            };
             let graph = |x: &Tensor| {
                 let p = x.pad_with_zeros(1, pad.0, pad.1).unwrap();
                 let p = p.pad_with_zeros(2, pad.0, pad.1).unwrap();
-                conv_nhwc_graph(&p, &w, k, s).unwrap()
+                let y = conv_nhwc_graph(&p, &w, k, s).unwrap();
+                if relu {
+                    y.relu().unwrap()
+                } else {
+                    y
+                }
             };
             let probe = Tensor::randn(0f32, 1.0, graph(&x).shape(), &dev).unwrap();
             let loss = |y: Tensor| (y * &probe).unwrap().sum_all().unwrap();
-            let ya = conv_nhwc(&x, &w, k, s, pad).unwrap();
+            let ya = conv_nhwc(&x, &w, spec).unwrap();
             let yb = graph(&x);
             assert!(max_diff(&ya, &yb) < 1e-5);
+            if relu {
+                // Some outputs are clamped, so the mask is exercised.
+                let zeros = ya.eq(0f32).unwrap().to_dtype(DType::F32).unwrap();
+                assert!(zeros.sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+            }
             let ga = loss(ya).backward().unwrap();
             let gb = loss(yb).backward().unwrap();
             for v in [&x, &w] {
                 let (a, b) = (ga.get(v).unwrap(), gb.get(v).unwrap());
-                assert!(max_diff(a, b) < 1e-5, "size {size} k {k} s {s}");
+                assert!(max_diff(a, b) < 1e-5, "size {size} k {k} s {s} relu {relu}");
             }
             // Images (no gradient wanted): only the kernel gets one.
             let img = x.as_tensor().detach();
-            let g = loss(conv_nhwc(&img, &w, k, s, pad).unwrap())
-                .backward()
-                .unwrap();
+            let g = loss(conv_nhwc(&img, &w, spec).unwrap()).backward().unwrap();
             assert!(g.get(&img).is_none() && g.get(&w).is_some());
         }
     }
