@@ -54,6 +54,58 @@ pub fn gemm(a: Mat, b: Mat, m: usize, k: usize, n: usize) -> Vec<f32> {
 /// [`gemm`] into `out` (exactly m*n elements, row-major), which it only writes: every
 /// element is initialised on return.
 pub fn gemm_into(a: Mat, b: Mat, m: usize, k: usize, n: usize, out: &mut [MaybeUninit<f32>]) {
+    let threads = gemm::Parallelism::Rayon(rayon::current_num_threads());
+    gemm_with(a, b, m, k, n, out, threads)
+}
+
+/// `aᵀ b` for row-major `a: [rows, m]` and `b: [rows, n]`, a reduction over many rows
+/// into a small `[m, n]` (a kernel gradient: patches x output gradients).
+///
+/// Why: the GEMM splits only m and n across threads, so with a small result and a long
+/// reduction one thread did most of the work. Here fixed blocks of rows are reduced in
+/// parallel, one thread each, and the partial sums are added in block order, so the
+/// result does not depend on the thread count.
+pub fn gemm_at_b(a: &[f32], b: &[f32], rows: usize, m: usize, n: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    assert!(a.len() == rows * m && b.len() == rows * n && m > 0 && n > 0);
+    /// Rows per block: large enough for the GEMM to run at speed, small enough that a
+    /// batch gives every thread several blocks.
+    const BLOCK: usize = 2048;
+    let partials: Vec<Vec<f32>> = (0..rows.div_ceil(BLOCK))
+        .into_par_iter()
+        .map(|i| {
+            let (lo, hi) = (i * BLOCK, ((i + 1) * BLOCK).min(rows));
+            let mut out = Vec::with_capacity(m * n);
+            gemm_with(
+                Mat::transposed(&a[lo * m..hi * m], m),
+                Mat::rows(&b[lo * n..hi * n], n),
+                m,
+                hi - lo,
+                n,
+                &mut out.spare_capacity_mut()[..m * n],
+                gemm::Parallelism::None,
+            );
+            // SAFETY: `gemm_with` initialised all m*n elements.
+            unsafe { out.set_len(m * n) };
+            out
+        })
+        .collect();
+    let mut sum = vec![0f32; m * n];
+    for p in &partials {
+        sum.iter_mut().zip(p).for_each(|(s, v)| *s += v);
+    }
+    sum
+}
+
+fn gemm_with(
+    a: Mat,
+    b: Mat,
+    m: usize,
+    k: usize,
+    n: usize,
+    out: &mut [MaybeUninit<f32>],
+    threads: gemm::Parallelism,
+) {
     let last = |v: &Mat, r: usize, c: usize| (r - 1) * v.rs + (c - 1) * v.cs;
     assert!(m > 0 && k > 0 && n > 0 && out.len() == m * n);
     assert!(last(&a, m, k) < a.data.len() && last(&b, k, n) < b.data.len());
@@ -79,7 +131,7 @@ pub fn gemm_into(a: Mat, b: Mat, m: usize, k: usize, n: usize, out: &mut [MaybeU
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            threads,
         );
     }
 }
@@ -147,5 +199,21 @@ mod tests {
         // a^T (3x2) x a (2x3) from the same storage.
         let ata = gemm(Mat::transposed(&a, 3), Mat::rows(&a, 3), 3, 2, 3);
         assert_eq!(ata, [17., 22., 27., 22., 29., 36., 27., 36., 45.]);
+        assert_eq!(gemm_at_b(&a, &a, 2, 3, 3), ata);
+    }
+
+    /// Blocked reduction equals the one-call GEMM across several blocks and a ragged end.
+    #[test]
+    fn blocked_at_b_equals_gemm() {
+        let (rows, m, n) = (5000, 7, 3);
+        let a: Vec<f32> = (0..rows * m)
+            .map(|i| ((i * 7919) % 13) as f32 - 6.0)
+            .collect();
+        let b: Vec<f32> = (0..rows * n)
+            .map(|i| ((i * 104729) % 11) as f32 - 5.0)
+            .collect();
+        let want = gemm(Mat::transposed(&a, m), Mat::rows(&b, n), m, rows, n);
+        // Small integers: both sums are exact.
+        assert_eq!(gemm_at_b(&a, &b, rows, m, n), want);
     }
 }

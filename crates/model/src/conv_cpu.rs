@@ -8,7 +8,7 @@
 //! gradient straight back to pixels (col2im), in parallel over images, deterministically.
 
 use artifacts::cpu::{
-    f32_slice as slice, gemm, kernel_from_patch_major, kernel_to_patch_major, Mat,
+    f32_slice as slice, gemm, gemm_at_b, kernel_from_patch_major, kernel_to_patch_major, Mat,
 };
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -234,13 +234,7 @@ impl CustomOp2 for ConvNhwc {
         };
         // dW[(dy,dx,c), o] = cols^T [kk, m] x grad [m, o].
         let cols = self.im2col(xv, &g);
-        let dwm = gemm(
-            Mat::transposed(&cols, kk),
-            Mat::rows(gv, c_out),
-            kk,
-            m,
-            c_out,
-        );
+        let dwm = gemm_at_b(&cols, gv, m, kk, c_out);
         drop(cols);
         let dw = kernel_from_patch_major(&dwm, [c_out, c, k, k]);
         let dw = Tensor::from_vec(dw, (c_out, c, k, k), w.device())?;
