@@ -17,8 +17,12 @@ pub struct ExtractConfig {
     /// Hub repo id, local timm folder, or weights file.
     pub teacher: String,
     pub revision: String,
-    /// Block whose globally pooled output is the bottleneck; `pool` = after Mixed_7c.
+    /// Block whose pooled output is the bottleneck; `pool` = after Mixed_7c.
     pub layer: String,
+    /// Pool over a `grid` x `grid` partition instead of globally (1, the study's way).
+    /// Left out of the JSON when 1, so artifacts made before the option stay fresh.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub grid: usize,
     pub batch: usize,
     pub device: DeviceChoice,
     /// `f32`, `f16` or `bf16` (half precision only on CUDA).
@@ -32,12 +36,21 @@ pub struct ExtractConfig {
     pub cache_dir: Option<PathBuf>,
 }
 
+fn one() -> usize {
+    1
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+
 impl Default for ExtractConfig {
     fn default() -> Self {
         ExtractConfig {
             teacher: teacher::DEFAULT_TEACHER.into(),
             revision: "main".into(),
             layer: "pool".into(),
+            grid: 1,
             batch: 8,
             device: DeviceChoice::Auto,
             dtype: "f32".into(),
@@ -73,12 +86,17 @@ pub struct Teacher {
     pub model: InceptionV3,
     pub resolved: ResolvedTeacher,
     pub layer: String,
+    /// Pooling grid side (1 = global pool).
+    pub grid: usize,
     pub device: Device,
     pub dtype: DType,
 }
 
 impl Teacher {
     pub fn load(cfg: &ExtractConfig) -> Result<Teacher, Error> {
+        if cfg.grid == 0 {
+            return Err(Error::Config("--grid must be at least 1".into()));
+        }
         let dim = block_channels(&cfg.layer).ok_or_else(|| {
             Error::Config(format!(
                 "unknown --layer `{}`; use `pool` or a block name such as Mixed_6c",
@@ -100,28 +118,39 @@ impl Teacher {
                 )))
             }
         };
+        let g = cfg.grid;
         let mut resolved = teacher::resolve(&cfg.teacher, &cfg.revision, Preprocessing::default())?;
         resolved.preprocessing = cfg.apply_overrides(resolved.preprocessing);
         let tensors = teacher::load_tensors(&resolved.weights)?;
         let until = (cfg.layer != "pool").then_some(cfg.layer.as_str());
         let model = InceptionV3::load(tensors, until.or(Some("Mixed_7c")), dtype, &device)?;
         tracing::info!(
-            "teacher {} ({} -> {dim}-d), {} unused keys in the file",
+            "teacher {} ({} grid {g}x{g} -> {}-d), {} unused keys in the file",
             resolved.identity,
             cfg.layer,
+            dim * g * g,
             model.unused_keys.len()
         );
         Ok(Teacher {
             model,
             resolved,
             layer: cfg.layer.clone(),
+            grid: cfg.grid,
             device,
             dtype,
         })
     }
 
     pub fn dim(&self) -> usize {
-        block_channels(&self.layer).expect("checked in load")
+        block_channels(&self.layer).expect("checked in load") * self.grid * self.grid
+    }
+
+    /// The layer as artifacts and cache keys name it: `Mixed_6c`, or `Mixed_6c grid 2x2`.
+    pub fn layer_name(&self) -> String {
+        match self.grid {
+            1 => self.layer.clone(),
+            g => format!("{} grid {g}x{g}", self.layer),
+        }
     }
 
     /// Embeds prepared CHW images (each `3*S*S` floats), returning [n, dim] rows.
@@ -130,7 +159,7 @@ impl Teacher {
         let x = Tensor::from_slice(prepared, (n, 3, s, s), &Device::Cpu)?
             .to_device(&self.device)?
             .to_dtype(self.dtype)?;
-        let y = self.model.bottleneck(&x, &self.layer)?;
+        let y = self.model.pooled(&x, &self.layer, self.grid)?;
         Ok(y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
     }
 }
@@ -213,7 +242,7 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
     let setting = format!(
         "teacher={} layer={} dtype={:?} preprocessing={}",
         teacher.resolved.identity,
-        teacher.layer,
+        teacher.layer_name(),
         teacher.dtype,
         serde_json::to_string(&p).expect("plain")
     );
@@ -287,7 +316,7 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
         dim,
         features,
         teacher: teacher.resolved.identity.clone(),
-        layer: teacher.layer.clone(),
+        layer: teacher.layer_name(),
         faces_digest,
         provenance,
     }

@@ -10,7 +10,7 @@
 
 use crate::cpu_kernels::{AvgPool3x3Same, ConvBiasRelu, MaxPool3x3S2};
 use crate::weights::{Weights, WeightsError};
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor};
 use std::collections::HashMap;
 
 const BN_EPS: f64 = 1e-3;
@@ -553,12 +553,38 @@ impl InceptionV3 {
 
     /// Global average pool of a block's output (`pool` = after Mixed_7c), [N,C].
     pub fn bottleneck(&self, x: &Tensor, layer: &str) -> Result<Tensor> {
+        self.pooled(x, layer, 1)
+    }
+
+    /// A block's output averaged over a `grid` x `grid` partition of the image, [N, grid*grid*C]
+    /// (cell-major: the cells row by row, each cell's C channels together). `grid` 1 is the
+    /// global pool. Cells follow PyTorch's `adaptive_avg_pool2d` (cell i spans
+    /// floor(i*H/g)..ceil((i+1)*H/g), so neighbours overlap when g does not divide H).
+    pub fn pooled(&self, x: &Tensor, layer: &str, grid: usize) -> Result<Tensor> {
         let until = if layer == "pool" { "Mixed_7c" } else { layer };
         let h = self.run(x, until, |_, _| {})?;
-        match self.lay {
-            Lay::Nhwc => h.mean(1)?.mean(1),
-            Lay::Nchw => h.mean(D::Minus1)?.mean(D::Minus1),
+        let nhwc = match self.lay {
+            Lay::Nhwc => h,
+            Lay::Nchw => h.permute((0, 2, 3, 1))?,
+        };
+        let (_, hh, ww, _) = nhwc.dims4()?;
+        if grid == 0 || grid > hh.min(ww) {
+            candle_core::bail!("a {grid}x{grid} grid does not fit the {hh}x{ww} output of {layer}");
         }
+        if grid == 1 {
+            return nhwc.mean(1)?.mean(1);
+        }
+        let span = |i: usize, size: usize| (i * size / grid, ((i + 1) * size).div_ceil(grid));
+        let mut cells = Vec::with_capacity(grid * grid);
+        for gy in 0..grid {
+            let (y0, y1) = span(gy, hh);
+            for gx in 0..grid {
+                let (x0, x1) = span(gx, ww);
+                let cell = nhwc.narrow(1, y0, y1 - y0)?.narrow(2, x0, x1 - x0)?;
+                cells.push(cell.mean(1)?.mean(1)?);
+            }
+        }
+        Tensor::cat(&cells, 1)
     }
 
     /// Class logits [N,classes]; needs `fc` in the checkpoint.

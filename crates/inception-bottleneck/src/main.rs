@@ -26,6 +26,11 @@ struct Cli {
     /// Block to pool: `pool` (2048-d, after Mixed_7c) or a block name like Mixed_6c (768-d).
     #[arg(long, default_value = "pool")]
     layer: String,
+    /// Average the block over a GRID x GRID partition of the image instead of globally
+    /// (GRID*GRID*C features). Aligned faces put eyes, nose and mouth in fixed cells, so a
+    /// grid keeps where a feature fires, which a global pool throws away.
+    #[arg(long, default_value_t = 1, value_name = "GRID")]
+    grid: usize,
     /// Images per forward pass (8: the fastest on 2 CPU cores in `cargo xtask bench
     /// bottleneck`, with 1-32 within 20%; larger batches help on CUDA).
     #[arg(long, default_value_t = 8)]
@@ -91,6 +96,7 @@ fn run(cli: Cli) -> Result<()> {
         teacher: cli.teacher,
         revision: cli.revision,
         layer: cli.layer,
+        grid: cli.grid,
         batch: cli.batch,
         device: cli.device,
         dtype: cli.dtype,

@@ -262,6 +262,39 @@ fn fake_hub_cache_resolves_offline() {
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     assert!(max_diff < 1e-4, "{max_diff}");
+    // A 2x2 grid: 4x the width, its own cache entries (not the global pool's), and a
+    // layer name that says so.
+    let grid_out = dir.path().join("grid.safetensors");
+    let grid_cfg = ExtractConfig {
+        grid: 2,
+        ..cfg.clone()
+    };
+    let sg = inception_bottleneck::extract(&faces_path, &grid_out, &grid_cfg).unwrap();
+    assert_eq!((sg.computed, sg.dim), (3, 4 * 288));
+    let bg = artifacts::Bottlenecks::read(&grid_out).unwrap();
+    assert_eq!(bg.layer, "Mixed_5d grid 2x2");
+    // The grid's cells average to the global pool (7x7 block: equal 4x4 cells overlap
+    // in the middle row and column, so only roughly).
+    let cells_mean: Vec<f32> = (0..288)
+        .map(|c| (0..4).map(|k| bg.features[k * 288 + c]).sum::<f32>() / 4.0)
+        .collect();
+    let global = &b3.features[..288];
+    let scale = global.iter().map(|v| v.abs()).fold(0f32, f32::max);
+    let off = cells_mean
+        .iter()
+        .zip(global)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(off < 0.5 * scale, "{off} vs {scale}");
+    assert!(inception_bottleneck::extract(
+        &faces_path,
+        &grid_out,
+        &ExtractConfig {
+            grid: 0,
+            ..cfg.clone()
+        }
+    )
+    .is_err());
     // The retrain.py export/import round trip reproduces the artifact.
     let rt = dir.path().join("retrain");
     inception_bottleneck::extract::export_retrain(&faces_path, &out, &rt).unwrap();
@@ -304,6 +337,27 @@ fn cpu_kernels_equal_candle_ops() {
         slow.bottleneck(&x, "Mixed_6c").unwrap(),
     );
     assert!(rel(&pa, &pb) < 1e-4);
+    // Grid pooling: same values in both layouts, and each cell is the mean of its
+    // adaptive-pool window of the block output (Mixed_6c is 8x9 here: rows 0..4 and 4..8,
+    // columns 0..5 and 4..9, so the column windows overlap).
+    let (ga, gb) = (
+        fast.pooled(&x, "Mixed_6c", 2).unwrap(),
+        slow.pooled(&x, "Mixed_6c", 2).unwrap(),
+    );
+    assert_eq!(ga.dims(), &[x.dims()[0], 4 * 768]);
+    assert!(rel(&ga, &gb) < 1e-4);
+    let block = &a.iter().find(|(n, _)| n == "Mixed_6c").unwrap().1;
+    assert_eq!(&block.dims()[2..], &[8, 9]);
+    for (cell, (y0, x0)) in [(0, 0), (0, 4), (4, 0), (4, 4)].into_iter().enumerate() {
+        let want = block
+            .narrow(2, y0, 4)
+            .and_then(|t| t.narrow(3, x0, 5)?.mean(3)?.mean(2))
+            .unwrap();
+        let got = ga.narrow(1, cell * 768, 768).unwrap();
+        assert!(rel(&got, &want) < 1e-5, "cell {cell}");
+    }
+    assert!(rel(&fast.pooled(&x, "Mixed_6c", 1).unwrap(), &pa) < 1e-6);
+    assert!(fast.pooled(&x, "Mixed_6c", 9).is_err());
     assert!(
         InceptionV3::load_with(random_state_dict(false), None, DType::F16, &dev, true).is_err()
     );
