@@ -22,11 +22,32 @@ use std::mem::MaybeUninit;
 /// buffers of the extra node made ~8 passes over the largest activation of the student;
 /// fused, it is one clamp forward and one mask pass backward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConvNhwc {
+pub struct ConvSpec {
     pub k: usize,
     pub stride: usize,
     pub pad: (usize, usize),
     pub relu: bool,
+}
+
+/// The op: a [`ConvSpec`] plus the patch matrix of the forward pass, kept for the kernel
+/// gradient when a backward pass may follow (building it again cost as much memory
+/// traffic as the forward's own im2col).
+pub struct ConvNhwc {
+    spec: ConvSpec,
+    keep_cols: bool,
+    cols: std::sync::Mutex<Option<Vec<f32>>>,
+}
+
+impl ConvNhwc {
+    /// `keep_cols`: hold the forward's patches until backward (or until the output is
+    /// dropped); set it when the inputs track gradients.
+    pub fn new(spec: ConvSpec, keep_cols: bool) -> Self {
+        ConvNhwc {
+            spec,
+            keep_cols,
+            cols: std::sync::Mutex::new(None),
+        }
+    }
 }
 
 struct Geometry {
@@ -38,7 +59,7 @@ struct Geometry {
     ow: usize,
 }
 
-impl ConvNhwc {
+impl ConvSpec {
     fn geometry(&self, x: &Layout, w: &Layout) -> Result<(Geometry, usize)> {
         let (n, h, wd, c) = x.shape().dims4()?;
         let (c_out, c_in, kh, kw) = w.shape().dims4()?;
@@ -178,16 +199,19 @@ impl CustomOp2 for ConvNhwc {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (g, c_out) = self.geometry(xl, wl)?;
+        let (g, c_out) = self.spec.geometry(xl, wl)?;
         let (x, w) = (slice(xs, xl)?, slice(ws, wl)?);
-        let cols = self.im2col(x, &g);
-        let kk = self.k * self.k * g.c;
-        let km = kernel_to_patch_major(w, [c_out, g.c, self.k, self.k]);
+        let cols = self.spec.im2col(x, &g);
+        let kk = self.spec.k * self.spec.k * g.c;
+        let km = kernel_to_patch_major(w, [c_out, g.c, self.spec.k, self.spec.k]);
         let m = g.n * g.oh * g.ow;
         let mut out = gemm(Mat::rows(&cols, kk), Mat::rows(&km, c_out), m, kk, c_out);
-        if self.relu {
+        if self.spec.relu {
             out.par_chunks_mut(1 << 14)
                 .for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
+        }
+        if self.keep_cols {
+            *self.cols.lock().unwrap_or_else(|e| e.into_inner()) = Some(cols);
         }
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.oh, g.ow, c_out))))
     }
@@ -199,8 +223,8 @@ impl CustomOp2 for ConvNhwc {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (g, c_out) = self.geometry(x.layout(), w.layout())?;
-        let (k, c) = (self.k, g.c);
+        let (g, c_out) = self.spec.geometry(x.layout(), w.layout())?;
+        let (k, c) = (self.spec.k, g.c);
         let kk = k * k * c;
         let m = g.n * g.oh * g.ow;
         let (x, grad) = (x.contiguous()?, grad.contiguous()?);
@@ -212,7 +236,7 @@ impl CustomOp2 for ConvNhwc {
         let (xv, gv) = (slice(xs, xl)?, slice(gs, gl)?);
         // Through the fused ReLU: the gradient passes where the output is positive.
         let masked;
-        let gv = if self.relu {
+        let gv = if self.spec.relu {
             let res = res.contiguous()?;
             let (rs, rl) = res.storage_and_layout();
             let Storage::Cpu(rs) = &*rs else {
@@ -233,7 +257,8 @@ impl CustomOp2 for ConvNhwc {
             gv
         };
         // dW[(dy,dx,c), o] = cols^T [kk, m] x grad [m, o].
-        let cols = self.im2col(xv, &g);
+        let kept = self.cols.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let cols = kept.unwrap_or_else(|| self.spec.im2col(xv, &g));
         let dwm = gemm_at_b(&cols, gv, m, kk, c_out);
         drop(cols);
         let dw = kernel_from_patch_major(&dwm, [c_out, c, k, k]);
@@ -249,7 +274,7 @@ impl CustomOp2 for ConvNhwc {
                 c_out,
                 kk,
             );
-            let dx = self.col2im(&dcols, &g);
+            let dx = self.spec.col2im(&dcols, &g);
             Some(Tensor::from_vec(dx, (g.n, g.h, g.w, c), x.device())?)
         } else {
             None

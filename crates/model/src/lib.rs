@@ -8,7 +8,7 @@
 
 pub mod conv_cpu;
 
-pub use conv_cpu::ConvNhwc;
+pub use conv_cpu::ConvSpec;
 
 use candle_core::{Module, ModuleT, Result, Tensor, D};
 use candle_nn::{BatchNorm, Linear, VarBuilder};
@@ -129,7 +129,7 @@ struct ConvLayer {
     /// PyTorch layout [out, in, k, k] (what checkpoints store).
     weight: Tensor,
     bn: Option<BatchNorm>,
-    spec: ConvNhwc,
+    spec: ConvSpec,
 }
 
 impl ConvLayer {
@@ -157,7 +157,7 @@ impl ConvLayer {
             None
         };
         // Without BatchNorm the ReLU directly follows the convolution: fuse it.
-        let spec = ConvNhwc {
+        let spec = ConvSpec {
             k,
             stride,
             pad,
@@ -187,9 +187,10 @@ impl ConvLayer {
 /// an output-sized convolution for the kernel gradient) dominated training time. On the
 /// CPU (f32) this is [`conv_cpu::ConvNhwc`], a custom op with its own backward; elsewhere
 /// [`conv_nhwc_graph`], the same computation from candle ops.
-pub fn conv_nhwc(x: &Tensor, weight: &Tensor, spec: ConvNhwc) -> Result<Tensor> {
+pub fn conv_nhwc(x: &Tensor, weight: &Tensor, spec: ConvSpec) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
-        return x.contiguous()?.apply_op2(&weight.contiguous()?, spec);
+        let op = conv_cpu::ConvNhwc::new(spec, x.track_op() || weight.track_op());
+        return x.contiguous()?.apply_op2(&weight.contiguous()?, op);
     }
     let (a, b) = spec.pad;
     let x = if a + b > 0 {
@@ -459,7 +460,7 @@ mod tests {
             let x = Tensor::randn(0f32, 1.0, (2, 5, size, size), &dev).unwrap();
             let w = Tensor::randn(0f32, 1.0, (3, 5, k, k), &dev).unwrap();
             let want = x.conv2d(&w, 0, s, 1, 1).unwrap();
-            let spec = ConvNhwc {
+            let spec = ConvSpec {
                 k,
                 stride: s,
                 pad: (0, 0),
@@ -503,7 +504,7 @@ mod tests {
         {
             let x = candle_core::Var::randn(0f32, 1.0, (2, size, size, c), &dev).unwrap();
             let w = candle_core::Var::randn(0f32, 1.0, (6, c, k, k), &dev).unwrap();
-            let spec = ConvNhwc {
+            let spec = ConvSpec {
                 k,
                 stride: s,
                 pad,
