@@ -67,9 +67,10 @@ class S(torch.nn.Module):
         h = s.f(s.c(x)); b = s.b(h); return s.o(torch.relu(b)), b
 m = S(); opt = torch.optim.AdamW(m.parameters(), 1e-3, weight_decay=1e-4)
 n = 640; X = torch.randn(n, 3, 150, 150); Y = torch.randint(0, 14, (n,)); T = torch.rand(n, 2048)
-for b in map(int, sys.argv[1:]):
+runs = int(sys.argv[1])
+for b in map(int, sys.argv[2:]):
     rates = []
-    for rep in range(3):
+    for rep in range(runs):
         t = time.time(); seen = 0
         for ep in range(2):
             for i in range(0, n, b):
@@ -78,7 +79,7 @@ for b in map(int, sys.argv[1:]):
                 loss = torch.nn.functional.cross_entropy(logits, y) + 0.1 * (1 - torch.nn.functional.cosine_similarity(bn, tt)).mean()
                 opt.zero_grad(); loss.backward(); opt.step(); seen += len(x)
         rates.append(seen / (time.time() - t))
-    print(json.dumps({"batch": b, "samples_per_second": sorted(rates)[1], "runs": rates}))
+    print(json.dumps({"batch": b, "samples_per_second": sorted(rates)[len(rates) // 2], "runs": rates}))
 "#;
 
 const OPENTSNE: &str = r#"
@@ -89,6 +90,13 @@ t = time.time(); e = TSNE(n_jobs=2, random_state=42).fit(x); s = time.time() - t
 np.asarray(e, dtype='<f8').tofile(sys.argv[3])
 print(json.dumps({"n": n, "seconds": s, "kl_own": float(e.kl_divergence)}))
 "#;
+
+/// Median of a few runs (the upper middle one for an even count).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
 
 fn ratio(ours: f64, peer: f64) -> String {
     format!("{:.2}x", ours / peer)
@@ -166,28 +174,46 @@ pub fn run(args: &[String]) -> Result<()> {
         results["bottleneck"] = json!({"candle": ours, "torch": peer});
     }
     if all || what == "train" {
-        let a: Vec<String> = vec!["20".into(), "64".into()];
-        let ours = example("train", "bench_train", &a)?;
-        let peer = if python_has("torch") {
-            Some(python(TORCH_TRAIN, &a)?)
-        } else {
-            None
-        };
-        for (i, r) in ours.iter().enumerate() {
-            let o = r["samples_per_second"].as_f64().unwrap_or(0.0);
-            let p = peer
-                .as_ref()
-                .and_then(|p| p.get(i))
-                .and_then(|p| p["samples_per_second"].as_f64());
+        // Rounds alternate between us and the peer, one run per batch size each, so that
+        // the load of a shared VM falls on both sides; each side's figure is its median.
+        const ROUNDS: usize = 3;
+        let batches = ["20", "64"];
+        let has_torch = python_has("torch");
+        let mut ours: Vec<Vec<f64>> = vec![Vec::new(); batches.len()];
+        let mut peer: Vec<Vec<f64>> = vec![Vec::new(); batches.len()];
+        let once: Vec<String> = ["--runs", "1"]
+            .into_iter()
+            .chain(batches)
+            .map(String::from)
+            .collect();
+        for _ in 0..ROUNDS {
+            for (i, r) in example("train", "bench_train", &once)?.iter().enumerate() {
+                ours[i].push(r["samples_per_second"].as_f64().unwrap_or(0.0));
+            }
+            if has_torch {
+                for (i, r) in python(TORCH_TRAIN, &once[1..])?.iter().enumerate() {
+                    peer[i].push(r["samples_per_second"].as_f64().unwrap_or(0.0));
+                }
+            }
+        }
+        let mut rows = Vec::new();
+        for (i, b) in batches.iter().enumerate() {
+            let o = median(&ours[i]);
+            let p = has_torch.then(|| median(&peer[i]));
             table.push((
-                format!("student training batch {}", r["batch"]),
+                format!("student training batch {b}"),
                 format!("{o:.1} samples/s"),
                 p.map(|p| format!("torch {p:.1}"))
                     .unwrap_or_else(|| "torch not importable".into()),
                 p.map(|p| ratio(o, p)).unwrap_or_else(|| "-".into()),
             ));
+            rows.push(json!({
+                "batch": b.parse::<usize>().unwrap_or(0),
+                "candle": {"samples_per_second": o, "runs": ours[i]},
+                "torch": p.map(|p| json!({"samples_per_second": p, "runs": peer[i]})),
+            }));
         }
-        results["train"] = json!({"candle": ours, "torch": peer});
+        results["train"] = json!({"rounds": ROUNDS, "interleaved": true, "batches": rows});
     }
     if all || what == "tsne" {
         let mut rows = Vec::new();

@@ -1,12 +1,23 @@
 //! Student training throughput (cosine objective, 150 px, synthetic data): samples/s at
-//! several batch sizes. `cargo run --release -p train --example bench_train -- [BATCH...]`
+//! several batch sizes.
+//! `cargo run --release -p train --example bench_train -- [--runs N] [BATCH...]`
 
 use artifacts::{Bottlenecks, Faces, Provenance, Split};
 use train::{Dataset, Partition, RunFiles, TrainConfig, TrainMode, Trainer};
 
 fn main() -> anyhow::Result<()> {
     artifacts::runtime::init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // `--runs N` first: runs per batch size, median reported (default 3).
+    let runs: usize = match args.first().map(String::as_str) {
+        Some("--runs") if args.len() > 1 => {
+            let n = args[1].parse()?;
+            args.drain(..2);
+            n
+        }
+        _ => 3,
+    };
+    anyhow::ensure!(runs > 0, "--runs must be at least 1");
     let batches: Vec<usize> = if args.is_empty() {
         vec![20, 64]
     } else {
@@ -62,16 +73,16 @@ fn main() -> anyhow::Result<()> {
             device: artifacts::device::DeviceChoice::Cpu,
             ..Default::default()
         };
-        // Median of three runs: single runs vary by +-20% on a shared 2-core VM.
+        // Median of several runs: single runs vary by +-20% on a shared 2-core VM.
         let mut rates = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..runs {
             let out = Trainer::new(&data, &cfg, &part)?.run(&part, &RunFiles::default())?;
             rates.push(out.samples_per_second);
         }
         rates.sort_by(f64::total_cmp);
         println!(
             "{}",
-            serde_json::json!({"batch": b, "samples_per_second": rates[1], "runs": rates})
+            serde_json::json!({"batch": b, "samples_per_second": rates[runs / 2], "runs": rates})
         );
     }
     Ok(())
