@@ -58,6 +58,24 @@ pub fn gemm_into(a: Mat, b: Mat, m: usize, k: usize, n: usize, out: &mut [MaybeU
     gemm_with(a, b, m, k, n, out, threads)
 }
 
+/// [`gemm`] on the calling thread only, for callers that already run one product per
+/// rayon task.
+pub fn gemm_one_thread(a: Mat, b: Mat, m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    gemm_with(
+        a,
+        b,
+        m,
+        k,
+        n,
+        &mut out.spare_capacity_mut()[..m * n],
+        gemm::Parallelism::None,
+    );
+    // SAFETY: `gemm_with` initialised all m*n elements.
+    unsafe { out.set_len(m * n) };
+    out
+}
+
 /// `aᵀ b` for row-major `a: [rows, m]` and `b: [rows, n]`, a reduction over many rows
 /// into a small `[m, n]` (a kernel gradient: patches x output gradients).
 ///

@@ -8,7 +8,8 @@
 //! gradient straight back to pixels (col2im), in parallel over images, deterministically.
 
 use artifacts::cpu::{
-    f32_slice as slice, gemm, gemm_at_b, kernel_from_patch_major, kernel_to_patch_major, Mat,
+    f32_slice as slice, gemm, gemm_at_b, gemm_one_thread, kernel_from_patch_major,
+    kernel_to_patch_major, Mat,
 };
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -138,8 +139,10 @@ impl ConvSpec {
         cols
     }
 
-    /// The adjoint of [`Self::im2col`]: patch gradients summed back onto pixels.
-    fn col2im(&self, cols: &[f32], g: &Geometry) -> Vec<f32> {
+    /// The adjoint of [`Self::im2col`]: patch gradients summed back onto pixels, image by
+    /// image in parallel. `image_cols(b)` gives image b's `[oh*ow, k*k*c]` patch gradients,
+    /// made just before they are used, so they are still in cache.
+    fn col2im(&self, g: &Geometry, image_cols: impl Fn(usize) -> Vec<f32> + Sync) -> Vec<f32> {
         let k = self.k;
         let run = k * g.c;
         let kk = k * run;
@@ -147,9 +150,10 @@ impl ConvSpec {
         x.par_chunks_mut(g.h * g.w * g.c)
             .enumerate()
             .for_each(|(b, img)| {
+                let cols = image_cols(b);
                 for oy in 0..g.oh {
                     for ox in 0..g.ow {
-                        let patch = ((b * g.oh + oy) * g.ow + ox) * kk;
+                        let patch = (oy * g.ow + ox) * kk;
                         for dy in 0..k {
                             let Some(iy) = self.source(oy, dy, g.h) else {
                                 continue;
@@ -267,14 +271,19 @@ impl CustomOp2 for ConvNhwc {
         let dx = if x.track_op() {
             let wv = w.flatten_all()?.to_vec1::<f32>()?;
             let km = kernel_to_patch_major(&wv, [c_out, c, k, k]);
-            let dcols = gemm(
-                Mat::rows(gv, c_out),
-                Mat::transposed(&km, c_out),
-                m,
-                c_out,
-                kk,
-            );
-            let dx = self.spec.col2im(&dcols, &g);
+            // Per image: its patch gradients grad_b [oh*ow, o] x W^T [o, kk], one thread
+            // each (the images run in parallel), scattered while still in cache.
+            let per_image = g.oh * g.ow;
+            let dx = self.spec.col2im(&g, |b| {
+                let grad_b = &gv[b * per_image * c_out..(b + 1) * per_image * c_out];
+                gemm_one_thread(
+                    Mat::rows(grad_b, c_out),
+                    Mat::transposed(&km, c_out),
+                    per_image,
+                    c_out,
+                    kk,
+                )
+            });
             Some(Tensor::from_vec(dx, (g.n, g.h, g.w, c), x.device())?)
         } else {
             None
