@@ -177,14 +177,13 @@ pub fn run(args: &[String]) -> Result<()> {
         // Rounds alternate between us and the peer, one run per batch size each, so that
         // the load of a shared VM falls on both sides; each side's figure is its median.
         const ROUNDS: usize = 3;
-        let batches = ["20", "64"];
+        let batches = [20usize, 64];
         let has_torch = python_has("torch");
         let mut ours: Vec<Vec<f64>> = vec![Vec::new(); batches.len()];
         let mut peer: Vec<Vec<f64>> = vec![Vec::new(); batches.len()];
-        let once: Vec<String> = ["--runs", "1"]
+        let once: Vec<String> = ["--runs".to_string(), "1".to_string()]
             .into_iter()
-            .chain(batches)
-            .map(String::from)
+            .chain(batches.map(|b| b.to_string()))
             .collect();
         for _ in 0..ROUNDS {
             for (i, r) in example("train", "bench_train", &once)?.iter().enumerate() {
@@ -208,7 +207,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 p.map(|p| ratio(o, p)).unwrap_or_else(|| "-".into()),
             ));
             rows.push(json!({
-                "batch": b.parse::<usize>().unwrap_or(0),
+                "batch": b,
                 "candle": {"samples_per_second": o, "runs": ours[i]},
                 "torch": p.map(|p| json!({"samples_per_second": p, "runs": peer[i]})),
             }));

@@ -44,23 +44,27 @@ impl<'a> Mat<'a> {
 /// `[m, k] x [k, n] -> [m, n]` (row-major result) on all of rayon's threads; the operands
 /// may be strided views, which the GEMM packs itself.
 pub fn gemm(a: Mat, b: Mat, m: usize, k: usize, n: usize) -> Vec<f32> {
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    gemm_into(a, b, m, k, n, &mut out.spare_capacity_mut()[..m * n]);
-    // SAFETY: `gemm_into` initialised all m*n elements.
-    unsafe { out.set_len(m * n) };
-    out
+    gemm_vec(a, b, m, k, n, rayon_threads())
 }
 
 /// [`gemm`] into `out` (exactly m*n elements, row-major), which it only writes: every
 /// element is initialised on return.
 pub fn gemm_into(a: Mat, b: Mat, m: usize, k: usize, n: usize, out: &mut [MaybeUninit<f32>]) {
-    let threads = gemm::Parallelism::Rayon(rayon::current_num_threads());
-    gemm_with(a, b, m, k, n, out, threads)
+    gemm_with(a, b, m, k, n, out, rayon_threads())
 }
 
 /// [`gemm`] on the calling thread only, for callers that already run one product per
 /// rayon task.
 pub fn gemm_one_thread(a: Mat, b: Mat, m: usize, k: usize, n: usize) -> Vec<f32> {
+    gemm_vec(a, b, m, k, n, gemm::Parallelism::None)
+}
+
+fn rayon_threads() -> gemm::Parallelism {
+    gemm::Parallelism::Rayon(rayon::current_num_threads())
+}
+
+/// The product in a new row-major vector.
+fn gemm_vec(a: Mat, b: Mat, m: usize, k: usize, n: usize, threads: gemm::Parallelism) -> Vec<f32> {
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
     gemm_with(
         a,
@@ -69,7 +73,7 @@ pub fn gemm_one_thread(a: Mat, b: Mat, m: usize, k: usize, n: usize) -> Vec<f32>
         k,
         n,
         &mut out.spare_capacity_mut()[..m * n],
-        gemm::Parallelism::None,
+        threads,
     );
     // SAFETY: `gemm_with` initialised all m*n elements.
     unsafe { out.set_len(m * n) };
@@ -93,19 +97,13 @@ pub fn gemm_at_b(a: &[f32], b: &[f32], rows: usize, m: usize, n: usize) -> Vec<f
         .into_par_iter()
         .map(|i| {
             let (lo, hi) = (i * BLOCK, ((i + 1) * BLOCK).min(rows));
-            let mut out = Vec::with_capacity(m * n);
-            gemm_with(
+            gemm_one_thread(
                 Mat::transposed(&a[lo * m..hi * m], m),
                 Mat::rows(&b[lo * n..hi * n], n),
                 m,
                 hi - lo,
                 n,
-                &mut out.spare_capacity_mut()[..m * n],
-                gemm::Parallelism::None,
-            );
-            // SAFETY: `gemm_with` initialised all m*n elements.
-            unsafe { out.set_len(m * n) };
-            out
+            )
         })
         .collect();
     let mut sum = vec![0f32; m * n];

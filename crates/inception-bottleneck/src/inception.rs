@@ -571,9 +571,6 @@ impl InceptionV3 {
         if grid == 0 || grid > hh.min(ww) {
             candle_core::bail!("a {grid}x{grid} grid does not fit the {hh}x{ww} output of {layer}");
         }
-        if grid == 1 {
-            return nhwc.mean(1)?.mean(1);
-        }
         let span = |i: usize, size: usize| (i * size / grid, ((i + 1) * size).div_ceil(grid));
         let mut cells = Vec::with_capacity(grid * grid);
         for gy in 0..grid {

@@ -3,9 +3,10 @@
 //! Why: built from candle ops (`index_select` patches, `matmul`), every intermediate of
 //! the graph gets a gradient buffer that candle zero-fills and then adds into; for the
 //! patch matrix (16x the input for a 4x4 kernel) those passes cost more than the matrix
-//! products. Here the patches exist only inside the op: forward is im2col + one GEMM,
-//! backward recomputes the patches for the kernel gradient and scatters the patch
-//! gradient straight back to pixels (col2im), in parallel over images, deterministically.
+//! products. Here the patches exist only inside the op: forward is im2col + one GEMM (the
+//! patches are kept for the kernel gradient), backward reduces the kernel gradient in fixed
+//! blocks and scatters each image's patch gradient straight back to its pixels (col2im),
+//! in parallel over images, deterministically.
 
 use artifacts::cpu::{
     f32_slice as slice, gemm, gemm_at_b, gemm_one_thread, kernel_from_patch_major,
