@@ -5,7 +5,7 @@ use artifacts::{Bottlenecks, Faces, Split};
 use candle_core::{Device, Tensor};
 use std::path::Path;
 
-/// Faces as NCHW floats, labels, splits, and teacher features when given.
+/// The faces artifact (u8 HWC images, labels, splits) and the teacher features when given.
 pub struct Dataset {
     pub faces: Faces,
     pub teacher: Option<Bottlenecks>,
@@ -77,7 +77,8 @@ impl Dataset {
     }
 }
 
-/// Subtracts the mean image and scales to about [-1, 1]: NCHW f32 for `idx`.
+/// Subtracts the mean image and scales to about [-1, 1]: NHWC f32 for `idx`, the layout
+/// the faces are stored in and the student's convolutions run in (no transpose per batch).
 /// `flip`/`shift` per sample implement the optional augmentation.
 pub fn input_batch(
     faces: &Faces,
@@ -87,30 +88,33 @@ pub fn input_batch(
     device: &Device,
 ) -> candle_core::Result<Tensor> {
     let (h, w) = (faces.height, faces.width);
-    let plane = h * w;
-    let mut out = vec![0f32; idx.len() * 3 * plane];
+    let row = w * 3;
+    let mut out = vec![0f32; idx.len() * h * row];
     for (k, &i) in idx.iter().enumerate() {
         let img = faces.image(i);
         let (flip, dx, dy) = aug.map(|a| a[k]).unwrap_or((false, 0, 0));
-        let dst = &mut out[k * 3 * plane..(k + 1) * 3 * plane];
+        let dst = &mut out[k * h * row..(k + 1) * h * row];
         for y in 0..h {
             let sy = y as i32 - dy;
+            // Outside the shifted image stays 0: the mean, after subtraction.
+            if sy < 0 || sy as usize >= h {
+                continue;
+            }
+            let src = &img[sy as usize * row..(sy as usize + 1) * row];
+            let m = &mean[y * row..(y + 1) * row];
+            let d = &mut dst[y * row..(y + 1) * row];
             for x in 0..w {
                 let xs = if flip { w - 1 - x } else { x } as i32 - dx;
+                if xs < 0 || xs as usize >= w {
+                    continue;
+                }
                 for c in 0..3 {
-                    // Outside the shifted image: the mean (so 0 after subtraction).
-                    let v = if sy >= 0 && (sy as usize) < h && xs >= 0 && (xs as usize) < w {
-                        let p = (sy as usize * w + xs as usize) * 3 + c;
-                        (img[p] as f32 - mean[(y * w + x) * 3 + c]) / 128.0
-                    } else {
-                        0.0
-                    };
-                    dst[c * plane + y * w + x] = v;
+                    d[x * 3 + c] = (src[xs as usize * 3 + c] as f32 - m[x * 3 + c]) / 128.0;
                 }
             }
         }
     }
-    Tensor::from_vec(out, (idx.len(), 3, h, w), device)
+    Tensor::from_vec(out, (idx.len(), h, w, 3), device)
 }
 
 /// Rows of a [N,D] feature matrix.
@@ -183,6 +187,78 @@ pub fn normalize_targets(
                 }
             }
             (out, mean, std)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use artifacts::Provenance;
+
+    /// One 2x3 image whose pixel (y, x, c) is 10 * (3y + x) + c.
+    fn tiny() -> Faces {
+        let (h, w) = (2, 3);
+        let images = (0..h * w * 3)
+            .map(|i| (10 * (i / 3) + i % 3) as u8)
+            .collect();
+        Faces {
+            height: h,
+            width: w,
+            images,
+            labels: vec![0],
+            splits: vec![Split::Train],
+            class_names: vec!["a".into()],
+            sources: vec!["a/0.jpg".into()],
+            geometry: None,
+            provenance: Provenance::new("test", "0", serde_json::Value::Null),
+        }
+    }
+
+    fn batch(aug: Option<(bool, i32, i32)>) -> Vec<f32> {
+        let f = tiny();
+        let mean = vec![1.0; 18];
+        let aug = aug.map(|a| vec![a]);
+        let t = input_batch(&f, &[0], &mean, aug.as_deref(), &Device::Cpu).unwrap();
+        assert_eq!(t.dims(), &[1, 2, 3, 3], "NHWC");
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// Value at (y, x, c) of the input for source pixel (sy, sx), or 0 outside.
+    fn want(src: Option<(usize, usize)>, c: usize) -> f32 {
+        src.map(|(sy, sx)| ((10 * (3 * sy + sx) + c) as f32 - 1.0) / 128.0)
+            .unwrap_or(0.0)
+    }
+
+    #[test]
+    fn input_is_mean_subtracted_nhwc() {
+        let got = batch(None);
+        for y in 0..2 {
+            for x in 0..3 {
+                for c in 0..3 {
+                    assert_eq!(got[(y * 3 + x) * 3 + c], want(Some((y, x)), c));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn flip_and_shift_move_pixels_and_fill_with_the_mean() {
+        // Flip, then shift right by 1 and down by 1: output (y, x) reads source
+        // (y - 1, 2 - x - 1) when inside the image.
+        let got = batch(Some((true, 1, 1)));
+        for y in 0..2i32 {
+            for x in 0..3i32 {
+                let (sy, sx) = (y - 1, 2 - x - 1);
+                let src = (sy >= 0 && sx >= 0).then_some((sy as usize, sx as usize));
+                for c in 0..3 {
+                    assert_eq!(
+                        got[((y * 3 + x) * 3) as usize + c],
+                        want(src, c),
+                        "({y},{x},{c})"
+                    );
+                }
+            }
         }
     }
 }

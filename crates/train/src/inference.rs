@@ -162,7 +162,7 @@ impl Predictor {
             let (logits, e) = match self {
                 Predictor::Student { student, mean } => {
                     let x = input_batch(faces, chunk, mean, None, device)?;
-                    let out = student.forward(&x, Mode::Eval)?;
+                    let out = student.forward_nhwc(&x, Mode::Eval)?;
                     let e = out.bottleneck.unwrap_or(out.hidden);
                     (out.logits, e)
                 }

@@ -1,6 +1,7 @@
 use anyhow::Result;
 use artifacts::device::DeviceChoice;
 use clap::{ArgGroup, Parser};
+use model::StudentConfig;
 use std::path::PathBuf;
 use train::training::{BottleneckSource, Schedule};
 use train::{Dataset, RunFiles, TargetNorm, TrainConfig, TrainMode};
@@ -73,6 +74,15 @@ struct Cli {
     augment: bool,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Filters of the student's three conv layers (the study's 32,32,8).
+    #[arg(long, value_delimiter = ',', num_args = 1, default_value = "32,32,8")]
+    filters: Vec<usize>,
+    /// Widths of the student's two hidden FC layers (the study's 100,100).
+    #[arg(long, value_delimiter = ',', num_args = 1, default_value = "100,100")]
+    hidden: Vec<usize>,
+    /// Dropout keep probability after the first hidden layer (the study's 0.75; 1 = off).
+    #[arg(long, default_value_t = 0.75)]
+    keep_prob: f32,
     /// auto, cpu or cuda.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
@@ -96,6 +106,35 @@ struct Cli {
 
 fn main() -> std::process::ExitCode {
     artifacts::runtime::main(|| run(Cli::parse()))
+}
+
+/// The architecture flags as a [`StudentConfig`]; image size, classes and bottleneck width
+/// come from the data later.
+fn student_config(cli: &Cli) -> Result<StudentConfig> {
+    let filters: [usize; 3] = cli.filters.as_slice().try_into().map_err(|_| {
+        anyhow::anyhow!(
+            "--filters takes three numbers, e.g. 32,32,8 (got {:?})",
+            cli.filters
+        )
+    })?;
+    let hidden: [usize; 2] = cli.hidden.as_slice().try_into().map_err(|_| {
+        anyhow::anyhow!(
+            "--hidden takes two numbers, e.g. 100,100 (got {:?})",
+            cli.hidden
+        )
+    })?;
+    if filters.contains(&0) || hidden.contains(&0) {
+        anyhow::bail!("--filters and --hidden must be positive");
+    }
+    if !(cli.keep_prob > 0.0 && cli.keep_prob <= 1.0) {
+        anyhow::bail!("--keep-prob must be in (0, 1], got {}", cli.keep_prob);
+    }
+    Ok(StudentConfig {
+        filters,
+        hidden,
+        keep_prob: cli.keep_prob,
+        ..StudentConfig::default()
+    })
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -133,6 +172,7 @@ fn run(cli: Cli) -> Result<()> {
         augment: cli.augment,
         seed: cli.seed,
         device: cli.device,
+        student: student_config(&cli)?,
         ..Default::default()
     };
     let output = cli.output.clone().unwrap_or_else(|| {

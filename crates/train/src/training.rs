@@ -379,7 +379,7 @@ impl<'a> Trainer<'a> {
         let (mut loss, mut correct) = (0f64, 0usize);
         for chunk in idx.chunks(128) {
             let x = input_batch(&self.data.faces, chunk, &self.mean, None, &self.device)?;
-            let out = student.forward(&x, NetMode::Eval)?;
+            let out = student.forward_nhwc(&x, NetMode::Eval)?;
             let y = self.labels(chunk)?;
             let t = self.teacher_rows(chunk)?;
             let terms =
