@@ -116,6 +116,15 @@ impl std::fmt::Display for Split {
     }
 }
 
+/// The version every stage writes into its artifacts: the workspace version and the git
+/// commit it was built from (`unknown` outside a git checkout). Uncommitted edits do not
+/// change it.
+pub const BUILD_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "+",
+    env!("CELEB_TRANSFER_COMMIT")
+);
+
 /// Who made an artifact, how, and from what: the provenance every artifact carries.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Provenance {
@@ -144,18 +153,35 @@ impl Provenance {
     }
 }
 
-/// True when `output` exists, is a `schema` artifact, and was made with exactly this
-/// config from inputs with exactly these digests: the stage can be skipped.
+/// True when `output` exists, is a `schema` artifact, and was made by this build
+/// ([`BUILD_VERSION`]) with exactly this config from inputs with exactly these digests:
+/// the stage can be skipped. Another build's artifact is stale even with equal settings,
+/// since its numbers may come from other code.
 pub fn up_to_date(
     output: &std::path::Path,
     schema: &str,
     config: &serde_json::Value,
     inputs: &std::collections::BTreeMap<String, String>,
 ) -> bool {
-    match read_header(output) {
-        Ok(h) => {
-            h.schema == schema && &h.provenance.config == config && &h.provenance.inputs == inputs
-        }
-        Err(_) => false,
+    let Ok(h) = read_header(output) else {
+        return false;
+    };
+    let stale = if h.schema != schema {
+        Some("another kind of artifact".to_string())
+    } else if h.provenance.producer_version != BUILD_VERSION {
+        Some(format!(
+            "made by build {}, this is {BUILD_VERSION}",
+            h.provenance.producer_version
+        ))
+    } else if &h.provenance.config != config {
+        Some("other settings".to_string())
+    } else if &h.provenance.inputs != inputs {
+        Some("other inputs".to_string())
+    } else {
+        None
+    };
+    if let Some(why) = &stale {
+        tracing::info!("{} is stale ({why}); remaking it", output.display());
     }
+    stale.is_none()
 }

@@ -271,3 +271,31 @@ fn digests_are_stable() {
     );
     assert_eq!(d, digest_bytes(b"abc"));
 }
+
+#[test]
+fn up_to_date_needs_this_build_these_settings_and_these_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("faces.safetensors");
+    let config = serde_json::json!({"size": 4});
+    let inputs: BTreeMap<String, String> = [("x".to_string(), "sha256:00".to_string())].into();
+    assert!(!up_to_date(&p, FACES_SCHEMA, &config, &inputs), "missing");
+    let mut f = faces(3, false);
+    f.provenance =
+        Provenance::new("test", BUILD_VERSION, config.clone()).with_input("x", "sha256:00");
+    f.write(&p).unwrap();
+    assert!(up_to_date(&p, FACES_SCHEMA, &config, &inputs));
+    assert!(!up_to_date(&p, BOTTLENECKS_SCHEMA, &config, &inputs));
+    assert!(!up_to_date(
+        &p,
+        FACES_SCHEMA,
+        &serde_json::json!({"size": 5}),
+        &inputs
+    ));
+    let other: BTreeMap<String, String> = [("x".to_string(), "sha256:01".to_string())].into();
+    assert!(!up_to_date(&p, FACES_SCHEMA, &config, &other));
+    // Same settings and inputs, made by another build: stale.
+    f.provenance.producer_version = "0.0.0+000000000000".into();
+    f.write(&p).unwrap();
+    assert!(!up_to_date(&p, FACES_SCHEMA, &config, &inputs));
+    assert!(BUILD_VERSION.starts_with(env!("CARGO_PKG_VERSION")));
+}

@@ -135,7 +135,7 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
     };
     let mut provenance = Provenance::new(
         env!("CARGO_PKG_NAME"),
-        env!("CARGO_PKG_VERSION"),
+        artifacts::BUILD_VERSION,
         serde_json::to_value(cfg).expect("plain"),
     );
     provenance.inputs = provenance_inputs(cfg)

@@ -589,7 +589,7 @@ pub fn run(
         geometry: None,
         provenance: Provenance::new(
             env!("CARGO_PKG_NAME"),
-            env!("CARGO_PKG_VERSION"),
+            artifacts::BUILD_VERSION,
             serde_json::to_value(cfg).expect("plain config"),
         ),
     };

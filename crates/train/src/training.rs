@@ -745,7 +745,7 @@ impl<'a> Trainer<'a> {
         let f = &self.data.faces;
         let mut prov = Provenance::new(
             env!("CARGO_PKG_NAME"),
-            env!("CARGO_PKG_VERSION"),
+            artifacts::BUILD_VERSION,
             serde_json::to_value(&self.cfg).expect("plain"),
         )
         .with_input("faces", self.data.faces_digest.clone());
