@@ -173,7 +173,6 @@ fn run(cli: Cli) -> Result<()> {
         seed: cli.seed,
         device: cli.device,
         student: student_config(&cli)?,
-        ..Default::default()
     };
     let output = cli.output.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
