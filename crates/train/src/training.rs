@@ -266,6 +266,39 @@ fn lr_at(cfg: &TrainConfig, epoch: usize, total: usize) -> f64 {
     }
 }
 
+/// Drops the metrics lines of epochs after the resume checkpoint's `state`, and a line cut
+/// short by a kill: a run killed after logging an epoch but before checkpointing it
+/// replays that epoch, and must not log it twice.
+fn trim_metrics(path: &Path, state: &State) -> Result<(), TrainError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(TrainError::Io(path.to_path_buf(), e)),
+    };
+    let covered = |m: &EpochMetrics| {
+        m.phase < state.phase + 1 || (m.phase == state.phase + 1 && m.epoch <= state.epoch)
+    };
+    let mut kept = String::new();
+    let mut dropped = 0usize;
+    for line in text.lines() {
+        match serde_json::from_str::<EpochMetrics>(line) {
+            Ok(m) if covered(&m) => {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+            _ => dropped += 1,
+        }
+    }
+    if dropped > 0 {
+        tracing::info!(
+            "{}: dropped {dropped} line(s) logged after the last checkpoint",
+            path.display()
+        );
+        artifacts::write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(())
+}
+
 /// A seeded RNG per (seed, phase, epoch): resuming at an epoch boundary replays exactly.
 fn epoch_rng(seed: u64, phase: usize, epoch: usize) -> StdRng {
     StdRng::seed_from_u64(
@@ -460,6 +493,9 @@ impl<'a> Trainer<'a> {
             Some(p) => {
                 if let Some(d) = p.parent() {
                     std::fs::create_dir_all(d).map_err(|e| TrainError::Io(d.to_path_buf(), e))?;
+                }
+                if files.resume {
+                    trim_metrics(p, &state)?;
                 }
                 let f = std::fs::OpenOptions::new()
                     .create(true)
