@@ -116,14 +116,22 @@ impl std::fmt::Display for Split {
     }
 }
 
-/// The version every stage writes into its artifacts: the workspace version and the git
-/// commit it was built from (`unknown` outside a git checkout). Uncommitted edits do not
-/// change it.
-pub const BUILD_VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    "+",
-    env!("CELEB_TRANSFER_COMMIT")
-);
+/// The build every stage writes into its artifacts' `producer_version`: the workspace
+/// version and a digest of the running executable. Any code change that reaches the
+/// binary (or another compiler, or other features) changes it; a README edit does not.
+/// `up_to_date` treats another build's artifact as stale, since its numbers may come
+/// from other code.
+pub fn build_version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        let exe = std::env::current_exe()
+            .ok()
+            .and_then(|p| digest_file(&p).ok())
+            .map(|d| d.trim_start_matches("sha256:")[..16].to_string())
+            .unwrap_or_else(|| "unknown".into());
+        format!("{}+exe.{exe}", env!("CARGO_PKG_VERSION"))
+    })
+}
 
 /// Who made an artifact, how, and from what: the provenance every artifact carries.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -154,9 +162,8 @@ impl Provenance {
 }
 
 /// True when `output` exists, is a `schema` artifact, and was made by this build
-/// ([`BUILD_VERSION`]) with exactly this config from inputs with exactly these digests:
-/// the stage can be skipped. Another build's artifact is stale even with equal settings,
-/// since its numbers may come from other code.
+/// ([`build_version`]) with exactly this config from inputs with exactly these digests:
+/// the stage can be skipped.
 pub fn up_to_date(
     output: &std::path::Path,
     schema: &str,
@@ -168,10 +175,11 @@ pub fn up_to_date(
     };
     let stale = if h.schema != schema {
         Some("another kind of artifact".to_string())
-    } else if h.provenance.producer_version != BUILD_VERSION {
+    } else if h.provenance.producer_version != build_version() {
         Some(format!(
-            "made by build {}, this is {BUILD_VERSION}",
-            h.provenance.producer_version
+            "made by build {}, this is {}",
+            h.provenance.producer_version,
+            build_version()
         ))
     } else if &h.provenance.config != config {
         Some("other settings".to_string())

@@ -135,7 +135,7 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
     };
     let mut provenance = Provenance::new(
         env!("CARGO_PKG_NAME"),
-        artifacts::BUILD_VERSION,
+        artifacts::build_version(),
         serde_json::to_value(cfg).expect("plain"),
     );
     provenance.inputs = provenance_inputs(cfg)

@@ -204,7 +204,7 @@ fn faces_provenance(faces_path: &Path, cfg: &ExtractConfig) -> Result<(String, P
     let faces_digest = artifacts::digest_file(faces_path)?;
     let prov = Provenance::new(
         env!("CARGO_PKG_NAME"),
-        artifacts::BUILD_VERSION,
+        artifacts::build_version(),
         serde_json::to_value(cfg).expect("plain config"),
     )
     .with_input("faces", faces_digest.clone());

@@ -589,7 +589,7 @@ pub fn run(
         geometry: None,
         provenance: Provenance::new(
             env!("CARGO_PKG_NAME"),
-            artifacts::BUILD_VERSION,
+            artifacts::build_version(),
             serde_json::to_value(cfg).expect("plain config"),
         ),
     };

@@ -781,7 +781,7 @@ impl<'a> Trainer<'a> {
         let f = &self.data.faces;
         let mut prov = Provenance::new(
             env!("CARGO_PKG_NAME"),
-            artifacts::BUILD_VERSION,
+            artifacts::build_version(),
             serde_json::to_value(&self.cfg).expect("plain"),
         )
         .with_input("faces", self.data.faces_digest.clone());
