@@ -303,7 +303,7 @@ impl Student {
     }
 
     /// `x`: [N,H,W,3], the layout the convolutions run in (TensorFlow's); saves the
-    /// transpose of [`Student::forward`], a strided copy that cost ~10% of a training step.
+    /// transpose of [`Student::forward`], a strided copy (5-13% of a training step here).
     pub fn forward_nhwc(&self, x: &Tensor, mode: Mode) -> Result<StudentOutput> {
         self.forward_impl(x, mode, None)
     }
