@@ -61,6 +61,31 @@ pub fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize
 }
 
 impl StudentConfig {
+    /// Rejects a config no network can be built from (zero sizes, a keep probability
+    /// outside (0, 1]); [`Student::new`] calls it, and CLIs call it before loading data.
+    pub fn validate(&self) -> Result<()> {
+        if self.image_size == 0 || self.num_classes == 0 {
+            candle_core::bail!("student config needs image_size > 0 and num_classes > 0");
+        }
+        if self.filters.contains(&0) || self.hidden.contains(&0) {
+            candle_core::bail!(
+                "student filters {:?} and hidden widths {:?} must be positive",
+                self.filters,
+                self.hidden
+            );
+        }
+        if self.kernels.contains(&0) || self.stride == 0 || self.bottleneck == Some(0) {
+            candle_core::bail!("student kernels, stride and bottleneck width must be positive");
+        }
+        if !(self.keep_prob > 0.0 && self.keep_prob <= 1.0) {
+            candle_core::bail!(
+                "dropout keep probability must be in (0, 1], got {}",
+                self.keep_prob
+            );
+        }
+        Ok(())
+    }
+
     /// The base model: same trunk, no bottleneck layer.
     pub fn base(mut self) -> Self {
         self.bottleneck = None;
@@ -257,9 +282,7 @@ pub struct Student {
 impl Student {
     /// Builds the network, creating or loading variables through `vb`.
     pub fn new(config: &StudentConfig, vb: VarBuilder) -> Result<Student> {
-        if config.image_size == 0 || config.num_classes == 0 {
-            candle_core::bail!("student config needs image_size > 0 and num_classes > 0");
-        }
+        config.validate()?;
         let mut convs = Vec::new();
         let mut size = config.image_size;
         let mut c_in = 3;
@@ -447,6 +470,46 @@ mod tests {
         let b = s.forward_nhwc(&nhwc, Mode::Eval).unwrap().logits;
         let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
         assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn configs_without_a_network_are_rejected() {
+        assert!(StudentConfig::default().validate().is_ok());
+        let bad = [
+            StudentConfig {
+                filters: [32, 0, 8],
+                ..Default::default()
+            },
+            StudentConfig {
+                hidden: [100, 0],
+                ..Default::default()
+            },
+            StudentConfig {
+                stride: 0,
+                ..Default::default()
+            },
+            StudentConfig {
+                bottleneck: Some(0),
+                ..Default::default()
+            },
+            StudentConfig {
+                keep_prob: 0.0,
+                ..Default::default()
+            },
+            StudentConfig {
+                keep_prob: 1.5,
+                ..Default::default()
+            },
+            StudentConfig {
+                num_classes: 0,
+                ..Default::default()
+            },
+        ];
+        for cfg in bad {
+            assert!(cfg.validate().is_err(), "{cfg:?}");
+            let vb = VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu);
+            assert!(Student::new(&cfg, vb).is_err(), "{cfg:?}");
+        }
     }
 
     #[test]

@@ -123,18 +123,15 @@ fn student_config(cli: &Cli) -> Result<StudentConfig> {
             cli.hidden
         )
     })?;
-    if filters.contains(&0) || hidden.contains(&0) {
-        anyhow::bail!("--filters and --hidden must be positive");
-    }
-    if !(cli.keep_prob > 0.0 && cli.keep_prob <= 1.0) {
-        anyhow::bail!("--keep-prob must be in (0, 1], got {}", cli.keep_prob);
-    }
-    Ok(StudentConfig {
+    let cfg = StudentConfig {
         filters,
         hidden,
         keep_prob: cli.keep_prob,
         ..StudentConfig::default()
-    })
+    };
+    // Before the data is loaded, so that a bad flag fails at once.
+    cfg.validate()?;
+    Ok(cfg)
 }
 
 fn run(cli: Cli) -> Result<()> {
