@@ -2,54 +2,20 @@
 //! `--resume`, ends with the same weights and the same metrics log as a run never stopped.
 #![cfg(unix)]
 
-use artifacts::{Bottlenecks, Checkpoint, Faces, Provenance, Split};
+use artifacts::Checkpoint;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const SIZE: usize = 64;
+mod common;
 
-/// Noise images in 3 classes with 8-d teacher features, written as artifacts.
+/// The shared synthetic data set (90 images), written as artifacts.
 fn write_artifacts(dir: &Path) -> (PathBuf, PathBuf) {
-    let n = 90;
-    let mut s = 11u64;
-    let mut rnd = move || {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (s >> 33) as u32
-    };
-    let faces = Faces {
-        height: SIZE,
-        width: SIZE,
-        images: (0..n * SIZE * SIZE * 3).map(|_| rnd() as u8).collect(),
-        labels: (0..n as u32).map(|i| i % 3).collect(),
-        splits: (0..n)
-            .map(|i| {
-                [
-                    Split::Train,
-                    Split::Train,
-                    Split::Train,
-                    Split::Val,
-                    Split::Test,
-                ][i % 5]
-            })
-            .collect(),
-        class_names: vec!["a".into(), "b".into(), "c".into()],
-        sources: (0..n).map(|i| format!("x/{i}.png")).collect(),
-        geometry: None,
-        provenance: Provenance::new("test", "0", serde_json::json!({})),
-    };
+    let data = common::dataset(30);
     let fp = dir.join("faces.safetensors");
-    faces.write(&fp).unwrap();
-    let b = Bottlenecks {
-        dim: 8,
-        features: (0..n * 8).map(|_| (rnd() % 100) as f32 / 100.0).collect(),
-        teacher: "synthetic".into(),
-        layer: "pool".into(),
-        faces_digest: artifacts::digest_file(&fp).unwrap(),
-        provenance: Provenance::new("test", "0", serde_json::json!({})),
-    };
+    data.faces.write(&fp).unwrap();
+    let mut b = data.teacher.expect("the data set has teacher features");
+    b.faces_digest = artifacts::digest_file(&fp).unwrap();
     let bp = dir.join("bottlenecks.safetensors");
     b.write(&bp).unwrap();
     (fp, bp)
