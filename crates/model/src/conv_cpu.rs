@@ -185,6 +185,17 @@ impl ConvSpec {
     }
 }
 
+/// Runs `f` on the contiguous f32 values of a CPU tensor (the storage guard lives only as
+/// long as the call, so the slice cannot be kept).
+fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("conv: CPU tensors only");
+    };
+    f(slice(cpu, layout)?)
+}
+
 /// `dst = src` (equal lengths) as one memcpy into not yet initialised memory.
 fn write(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
     assert_eq!(dst.len(), src.len());
@@ -232,38 +243,31 @@ impl CustomOp2 for ConvNhwc {
         let (k, c) = (self.spec.k, g.c);
         let kk = k * k * c;
         let m = g.n * g.oh * g.ow;
-        let (x, grad) = (x.contiguous()?, grad.contiguous()?);
-        let (xs, xl) = x.storage_and_layout();
-        let (gs, gl) = grad.storage_and_layout();
-        let (Storage::Cpu(xs), Storage::Cpu(gs)) = (&*xs, &*gs) else {
-            candle_core::bail!("conv: CPU tensors only");
-        };
-        let (xv, gv) = (slice(xs, xl)?, slice(gs, gl)?);
         // Through the fused ReLU: the gradient passes where the output is positive.
-        let masked;
-        let gv = if self.spec.relu {
-            let res = res.contiguous()?;
-            let (rs, rl) = res.storage_and_layout();
-            let Storage::Cpu(rs) = &*rs else {
-                candle_core::bail!("conv: CPU tensors only");
-            };
-            let rv = slice(rs, rl)?;
-            let mut g = gv.to_vec();
-            g.par_chunks_mut(1 << 14)
-                .zip(rv.par_chunks(1 << 14))
-                .for_each(|(g, r)| {
-                    g.iter_mut()
-                        .zip(r)
-                        .for_each(|(g, &r)| *g = if r > 0.0 { *g } else { 0.0 })
-                });
-            masked = g;
-            &masked[..]
-        } else {
-            gv
-        };
+        let gv = with_cpu_f32(grad, |gv| {
+            if !self.spec.relu {
+                // One copy, only with BatchNorm, whose permutes already copy more.
+                return Ok(gv.to_vec());
+            }
+            with_cpu_f32(res, |rv| {
+                let mut g = gv.to_vec();
+                g.par_chunks_mut(1 << 14)
+                    .zip(rv.par_chunks(1 << 14))
+                    .for_each(|(g, r)| {
+                        g.iter_mut()
+                            .zip(r)
+                            .for_each(|(g, &r)| *g = if r > 0.0 { *g } else { 0.0 })
+                    });
+                Ok(g)
+            })
+        })?;
+        let gv = &gv[..];
         // dW[(dy,dx,c), o] = cols^T [kk, m] x grad [m, o].
         let kept = self.cols.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let cols = kept.unwrap_or_else(|| self.spec.im2col(xv, &g));
+        let cols = match kept {
+            Some(cols) => cols,
+            None => with_cpu_f32(x, |xv| Ok(self.spec.im2col(xv, &g)))?,
+        };
         let dwm = gemm_at_b(&cols, gv, m, kk, c_out);
         drop(cols);
         let dw = kernel_from_patch_major(&dwm, [c_out, c, k, k]);
