@@ -7,11 +7,16 @@ use std::path::Path;
 pub const BOTTLENECKS_SCHEMA: &str = "bottlenecks";
 const VERSION: u32 = 1;
 
-/// `features` f32 [N,D].
+/// `features` f32 [N,D], and optionally `features_mirrored` f32 [N,D].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bottlenecks {
     pub dim: usize,
     pub features: Vec<f32>,
+    /// The teacher's features of each face flipped left-right. Why: a flipped training
+    /// image is another picture to the teacher (cosine 0.43 to the unflipped target, in
+    /// standardised Mixed_6c grid features of msceleb-samples), so `train` takes its target
+    /// from here when it flips an image.
+    pub mirrored: Option<Vec<f32>>,
     /// Teacher identity: hub repo id and revision, or a file digest.
     pub teacher: String,
     /// Which layer was pooled (`pool` = the 2048-d average pool).
@@ -61,8 +66,29 @@ impl Bottlenecks {
             })
             .expect("plain strings"),
         };
-        let t = OutTensor::f32("features", vec![self.len(), self.dim], &self.features);
-        write_artifact(path, &header, &[t])
+        let mut tensors = vec![OutTensor::f32(
+            "features",
+            vec![self.len(), self.dim],
+            &self.features,
+        )];
+        if let Some(m) = &self.mirrored {
+            if m.len() != self.features.len() {
+                return Err(crate::ArtifactError::Invalid {
+                    path: path.to_path_buf(),
+                    problem: format!(
+                        "{} mirrored values for {} features",
+                        m.len(),
+                        self.features.len()
+                    ),
+                });
+            }
+            tensors.push(OutTensor::f32(
+                "features_mirrored",
+                vec![self.len(), self.dim],
+                m,
+            ));
+        }
+        write_artifact(path, &header, &tensors)
     }
 
     pub fn read(path: &Path) -> Result<Bottlenecks> {
@@ -71,10 +97,29 @@ impl Bottlenecks {
         if let Some(i) = features.iter().position(|v| !v.is_finite()) {
             return Err(l.bad("features", format!("non-finite value at flat index {i}")));
         }
+        let mirrored = if l.has("features_mirrored") {
+            let (m_shape, m) = l.f32("features_mirrored", Some(2))?;
+            if m_shape != shape {
+                return Err(l.bad(
+                    "features_mirrored",
+                    format!("shape {m_shape:?}, but features are {shape:?}"),
+                ));
+            }
+            if let Some(i) = m.iter().position(|v| !v.is_finite()) {
+                return Err(l.bad(
+                    "features_mirrored",
+                    format!("non-finite value at flat index {i}"),
+                ));
+            }
+            Some(m)
+        } else {
+            None
+        };
         let extra: Extra = l.extra()?;
         Ok(Bottlenecks {
             dim: shape[1],
             features,
+            mirrored,
             teacher: extra.teacher,
             layer: extra.layer,
             faces_digest: extra.faces_digest,

@@ -54,6 +54,7 @@ fn bottlenecks_checkpoint_embeddings_round_trip() {
     let b = Bottlenecks {
         dim: 3,
         features: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        mirrored: None,
         teacher: "hf:timm/inception_v3.tv_in1k@abc".into(),
         layer: "pool".into(),
         faces_digest: "sha256:ff".into(),
@@ -62,6 +63,19 @@ fn bottlenecks_checkpoint_embeddings_round_trip() {
     let p = dir.path().join("b.safetensors");
     b.write(&p).unwrap();
     assert_eq!(Bottlenecks::read(&p).unwrap(), b);
+    // The mirrored views travel as a second tensor, which must match the first's shape.
+    let bm = Bottlenecks {
+        mirrored: Some(vec![6.0, 5.0, 4.0, 3.0, 2.0, 1.0]),
+        ..b.clone()
+    };
+    let pm = dir.path().join("bm.safetensors");
+    bm.write(&pm).unwrap();
+    assert_eq!(Bottlenecks::read(&pm).unwrap(), bm);
+    let short = Bottlenecks {
+        mirrored: Some(vec![1.0; 3]),
+        ..b.clone()
+    };
+    assert!(short.write(&dir.path().join("short.safetensors")).is_err());
 
     let mut weights = BTreeMap::new();
     weights.insert(

@@ -23,6 +23,10 @@ pub struct ExtractConfig {
     /// Left out of the JSON when 1, so artifacts made before the option stay fresh.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub grid: usize,
+    /// Also embed every face flipped left-right (`features_mirrored`), the targets `train`
+    /// uses for flipped images. Left out of the JSON when off, like `grid`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub mirror: bool,
     pub batch: usize,
     pub device: DeviceChoice,
     /// `f32`, `f16` or `bf16` (half precision only on CUDA).
@@ -44,6 +48,10 @@ fn is_one(v: &usize) -> bool {
     *v == 1
 }
 
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
 impl Default for ExtractConfig {
     fn default() -> Self {
         ExtractConfig {
@@ -51,6 +59,7 @@ impl Default for ExtractConfig {
             revision: "main".into(),
             layer: "pool".into(),
             grid: 1,
+            mirror: false,
             batch: 8,
             device: DeviceChoice::Auto,
             dtype: "f32".into(),
@@ -164,6 +173,19 @@ impl Teacher {
     }
 }
 
+/// An HWC image flipped left-right.
+pub fn mirror_hwc(pixels: &[u8], height: usize, width: usize) -> Vec<u8> {
+    let row = width * 3;
+    let mut out = Vec::with_capacity(pixels.len());
+    for y in 0..height {
+        let r = &pixels[y * row..(y + 1) * row];
+        for px in r.chunks_exact(3).rev() {
+            out.extend_from_slice(px);
+        }
+    }
+    out
+}
+
 /// Resizes an HWC RGB face to the teacher's size and normalises it to CHW floats.
 pub fn prepare(pixels: &[u8], height: usize, width: usize, p: &Preprocessing) -> Vec<f32> {
     let img = image::RgbImage::from_raw(width as u32, height as u32, pixels.to_vec())
@@ -193,6 +215,7 @@ pub fn prepare(pixels: &[u8], height: usize, width: usize, p: &Preprocessing) ->
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Summary {
     pub images: usize,
+    /// `computed` and `from_cache` count views: with `mirror`, two per image.
     pub computed: usize,
     pub from_cache: usize,
     pub dim: usize,
@@ -252,22 +275,36 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
         }
         None => None,
     };
+    // Job j is face j % n, flipped left-right when j >= n (only with `mirror`).
     let n = faces.len();
-    let keys: Vec<String> = (0..n)
+    let jobs = if cfg.mirror { 2 * n } else { n };
+    let view = |j: usize| -> std::borrow::Cow<'_, [u8]> {
+        if j < n {
+            faces.image(j).into()
+        } else {
+            mirror_hwc(faces.image(j - n), faces.height, faces.width).into()
+        }
+    };
+    let keys: Vec<String> = (0..jobs)
         .into_par_iter()
-        .map(|i| image_key(faces.height, faces.width, faces.image(i)))
+        .map(|j| image_key(faces.height, faces.width, &view(j)))
         .collect();
-    let mut features = vec![0f32; n * dim];
+    let mut features = vec![0f32; jobs * dim];
     let mut todo = Vec::new();
-    for i in 0..n {
-        match cache.as_ref().and_then(|c| c.get(&keys[i], Some(dim))) {
-            Some(v) => features[i * dim..(i + 1) * dim].copy_from_slice(&v),
-            None => todo.push(i),
+    for j in 0..jobs {
+        match cache.as_ref().and_then(|c| c.get(&keys[j], Some(dim))) {
+            Some(v) => features[j * dim..(j + 1) * dim].copy_from_slice(&v),
+            None => todo.push(j),
         }
     }
-    let from_cache = n - todo.len();
+    let from_cache = jobs - todo.len();
     tracing::info!(
-        "{n} faces: {from_cache} from the cache, {} to compute",
+        "{n} faces{}: {from_cache} views from the cache, {} to compute",
+        if cfg.mirror {
+            " and their mirror images"
+        } else {
+            ""
+        },
         todo.len()
     );
     let bar = indicatif::ProgressBar::new(todo.len() as u64).with_style(
@@ -281,12 +318,12 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
     let result: Result<(), Error> = std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<usize>, Vec<f32>)>(2);
         let faces = &faces;
-        let p = &p;
+        let (p, view) = (&p, &view);
         scope.spawn(move || {
             for chunk in chunks {
                 let prepared: Vec<f32> = chunk
                     .par_iter()
-                    .flat_map_iter(|&i| prepare(faces.image(i), faces.height, faces.width, p))
+                    .flat_map_iter(|&j| prepare(&view(j), faces.height, faces.width, p))
                     .collect();
                 if tx.send((chunk, prepared)).is_err() {
                     break;
@@ -312,9 +349,11 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
     bar.finish_and_clear();
     let (faces_digest, provenance) = faces_provenance(faces_path, cfg)?;
     let provenance = provenance.with_input("teacher", teacher.resolved.identity.clone());
+    let mirrored = cfg.mirror.then(|| features.split_off(n * dim));
     Bottlenecks {
         dim,
         features,
+        mirrored,
         teacher: teacher.resolved.identity.clone(),
         layer: teacher.layer_name(),
         faces_digest,
@@ -338,6 +377,11 @@ pub fn import_retrain(
     out_path: &Path,
     cfg: &ExtractConfig,
 ) -> Result<Summary, Error> {
+    if cfg.mirror {
+        return Err(Error::Config(
+            "--mirror needs the teacher itself: retrain.py files hold no mirrored views".into(),
+        ));
+    }
     let start = std::time::Instant::now();
     let faces = Faces::read(faces_path)?;
     let (dim, features) = crate::retrain::import(dir, &faces.sources)?;
@@ -346,6 +390,7 @@ pub fn import_retrain(
     Bottlenecks {
         dim,
         features,
+        mirrored: None,
         teacher: teacher.clone(),
         layer: "pool".into(),
         faces_digest,

@@ -31,6 +31,11 @@ struct Cli {
     /// grid keeps where a feature fires, which a global pool throws away.
     #[arg(long, default_value_t = 1, value_name = "GRID")]
     grid: usize,
+    /// Also embed every face flipped left-right, stored as `features_mirrored`: `train`
+    /// then gives a flipped training image the teacher's view of that flipped image as its
+    /// target, instead of the unflipped one's. Doubles the teacher's work.
+    #[arg(long)]
+    mirror: bool,
     /// Images per forward pass (8: the fastest on 2 CPU cores in `cargo xtask bench
     /// bottleneck`, with 1-32 within 20%; larger batches help on CUDA).
     #[arg(long, default_value_t = 8)]
@@ -97,6 +102,7 @@ fn run(cli: Cli) -> Result<()> {
         revision: cli.revision,
         layer: cli.layer,
         grid: cli.grid,
+        mirror: cli.mirror,
         batch: cli.batch,
         device: cli.device,
         dtype: cli.dtype,
@@ -131,8 +137,9 @@ fn run(cli: Cli) -> Result<()> {
         inception_bottleneck::extract::export_retrain(&cli.faces, &cli.output, dir)?;
     }
     println!(
-        "bottlenecks: {} images ({} computed, {} cached), {}-d, teacher {}, {:.1}s -> {}",
+        "bottlenecks: {} images{} ({} computed, {} cached), {}-d, teacher {}, {:.1}s -> {}",
         summary.images,
+        if cfg.mirror { " x 2 views" } else { "" },
         summary.computed,
         summary.from_cache,
         summary.dim,

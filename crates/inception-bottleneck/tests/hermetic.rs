@@ -243,6 +243,33 @@ fn fake_hub_cache_resolves_offline() {
     assert_eq!((s2.computed, s2.from_cache), (0, 3));
     let b2 = artifacts::Bottlenecks::read(&out).unwrap();
     assert_eq!(b1.features, b2.features);
+    // Mirrored views: the unflipped rows come from the cache, the flipped ones are new,
+    // and they are what the teacher gives for a faces file of flipped images (found in the
+    // cache by their pixels).
+    let mirror_out = dir.path().join("mirror.safetensors");
+    let mirror_cfg = ExtractConfig {
+        mirror: true,
+        ..cfg.clone()
+    };
+    let sm = inception_bottleneck::extract(&faces_path, &mirror_out, &mirror_cfg).unwrap();
+    assert_eq!((sm.computed, sm.from_cache), (3, 3));
+    let bm = artifacts::Bottlenecks::read(&mirror_out).unwrap();
+    assert_eq!(bm.features, b1.features);
+    let mirrored = bm.mirrored.clone().expect("features_mirrored");
+    assert_ne!(mirrored, b1.features);
+    let mut flipped = Faces::read(&faces_path).unwrap();
+    flipped.images = (0..n)
+        .flat_map(|i| inception_bottleneck::extract::mirror_hwc(flipped.image(i), size, size))
+        .collect();
+    let flipped_path = dir.path().join("flipped.safetensors");
+    flipped.write(&flipped_path).unwrap();
+    let flipped_out = dir.path().join("flipped-b.safetensors");
+    let sf = inception_bottleneck::extract(&flipped_path, &flipped_out, &cfg).unwrap();
+    assert_eq!((sf.computed, sf.from_cache), (0, 3));
+    assert_eq!(
+        artifacts::Bottlenecks::read(&flipped_out).unwrap().features,
+        mirrored
+    );
     // Without the cache, the same numbers are computed again.
     let s3 = inception_bottleneck::extract(
         &faces_path,
@@ -300,6 +327,13 @@ fn fake_hub_cache_resolves_offline() {
     inception_bottleneck::extract::export_retrain(&faces_path, &out, &rt).unwrap();
     let imported = dir.path().join("imported.safetensors");
     inception_bottleneck::extract::import_retrain(&faces_path, &rt, &imported, &cfg).unwrap();
+    assert!(inception_bottleneck::extract::import_retrain(
+        &faces_path,
+        &rt,
+        &imported,
+        &mirror_cfg
+    )
+    .is_err());
     assert_eq!(
         artifacts::Bottlenecks::read(&imported).unwrap().features,
         b3.features

@@ -46,6 +46,7 @@ fn main() -> anyhow::Result<()> {
     let teacher = Bottlenecks {
         dim: 2048,
         features: (0..n * 2048).map(|i| (i % 97) as f32 / 97.0).collect(),
+        mirrored: None,
         teacher: "synthetic".into(),
         layer: "pool".into(),
         faces_digest: String::new(),

@@ -155,5 +155,6 @@ pub fn train(
         seconds: secs,
         samples_per_second: samples as f64 / secs.max(1e-9),
         device: artifacts::device::describe(&device),
+        mirrored_targets: false,
     })
 }

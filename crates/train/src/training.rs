@@ -195,6 +195,8 @@ pub struct Outcome {
     pub seconds: f64,
     pub samples_per_second: f64,
     pub device: String,
+    /// Flipped training images were given the teacher's mirrored views as targets.
+    pub mirrored_targets: bool,
 }
 
 /// Progress that survives a restart.
@@ -315,6 +317,9 @@ pub struct Trainer<'a> {
     mean: Vec<f32>,
     targets: Option<(Vec<f32>, usize)>,
     target_stats: (Vec<f32>, Vec<f32>),
+    /// `Some(n)`: rows `n..2n` of `targets` are the teacher's mirrored views, the targets
+    /// of flipped training images.
+    mirror_offset: Option<usize>,
 }
 
 impl<'a> Trainer<'a> {
@@ -353,12 +358,34 @@ impl<'a> Trainer<'a> {
         } else {
             None
         };
-        let (targets, target_stats) = match targets {
+        let (targets, target_stats, mirror_offset) = match targets {
             Some(b) => {
-                let (t, m, s) = normalize_targets(&b.features, b.dim, &part.train, cfg.target_norm);
-                (Some((t, b.dim)), (m, s))
+                // The mirrored rows follow the unflipped ones; the standardisation statistics
+                // come from unflipped training rows only (all `part.train` indices are < n).
+                let mirrored = b.mirrored.as_ref().filter(|_| cfg.augment);
+                let joined;
+                let rows: &[f32] = match mirrored {
+                    Some(m) => {
+                        joined = [b.features.as_slice(), m.as_slice()].concat();
+                        &joined
+                    }
+                    None => &b.features,
+                };
+                if cfg.augment {
+                    match mirrored {
+                        Some(_) => tracing::info!(
+                            "flipped training images get the teacher's mirrored view as target"
+                        ),
+                        None => tracing::info!(
+                            "flipped training images keep the unflipped image's target (the \
+                             bottlenecks hold no mirrored views: inception-bottleneck --mirror)"
+                        ),
+                    }
+                }
+                let (t, m, s) = normalize_targets(rows, b.dim, &part.train, cfg.target_norm);
+                (Some((t, b.dim)), (m, s), mirrored.map(|_| b.len()))
             }
-            None => (None, (vec![], vec![])),
+            None => (None, (vec![], vec![]), None),
         };
         let student_cfg = StudentConfig {
             image_size: f.height,
@@ -377,6 +404,7 @@ impl<'a> Trainer<'a> {
             student_cfg,
             targets,
             target_stats,
+            mirror_offset,
         })
     }
 
@@ -385,11 +413,29 @@ impl<'a> Trainer<'a> {
         Tensor::from_vec(l, idx.len(), &self.device)
     }
 
-    fn teacher_rows(&self, idx: &[usize]) -> candle_core::Result<Option<Tensor>> {
-        self.targets
-            .as_ref()
-            .map(|(t, d)| rows(t, *d, idx, &self.device))
-            .transpose()
+    /// Targets of `idx`; `flipped[k]` picks sample k's mirrored view when there is one.
+    fn teacher_rows(
+        &self,
+        idx: &[usize],
+        flipped: Option<&[bool]>,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let Some((t, d)) = &self.targets else {
+            return Ok(None);
+        };
+        let picked: Vec<usize> = match (self.mirror_offset, flipped) {
+            (Some(n), Some(f)) => idx
+                .iter()
+                .zip(f)
+                .map(|(&i, &flip)| if flip { i + n } else { i })
+                .collect(),
+            _ => idx.to_vec(),
+        };
+        rows(t, *d, &picked, &self.device).map(Some)
+    }
+
+    /// Whether flipped training images get the teacher's mirrored views as targets.
+    pub fn mirrored_targets(&self) -> bool {
+        self.mirror_offset.is_some()
     }
 
     fn pick_bottleneck<'o>(&self, out: &'o model::StudentOutput) -> Option<&'o Tensor> {
@@ -414,7 +460,7 @@ impl<'a> Trainer<'a> {
             let x = input_batch(&self.data.faces, chunk, &self.mean, None, &self.device)?;
             let out = student.forward_nhwc(&x, NetMode::Eval)?;
             let y = self.labels(chunk)?;
-            let t = self.teacher_rows(chunk)?;
+            let t = self.teacher_rows(chunk, None)?;
             let terms =
                 objective.compute(&out.logits, &y, self.pick_bottleneck(&out), t.as_ref())?;
             loss += terms.total.to_dtype(DType::F64)?.to_scalar::<f64>()? * chunk.len() as f64;
@@ -614,6 +660,7 @@ impl<'a> Trainer<'a> {
             seconds: secs,
             samples_per_second: state.samples as f64 / state.train_seconds.max(1e-9),
             device: artifacts::device::describe(&self.device),
+            mirrored_targets: self.mirrored_targets(),
         })
     }
 
@@ -673,7 +720,8 @@ impl<'a> Trainer<'a> {
             let mask = Tensor::from_vec(mask, (chunk.len(), hidden), &self.device)?;
             let out = student.forward_masked(&x, &mask)?;
             let y = self.labels(chunk)?;
-            let t = self.teacher_rows(chunk)?;
+            let flipped: Option<Vec<bool>> = aug.as_ref().map(|a| a.iter().map(|s| s.0).collect());
+            let t = self.teacher_rows(chunk, flipped.as_deref())?;
             let terms =
                 ph.objective
                     .compute(&out.logits, &y, self.pick_bottleneck(&out), t.as_ref())?;
@@ -796,7 +844,7 @@ impl<'a> Trainer<'a> {
                 data: self.mean.clone(),
             },
             model_config: serde_json::json!({ "kind": "student", "student": self.student_cfg, "class_names": f.class_names }),
-            train_state: serde_json::json!({ "config": self.cfg, "state": state, "final": train.is_none() }),
+            train_state: serde_json::json!({ "config": self.cfg, "state": state, "final": train.is_none(), "mirrored_targets": self.mirrored_targets() }),
             provenance: prov,
         })
     }

@@ -256,3 +256,45 @@ fn nan_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
         before
     );
 }
+
+/// Flipped training images take the teacher's mirrored views as targets when the
+/// bottlenecks hold them: views equal to the unflipped ones train exactly as no views do
+/// (same rows, same standardisation), other views change the run, and without
+/// augmentation nothing is flipped, so the views are not used.
+#[test]
+fn flipped_images_get_the_mirrored_targets() {
+    let plain = dataset(10);
+    let part = train::stored_partition(&plain);
+    let dir = tempfile::tempdir().unwrap();
+    let with_views = |views: Vec<f32>| {
+        let mut d = dataset(10);
+        d.teacher.as_mut().unwrap().mirrored = Some(views);
+        d
+    };
+    let features = plain.teacher.as_ref().unwrap().features.clone();
+    let same = with_views(features.clone());
+    let other = with_views(features.iter().rev().copied().collect());
+    let run = |data: &train::Dataset, augment: bool, name: &str| {
+        let c = TrainConfig {
+            epochs: 2,
+            augment,
+            ..cfg(TrainMode::Cosine)
+        };
+        let out = train::train(data, &c, &part, &files(dir.path(), name)).unwrap();
+        let ck = Checkpoint::read(&dir.path().join(format!("{name}.safetensors"))).unwrap();
+        (out.mirrored_targets, ck.weights)
+    };
+    let (used, w_plain) = run(&plain, true, "plain");
+    assert!(!used);
+    let (used, w_same) = run(&same, true, "same");
+    assert!(used);
+    assert_eq!(w_plain, w_same);
+    let (used, w_other) = run(&other, true, "other");
+    assert!(used);
+    assert_ne!(w_plain, w_other);
+    let (used, w_plain_noaug) = run(&plain, false, "plain-noaug");
+    assert!(!used);
+    let (used, w_other_noaug) = run(&other, false, "other-noaug");
+    assert!(!used);
+    assert_eq!(w_plain_noaug, w_other_noaug);
+}

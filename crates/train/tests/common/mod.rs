@@ -64,6 +64,7 @@ pub fn dataset(n_per: usize) -> Dataset {
     let teacher = Bottlenecks {
         dim: 16,
         features: feats,
+        mirrored: None,
         teacher: "synthetic".into(),
         layer: "pool".into(),
         faces_digest: String::new(),
