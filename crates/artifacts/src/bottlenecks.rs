@@ -93,22 +93,13 @@ impl Bottlenecks {
 
     pub fn read(path: &Path) -> Result<Bottlenecks> {
         let l = Loaded::open(path, BOTTLENECKS_SCHEMA, VERSION)?;
-        let (shape, features) = l.f32("features", Some(2))?;
-        if let Some(i) = features.iter().position(|v| !v.is_finite()) {
-            return Err(l.bad("features", format!("non-finite value at flat index {i}")));
-        }
+        let (shape, features) = finite_rows(&l, "features")?;
         let mirrored = if l.has("features_mirrored") {
-            let (m_shape, m) = l.f32("features_mirrored", Some(2))?;
+            let (m_shape, m) = finite_rows(&l, "features_mirrored")?;
             if m_shape != shape {
                 return Err(l.bad(
                     "features_mirrored",
                     format!("shape {m_shape:?}, but features are {shape:?}"),
-                ));
-            }
-            if let Some(i) = m.iter().position(|v| !v.is_finite()) {
-                return Err(l.bad(
-                    "features_mirrored",
-                    format!("non-finite value at flat index {i}"),
                 ));
             }
             Some(m)
@@ -126,4 +117,13 @@ impl Bottlenecks {
             provenance: l.header.provenance,
         })
     }
+}
+
+/// A rank-2 f32 tensor with only finite values (a NaN target would poison training).
+fn finite_rows(l: &Loaded, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    let (shape, values) = l.f32(name, Some(2))?;
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(l.bad(name, format!("non-finite value at flat index {i}")));
+    }
+    Ok((shape, values))
 }
