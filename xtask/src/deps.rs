@@ -1,89 +1,189 @@
-//! The Debian packages the pipeline needs, and how to get them.
+//! The Debian packages the project needs, and how to get them: the one list and the one
+//! installer, used by `pipeline --install-deps`, `cargo xtask deps` and `.ci/run`.
 
 use crate::util::{is_root, run, Exit};
 use anyhow::Result;
 use std::path::Path;
 use std::process::Command;
 
-/// (file or check, Debian package, why).
-const NEEDS: &[(&str, &str, &str)] = &[
+/// How a need is checked: what the build or a stage really loads.
+enum Check {
+    File(&'static str),
+    PkgConfig(&'static str),
+    Bin(&'static str),
+    /// clang-sys loads `libclang.so` or `libclang-<version>.so` (an unversioned name, as
+    /// `libclang-dev` installs it); `libclang-14.so.1` alone (from `clang`) is not enough.
+    Libclang,
+}
+
+/// (check, Debian package, why).
+const NEEDS: &[(Check, &str, &str)] = &[
     (
-        "/usr/share/opencv4/haarcascades/haarcascade_frontalface_default.xml",
+        Check::File("/usr/share/opencv4/haarcascades/haarcascade_frontalface_default.xml"),
         "opencv-data",
         "face detection cascade",
     ),
     (
-        "/usr/share/dlib/shape_predictor_68_face_landmarks.dat",
+        Check::File("/usr/share/dlib/shape_predictor_68_face_landmarks.dat"),
         "libdlib-data",
         "68-landmark model",
     ),
     (
-        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        Check::File("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
         "fonts-dejavu-core",
         "plot font",
     ),
+    (Check::Bin("pkg-config"), "pkg-config", "finding OpenCV (build)"),
     (
-        "pkg-config:opencv4",
+        Check::PkgConfig("opencv4"),
         "libopencv-dev",
         "OpenCV headers and libraries (build)",
     ),
     (
-        "/usr/lib/llvm-14/lib/libclang.so.1",
+        Check::Libclang,
         "libclang-dev",
-        "libclang for the OpenCV bindings (build)",
+        "libclang.so for the OpenCV bindings (build)",
     ),
     (
-        "bin:clang",
+        Check::Bin("clang"),
         "clang",
         "C++ compiler for the OpenCV bindings (build)",
     ),
+    (Check::Bin("curl"), "curl", "downloads (LFW, model files)"),
 ];
 
-fn present(check: &str) -> bool {
-    if let Some(pc) = check.strip_prefix("pkg-config:") {
-        return Command::new("pkg-config")
+/// Directories clang-sys searches on Debian/Ubuntu (plus `llvm-config --libdir`).
+fn libclang_dirs() -> Vec<String> {
+    let mut dirs = Vec::new();
+    if let Ok(o) = Command::new("llvm-config").arg("--libdir").output() {
+        if o.status.success() {
+            dirs.push(String::from_utf8_lossy(&o.stdout).trim().to_string());
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir("/usr/lib") {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("llvm-") {
+                dirs.push(format!("/usr/lib/{name}/lib"));
+            }
+        }
+    }
+    dirs.push("/usr/lib/x86_64-linux-gnu".into());
+    dirs.push("/usr/lib/aarch64-linux-gnu".into());
+    dirs
+}
+
+/// `libclang.so` or `libclang-<version>.so`: the names clang-sys accepts.
+fn loadable_libclang(name: &str) -> bool {
+    name == "libclang.so"
+        || name
+            .strip_prefix("libclang-")
+            .and_then(|r| r.strip_suffix(".so"))
+            .is_some_and(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.'))
+}
+
+fn present(check: &Check) -> bool {
+    match check {
+        Check::File(f) => Path::new(f).exists(),
+        Check::PkgConfig(pc) => Command::new("pkg-config")
             .args(["--exists", pc])
             .status()
             .map(|s| s.success())
-            .unwrap_or(false);
-    }
-    if let Some(bin) = check.strip_prefix("bin:") {
-        return Command::new("sh")
+            .unwrap_or(false),
+        Check::Bin(bin) => Command::new("sh")
             .args(["-c", &format!("command -v {bin}")])
             .output()
             .map(|o| o.status.success())
-            .unwrap_or(false);
+            .unwrap_or(false),
+        Check::Libclang => {
+            if let Ok(p) = std::env::var("LIBCLANG_PATH") {
+                if Path::new(&p).is_file() || Path::new(&p).join("libclang.so").exists() {
+                    return true;
+                }
+            }
+            libclang_dirs().iter().any(|d| {
+                std::fs::read_dir(d).is_ok_and(|rd| {
+                    rd.flatten()
+                        .any(|e| loadable_libclang(&e.file_name().to_string_lossy()))
+                })
+            })
+        }
     }
-    if check.contains("libclang") {
-        // Any libclang will do.
-        return Command::new("sh")
-            .args(["-c", "ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* 2>/dev/null | head -1 | grep -q ."])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-    }
-    Path::new(check).exists()
 }
 
-/// Checks the packages; installs them when root and `install` is set, else prints the
-/// exact command and fails with exit code 2.
-pub fn ensure(install: bool) -> Result<()> {
-    let missing: Vec<&(&str, &str, &str)> = NEEDS.iter().filter(|(c, _, _)| !present(c)).collect();
-    if missing.is_empty() {
-        return Ok(());
+fn describe(check: &Check) -> String {
+    match check {
+        Check::File(f) => (*f).to_string(),
+        Check::PkgConfig(p) => format!("pkg-config {p}"),
+        Check::Bin(b) => format!("command {b}"),
+        Check::Libclang => "libclang.so".into(),
     }
-    let mut pkgs: Vec<&str> = missing.iter().map(|m| m.1).collect();
+}
+
+/// The packages whose checks fail.
+pub fn missing() -> Vec<&'static str> {
+    let mut pkgs: Vec<&str> = NEEDS
+        .iter()
+        .filter(|(c, _, _)| !present(c))
+        .map(|n| n.1)
+        .collect();
     pkgs.dedup();
-    for (check, pkg, why) in &missing {
-        eprintln!("missing {why} ({check}): Debian package {pkg}");
-    }
-    let cmd = format!("apt-get update && apt-get install -y {}", pkgs.join(" "));
-    if install && is_root() {
-        run(Command::new("sh")
-            .args(["-c", &cmd])
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    pkgs
+}
+
+/// Checks the packages; installs them when `install` is set (as root, or through sudo
+/// when it is there), else prints the exact command and fails with exit code 2.
+pub fn ensure(install: bool) -> Result<()> {
+    let pkgs = missing();
+    if pkgs.is_empty() {
         return Ok(());
     }
-    eprintln!("run:\n  sudo sh -c '{cmd}'\nor, as root, pass --install-deps");
+    for (check, pkg, why) in NEEDS.iter().filter(|(c, _, _)| !present(c)) {
+        eprintln!("missing {why} ({}): Debian package {pkg}", describe(check));
+    }
+    let cmd = format!(
+        "apt-get update -qq && apt-get install -y -qq --no-install-recommends {}",
+        pkgs.join(" ")
+    );
+    if install {
+        let sudo = !is_root();
+        eprintln!("installing: {}", pkgs.join(" "));
+        let mut c = if sudo { Command::new("sudo") } else { Command::new("sh") };
+        if sudo {
+            c.args(["sh", "-c", &cmd]);
+        } else {
+            c.args(["-c", &cmd]);
+        }
+        run(c.env("DEBIAN_FRONTEND", "noninteractive"))?;
+        let still = missing();
+        if !still.is_empty() {
+            anyhow::bail!("still missing after the install: {}", still.join(" "));
+        }
+        return Ok(());
+    }
+    eprintln!("run:\n  sudo sh -c '{cmd}'\nor pass --install-deps");
     Err(Exit(2).into())
+}
+
+/// `cargo xtask deps [--install]`: the check (and install) on its own, for `.ci/run`.
+pub fn cli(args: &[String]) -> Result<()> {
+    ensure(args.iter().any(|a| a == "--install"))?;
+    eprintln!("system packages: all present");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loadable_libclang;
+
+    #[test]
+    fn libclang_names_as_clang_sys_loads_them() {
+        assert!(loadable_libclang("libclang.so"));
+        assert!(loadable_libclang("libclang-14.so"));
+        assert!(loadable_libclang("libclang-14.0.6.so"));
+        assert!(!loadable_libclang("libclang-14.so.1"));
+        assert!(!loadable_libclang("libclang.so.1"));
+        assert!(!loadable_libclang("libclang-cpp.so.14"));
+        assert!(!loadable_libclang("libclang-.so"));
+    }
 }

@@ -25,6 +25,8 @@ commands:
                run on ../shared/data/msceleb-samples with the offline stand-in teacher
   bench [preprocess|bottleneck|train|tsne|all]
                throughput benchmarks (release, 2 threads), JSON in target/bench/
+  deps         check the Debian packages the build and the stages need; --install
+               installs the missing ones (root, or through sudo)
   check-cuda   build the workspace with --features cuda (nvcc from PATH/CUDA_HOME, or
                PyPI's CUDA 13.0 wheels); CUDA_TARGET_DIR sets the persistent target dir
 ";
@@ -52,6 +54,7 @@ fn run(args: &[String]) -> Result<()> {
         "ci" => pipeline::ci(rest),
         "bench" => bench::run(rest),
         "check-cuda" => cuda::check(rest),
+        "deps" => deps::cli(rest),
         "-h" | "--help" | "help" => {
             print!("{HELP}");
             Ok(())
