@@ -16,6 +16,21 @@ pub struct FaceGeometry {
     pub landmarks: Vec<f32>,
     /// Source -> output affine transform `[a, b, tx; c, d, ty]` per face, [N,2,3] flattened.
     pub transforms: Vec<f32>,
+    /// dlib's face chips (`get_face_chip_details(shape, 150, 0.25)` cut from the photo with
+    /// our 68 landmarks), u8 [N,150,150,3] RGB: the input of dlib's face descriptor, which
+    /// expects dlib's alignment rather than the study's masked crop. Absent in older files.
+    pub chips: Option<Vec<u8>>,
+}
+
+/// Side of dlib's face chips.
+pub const CHIP_SIZE: usize = 150;
+
+impl FaceGeometry {
+    /// Pixels of chip `i`, HWC RGB.
+    pub fn chip(&self, i: usize) -> Option<&[u8]> {
+        let s = CHIP_SIZE * CHIP_SIZE * 3;
+        self.chips.as_ref().and_then(|c| c.get(i * s..(i + 1) * s))
+    }
 }
 
 /// A set of face images: `images` u8 [N,H,W,3] RGB, `labels` u32 [N], `splits` u8 [N].
@@ -78,6 +93,19 @@ impl Faces {
             tensors.push(OutTensor::f32("boxes", vec![n, 4], &boxes));
             tensors.push(OutTensor::f32("landmarks", vec![n, 68, 2], &g.landmarks));
             tensors.push(OutTensor::f32("transforms", vec![n, 2, 3], &g.transforms));
+            if let Some(chips) = &g.chips {
+                if chips.len() != n * CHIP_SIZE * CHIP_SIZE * 3 {
+                    return Err(crate::ArtifactError::Invalid {
+                        path: path.to_path_buf(),
+                        problem: format!("chips hold {} bytes for N = {n}", chips.len()),
+                    });
+                }
+                tensors.push(OutTensor::u8(
+                    "chips",
+                    vec![n, CHIP_SIZE, CHIP_SIZE, 3],
+                    chips.clone(),
+                ));
+            }
         }
         let problem = if self.sources.len() != n || self.splits.len() != n {
             Some("sources/splits/labels lengths disagree")
@@ -147,6 +175,16 @@ impl Faces {
             if bs[1] != 4 || lms[1..] != [68, 2] || ts[1..] != [2, 3] {
                 return Err(l.bad("boxes", "geometry tensors have unexpected shapes"));
             }
+            let chips = if l.has("chips") {
+                let (cs, chips) = l.u8("chips", Some(4))?;
+                l.expect_n("chips", &cs, n)?;
+                if cs[1..] != [CHIP_SIZE, CHIP_SIZE, 3] {
+                    return Err(l.bad("chips", format!("shape {cs:?}, expected [N,150,150,3]")));
+                }
+                Some(chips)
+            } else {
+                None
+            };
             Some(FaceGeometry {
                 boxes: boxes
                     .chunks_exact(4)
@@ -154,6 +192,7 @@ impl Faces {
                     .collect(),
                 landmarks,
                 transforms,
+                chips,
             })
         } else {
             None

@@ -9,6 +9,7 @@
 mod bottlenecks;
 mod checkpoint;
 pub mod cpu;
+pub mod nhwc;
 pub mod device;
 mod embeddings;
 mod faces;
@@ -18,7 +19,7 @@ pub mod runtime;
 pub use bottlenecks::{Bottlenecks, BOTTLENECKS_SCHEMA};
 pub use checkpoint::{Checkpoint, NamedTensor, CHECKPOINT_SCHEMA};
 pub use embeddings::{Embeddings, EMBEDDINGS_SCHEMA};
-pub use faces::{FaceGeometry, Faces, FACES_SCHEMA};
+pub use faces::{FaceGeometry, Faces, CHIP_SIZE, FACES_SCHEMA};
 pub use io::{digest_bytes, digest_file, read_header, write_atomic, Header};
 
 use std::path::PathBuf;

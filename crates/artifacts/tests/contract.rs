@@ -23,6 +23,7 @@ fn faces(n: usize, geometry: bool) -> Faces {
             boxes: (0..n).map(|i| [i as f32, 1.0, 2.0, 3.0]).collect(),
             landmarks: (0..n * 136).map(|i| i as f32 * 0.5).collect(),
             transforms: (0..n * 6).map(|i| i as f32).collect(),
+            chips: Some((0..n * 150 * 150 * 3).map(|i| (i % 7) as u8).collect()),
         }),
         provenance: prov(),
     }

@@ -2,7 +2,8 @@
 //! files, and cached extraction of pooled bottlenecks into a `Bottlenecks` artifact.
 
 pub mod cache;
-pub mod cpu_kernels;
+/// The NHWC CPU kernels, shared with dlib's networks.
+pub use artifacts::nhwc as cpu_kernels;
 pub mod extract;
 pub mod inception;
 pub mod retrain;

@@ -1,4 +1,5 @@
-//! Inference kernels for Inception-v3 on the CPU in NHWC layout (f32).
+//! Inference kernels on the CPU in NHWC layout (f32), shared by the teachers (Inception-v3,
+//! dlib's ResNet) and dlib's face detector.
 //!
 //! Why: candle's CPU conv2d copies its input into patches even for 1x1 kernels, multiplies
 //! image by image, then transposes the result back to NCHW; bias, ReLU, asymmetric padding
@@ -6,12 +7,14 @@
 //! one GEMM over the whole batch with no copy, a kxk one gathers its patches (padding
 //! included) once, and bias + ReLU are applied in one pass over the GEMM's output.
 
-use artifacts::cpu::{f32_slice, gemm_into, kernel_to_patch_major, Mat};
+use crate::cpu::{f32_slice, gemm_into, kernel_to_patch_major, Mat};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
 use rayon::prelude::*;
 
-/// Convolution + bias + ReLU (BatchNorm already folded in), NHWC in and out.
+/// Convolution + bias (BatchNorm or dlib's affine already folded in), then ReLU when
+/// `relu` is set; NHWC in and out.
 pub struct ConvBiasRelu {
+    pub relu: bool,
     /// `[kh*kw*c_in, c_out]`, rows in (dy, dx, channel) order to match the patches.
     kernel: Vec<f32>,
     bias: Vec<f32>,
@@ -33,6 +36,7 @@ impl ConvBiasRelu {
     ) -> Self {
         let [c_out, c_in, kh, kw] = dims;
         ConvBiasRelu {
+            relu: true,
             kernel: kernel_to_patch_major(weight, dims),
             bias: bias.to_vec(),
             c_in,
@@ -43,13 +47,19 @@ impl ConvBiasRelu {
         }
     }
 
+    /// Without the ReLU (a residual branch's last convolution, a detector's output).
+    pub fn linear(mut self) -> Self {
+        self.relu = false;
+        self
+    }
+
     fn pointwise(&self) -> bool {
         self.k == (1, 1) && self.stride == 1 && self.pad == (0, 0)
     }
 }
 
 /// Output side of a window sweep, or an error when the window does not fit.
-fn out_size(input: usize, k: usize, stride: usize, pad: usize) -> Result<usize> {
+pub fn out_size(input: usize, k: usize, stride: usize, pad: usize) -> Result<usize> {
     if input + 2 * pad < k || stride == 0 {
         candle_core::bail!("window {k} (stride {stride}, pad {pad}) does not fit {input}");
     }
@@ -117,8 +127,14 @@ impl CustomOp1 for ConvBiasRelu {
         unsafe { out.set_len(m * self.c_out) };
         out.par_chunks_mut(self.c_out * 64).for_each(|rows| {
             for px in rows.chunks_exact_mut(self.c_out) {
-                for (v, b) in px.iter_mut().zip(&self.bias) {
-                    *v = (*v + b).max(0.0);
+                if self.relu {
+                    for (v, b) in px.iter_mut().zip(&self.bias) {
+                        *v = (*v + b).max(0.0);
+                    }
+                } else {
+                    for (v, b) in px.iter_mut().zip(&self.bias) {
+                        *v += b;
+                    }
                 }
             }
         });
@@ -182,6 +198,79 @@ impl CustomOp1 for MaxPool3x3S2 {
                         }
                     }
                 }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, oh, ow, c))))
+    }
+}
+
+/// How a pooling window treats positions that hang over the border.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolKind {
+    /// The maximum of the positions inside the image.
+    Max,
+    /// The mean of the positions inside the image (padding left out of the divisor).
+    AvgInside,
+    /// The sum over the window divided by its full size (padding counted as zeros).
+    AvgPadded,
+}
+
+/// A general 2-D pool (window, stride, padding per axis), NHWC.
+#[derive(Debug, Clone, Copy)]
+pub struct Pool2d {
+    pub kind: PoolKind,
+    pub k: (usize, usize),
+    pub stride: (usize, usize),
+    pub pad: (usize, usize),
+}
+
+impl CustomOp1 for Pool2d {
+    fn name(&self) -> &'static str {
+        "pool2d-nhwc"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let (n, h, w, c) = l.shape().dims4()?;
+        let ((kh, kw), (sy, sx), (py, px)) = (self.k, self.stride, self.pad);
+        let (oh, ow) = (out_size(h, kh, sy, py)?, out_size(w, kw, sx, px)?);
+        let init = if self.kind == PoolKind::Max {
+            f32::NEG_INFINITY
+        } else {
+            0.0
+        };
+        let mut out = vec![init; n * oh * ow * c];
+        let kind = self.kind;
+        out.par_chunks_mut(ow * c).enumerate().for_each(|(row, o)| {
+            let (b, oy) = (row / oh, row % oh);
+            let y0 = (oy * sy) as isize - py as isize;
+            let (ya, yb) = (y0.max(0) as usize, ((y0 + kh as isize).min(h as isize)).max(0) as usize);
+            for ox in 0..ow {
+                let x0 = (ox * sx) as isize - px as isize;
+                let (xa, xb) = (x0.max(0) as usize, ((x0 + kw as isize).min(w as isize)).max(0) as usize);
+                let dst = &mut o[ox * c..(ox + 1) * c];
+                for iy in ya..yb {
+                    let line = &x[(b * h + iy) * w * c..(b * h + iy + 1) * w * c];
+                    for ix in xa..xb {
+                        let src = &line[ix * c..(ix + 1) * c];
+                        if kind == PoolKind::Max {
+                            for (d, v) in dst.iter_mut().zip(src) {
+                                *d = d.max(*v);
+                            }
+                        } else {
+                            for (d, v) in dst.iter_mut().zip(src) {
+                                *d += v;
+                            }
+                        }
+                    }
+                }
+                let count = match kind {
+                    PoolKind::Max => continue,
+                    PoolKind::AvgInside => ((yb - ya) * (xb - xa)).max(1),
+                    PoolKind::AvgPadded => kh * kw,
+                };
+                let inv = 1.0 / count as f32;
+                dst.iter_mut().for_each(|v| *v *= inv);
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((n, oh, ow, c))))

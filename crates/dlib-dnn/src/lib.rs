@@ -1,0 +1,41 @@
+//! dlib's model files and networks: the serialization primitives (shared with the
+//! 68-landmark shape predictor in `preprocess`), the DNN layer stack, a runnable graph on
+//! the shared NHWC CPU kernels or candle ops, dlib's face descriptor and face chips.
+
+pub mod chip;
+pub mod dnn;
+pub mod face;
+pub mod graph;
+pub mod serialize;
+
+pub use dnn::Net;
+pub use face::FaceDescriptor;
+pub use graph::Kernels;
+
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong when loading a dlib model file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("{path}: not a dlib model file as expected: at byte {offset}: {what}")]
+    Format {
+        path: PathBuf,
+        offset: usize,
+        what: String,
+    },
+    #[error("{path}: {what}")]
+    Network { path: PathBuf, what: String },
+}
+
+/// Memory-maps a model file.
+pub fn read_file(path: &Path) -> Result<memmap2::Mmap, Error> {
+    let io = |error| Error::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    // SAFETY: a read-only mapping of a model file we only read.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(io)
+}
