@@ -5,6 +5,7 @@
 pub mod chip;
 pub mod dnn;
 pub mod face;
+pub mod geometry;
 pub mod graph;
 pub mod serialize;
 

@@ -47,3 +47,56 @@ fn descriptors_match_dlib() {
         }
     }
 }
+
+fn f64s(st: &SafeTensors, name: &str) -> Vec<f64> {
+    st.tensor(name)
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// The fixture's photos, decoded to RGB.
+fn photos() -> Vec<image::RgbImage> {
+    let (_, m) = SafeTensors::read_metadata(
+        &std::fs::read(shared().join("fixtures/dlib-face-recognition/reference.safetensors")).unwrap(),
+    )
+    .unwrap();
+    let list: Vec<String> =
+        serde_json::from_str(&m.metadata().as_ref().unwrap()["photos"]).unwrap();
+    list.iter()
+        .map(|p| image::open(shared().join(p)).unwrap().to_rgb8())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs ../shared (dlib's chips for 28 photos)"]
+fn chips_match_dlib() {
+    use dlib_dnn::chip::{extract_chip, face_chip_details, RgbImage};
+    let bytes = std::fs::read(shared().join("fixtures/dlib-face-recognition/reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let lm = f32s(&st, "landmarks68");
+    let rects = f64s(&st, "chip_rects");
+    let angles = f64s(&st, "chip_angles");
+    let chips = st.tensor("chips").unwrap().data().to_vec();
+    let mut worst = (0f64, 0f64, 0f64);
+    for (i, photo) in photos().iter().enumerate() {
+        let pts: Vec<[f32; 2]> = lm[i * 136..(i + 1) * 136].chunks(2).map(|c| [c[0], c[1]]).collect();
+        let d = face_chip_details(&pts, 150, 0.25).unwrap();
+        let rect_err = (0..4).map(|k| (d.rect[k] - rects[i * 4 + k]).abs()).fold(0.0, f64::max);
+        let angle_err = (d.angle - angles[i]).abs();
+        let img = RgbImage {
+            data: photo.as_raw().as_slice().into(),
+            width: photo.width() as usize,
+            height: photo.height() as usize,
+        };
+        let chip = extract_chip(&img, &d);
+        let want = &chips[i * 67500..(i + 1) * 67500];
+        let mean = chip.iter().zip(want).map(|(a, b)| (*a as f64 - *b as f64).abs()).sum::<f64>() / 67500.0;
+        eprintln!("photo {i}: rect {rect_err:.4} px, angle {angle_err:.2e} rad, mean |pixel| {mean:.3} (rect {:?})", d.rect);
+        worst = (worst.0.max(rect_err), worst.1.max(angle_err), worst.2.max(mean));
+    }
+    eprintln!("worst: rect {:.4} px, angle {:.2e}, mean pixel {:.3}", worst.0, worst.1, worst.2);
+    assert!(worst.0 <= 0.5 && worst.1 <= 1e-3 && worst.2 <= 2.0, "{worst:?}");
+}

@@ -8,7 +8,17 @@
 //! offset of each feature pixel from its anchor in mean-shape coordinates).
 
 use crate::geometry::{similarity_fit, Similarity};
+use dlib_dnn::serialize::{FormatError, Reader};
 use std::path::Path;
+
+impl From<FormatError> for DlibError {
+    fn from(e: FormatError) -> Self {
+        DlibError::Format {
+            what: e.what,
+            offset: e.offset,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DlibError {
@@ -44,94 +54,17 @@ pub struct ShapePredictor {
     pub deltas: Vec<Vec<[f32; 2]>>,
 }
 
-/// A reader of dlib's serialization primitives.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn err(&self, what: impl Into<String>) -> DlibError {
-        DlibError::Format {
-            what: what.into(),
-            offset: self.pos,
-        }
-    }
-
-    /// dlib's integer: a control byte (low nibble = byte count, 0x80 = negative), then
-    /// that many little-endian bytes.
-    fn int(&mut self) -> Result<i64, DlibError> {
-        let ctrl = *self
-            .buf
-            .get(self.pos)
-            .ok_or_else(|| self.err("unexpected end of file"))?;
-        if ctrl & 0x70 != 0 {
-            return Err(self.err(format!("bad integer control byte {ctrl:#04x}")));
-        }
-        let size = (ctrl & 0x0F) as usize;
-        if size > 8 {
-            return Err(self.err(format!("integer of {size} bytes")));
-        }
-        let bytes = self
-            .buf
-            .get(self.pos + 1..self.pos + 1 + size)
-            .ok_or_else(|| self.err("unexpected end of file in an integer"))?;
-        let mut v: u64 = 0;
-        for (i, b) in bytes.iter().enumerate() {
-            v |= (*b as u64) << (8 * i);
-        }
-        self.pos += 1 + size;
-        let v = v as i64;
-        Ok(if ctrl & 0x80 != 0 { -v } else { v })
-    }
-
-    fn uint(&mut self, what: &str, max: u64) -> Result<usize, DlibError> {
-        let v = self.int()?;
-        if v < 0 || v as u64 > max {
-            return Err(self.err(format!("{what} = {v} out of range")));
-        }
-        Ok(v as usize)
-    }
-
-    /// dlib's float: mantissa (int64) and exponent (int16) as integers; value = m * 2^e.
-    fn float(&mut self) -> Result<f32, DlibError> {
-        let ctrl = *self
-            .buf
-            .get(self.pos)
-            .ok_or_else(|| self.err("unexpected end of file"))?;
-        if ctrl & 0x70 != 0 {
-            return Err(self.err("old ASCII float format is not supported"));
-        }
-        let m = self.int()?;
-        let e = self.int()?;
-        if !(-32768..=32767).contains(&e) {
-            return Err(self.err("float exponent out of range"));
-        }
-        Ok((m as f64 * 2f64.powi(e as i32)) as f32)
-    }
-
-    /// `matrix<float,0,1>`: rows and columns (written negated by current dlib), then values.
-    fn column(&mut self) -> Result<Vec<f32>, DlibError> {
-        let nr = self.int()?.unsigned_abs() as usize;
-        let nc = self.int()?.unsigned_abs() as usize;
-        if nc != 1 || nr > 1_000_000 {
-            return Err(self.err(format!("expected a column vector, found {nr}x{nc}")));
-        }
-        (0..nr).map(|_| self.float()).collect()
-    }
-}
-
 impl ShapePredictor {
     /// Parses a shape predictor from dlib's serialization.
     pub fn from_bytes(buf: &[u8]) -> Result<ShapePredictor, DlibError> {
-        let mut r = Reader { buf, pos: 0 };
+        let mut r = Reader::new(buf);
         let version = r.int()?;
         if version != 1 {
-            return Err(r.err(format!("unsupported shape_predictor version {version}")));
+            return Err(r.err(format!("unsupported shape_predictor version {version}")).into());
         }
         let initial_shape = r.column()?;
         if initial_shape.is_empty() || initial_shape.len() % 2 != 0 {
-            return Err(r.err("initial shape must hold x,y pairs"));
+            return Err(r.err("initial shape must hold x,y pairs").into());
         }
         let dims = initial_shape.len();
         let n_cascades = r.uint("cascade count", 1000)?;
@@ -150,13 +83,13 @@ impl ShapePredictor {
                 }
                 let n_leaves = r.uint("leaf count", 1 << 21)?;
                 if n_leaves != n_splits + 1 {
-                    return Err(r.err(format!("{n_leaves} leaves for {n_splits} splits")));
+                    return Err(r.err(format!("{n_leaves} leaves for {n_splits} splits")).into());
                 }
                 let mut leaves = Vec::with_capacity(n_leaves * dims);
                 for _ in 0..n_leaves {
                     let v = r.column()?;
                     if v.len() != dims {
-                        return Err(r.err(format!("leaf of {} values, shape has {dims}", v.len())));
+                        return Err(r.err(format!("leaf of {} values, shape has {dims}", v.len())).into());
                     }
                     leaves.extend(v);
                 }
@@ -186,21 +119,23 @@ impl ShapePredictor {
             deltas.push(v);
         }
         if anchor_idx.len() != cascades.len() || deltas.len() != cascades.len() {
-            return Err(r.err("cascade, anchor and delta counts differ"));
+            return Err(r.err("cascade, anchor and delta counts differ").into());
         }
         for (c, trees) in cascades.iter().enumerate() {
             let pixels = anchor_idx[c].len();
             if deltas[c].len() != pixels {
-                return Err(r.err(format!("cascade {c}: anchors and deltas differ in length")));
+                return Err(r.err(format!("cascade {c}: anchors and deltas differ in length")).into());
             }
             if trees
                 .iter()
                 .flat_map(|t| &t.splits)
                 .any(|s| s.idx1 as usize >= pixels || s.idx2 as usize >= pixels)
             {
-                return Err(r.err(format!(
-                    "cascade {c}: a split refers to a missing feature pixel"
-                )));
+                return Err(r
+                    .err(format!(
+                        "cascade {c}: a split refers to a missing feature pixel"
+                    ))
+                    .into());
             }
         }
         Ok(ShapePredictor {
@@ -301,48 +236,4 @@ pub fn gray_like_dlib(rgb: &[u8]) -> Vec<u8> {
 }
 
 /// Writers of dlib's serialization, for tests that build tiny models.
-pub mod write {
-    /// dlib's integer encoding.
-    pub fn int(out: &mut Vec<u8>, v: i64) {
-        let neg = v < 0;
-        let mut u = v.unsigned_abs();
-        let mut bytes = Vec::new();
-        while u != 0 {
-            bytes.push((u & 0xFF) as u8);
-            u >>= 8;
-        }
-        if bytes.is_empty() {
-            bytes.push(0);
-        }
-        out.push(bytes.len() as u8 | if neg { 0x80 } else { 0 });
-        out.extend(bytes);
-    }
-
-    /// dlib's float encoding (mantissa, exponent), exact for any f32.
-    pub fn float(out: &mut Vec<u8>, v: f32) {
-        if v == 0.0 {
-            int(out, 0);
-            int(out, 0);
-            return;
-        }
-        let bits = v.to_bits();
-        let sign = if bits >> 31 == 1 { -1i64 } else { 1 };
-        let exp = ((bits >> 23) & 0xFF) as i64;
-        let frac = (bits & 0x7F_FFFF) as i64;
-        let (m, e) = if exp == 0 {
-            (frac, -149)
-        } else {
-            (frac | 0x80_0000, exp - 150)
-        };
-        int(out, sign * m);
-        int(out, e);
-    }
-
-    pub fn column(out: &mut Vec<u8>, v: &[f32]) {
-        int(out, -(v.len() as i64));
-        int(out, -1);
-        for x in v {
-            float(out, *x);
-        }
-    }
-}
+pub use dlib_dnn::serialize::write;
