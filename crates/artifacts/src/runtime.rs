@@ -30,7 +30,16 @@ pub fn init() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour_logs())
         .try_init();
+}
+
+/// Colours only when stderr is a terminal and `NO_COLOR` is unset or empty
+/// (<https://no-color.org>): a log written to a file or a pipe stays plain text.
+pub fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stderr().is_terminal()
 }
 
 /// A stage binary's `main`: set-up, then the body; exit code 0 on success, else the

@@ -2,7 +2,7 @@
 //! (`anet_type`), 150x150 RGB chip in, 128-d descriptor out, same person below 0.6.
 
 use crate::dnn::{Input, Layer, Loss, Net};
-use crate::graph::{rgb_input, Graph, Kernels, Wire};
+use crate::graph::{input_tensor, normalise_rgb, Graph, Kernels, Wire};
 use crate::Error;
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
@@ -102,7 +102,17 @@ impl FaceDescriptor {
 
     /// Descriptors `[N,128]` (f32) of `n` chips, u8 `[N,150,150,3]` RGB.
     pub fn descriptors(&self, chips: &[u8], n: usize) -> candle_core::Result<Tensor> {
-        let x = rgb_input(chips, n, 150, 150, self.avg, self.graph.kernels(), self.graph.device())?;
+        self.descriptors_prepared(&self.prepare(chips), n)
+    }
+
+    /// A chip (or several) as the network's input floats, HWC (dlib's input layer).
+    pub fn prepare(&self, chips: &[u8]) -> Vec<f32> {
+        normalise_rgb(chips, self.avg)
+    }
+
+    /// Descriptors of chips already [`Self::prepare`]d.
+    pub fn descriptors_prepared(&self, prepared: &[f32], n: usize) -> candle_core::Result<Tensor> {
+        let x = input_tensor(prepared.to_vec(), n, 150, 150, self.graph.kernels(), self.graph.device())?;
         self.graph.forward(&x)?.to_dtype(DType::F32)
     }
 }

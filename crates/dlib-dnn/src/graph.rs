@@ -307,16 +307,19 @@ fn add_zero_extended(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     extend(a, &da)? + extend(b, &db)?
 }
 
-/// Pixels `[N,H,W,3]` u8 RGB to dlib's input tensor `(pixel - avg) / 256`, in the graph's
-/// layout.
-pub fn rgb_input(pixels: &[u8], n: usize, h: usize, w: usize, avg: [f32; 3], kernels: Kernels, device: &Device) -> Result<Tensor> {
-    if pixels.len() != n * h * w * 3 {
-        candle_core::bail!("{} bytes for {n} images of {h}x{w}x3", pixels.len());
-    }
-    let v: Vec<f32> = pixels
+/// dlib's input layers: RGB pixels (HWC) to `(pixel - avg) / 256`, still HWC.
+pub fn normalise_rgb(pixels: &[u8], avg: [f32; 3]) -> Vec<f32> {
+    pixels
         .chunks_exact(3)
         .flat_map(|p| (0..3).map(move |c| (p[c] as f32 - avg[c]) / 256.0))
-        .collect();
+        .collect()
+}
+
+/// Normalised HWC floats of `n` images as the graph's input, in its layout.
+pub fn input_tensor(v: Vec<f32>, n: usize, h: usize, w: usize, kernels: Kernels, device: &Device) -> Result<Tensor> {
+    if v.len() != n * h * w * 3 {
+        candle_core::bail!("{} values for {n} images of {h}x{w}x3", v.len());
+    }
     let t = Tensor::from_vec(v, (n, h, w, 3), device)?;
     match kernels {
         Kernels::CpuNhwc => Ok(t),

@@ -2,6 +2,7 @@
 
 use crate::cache::{image_key, BottleneckCache};
 use crate::inception::{block_channels, InceptionV3};
+use crate::face_teacher;
 use crate::teacher::{self, Preprocessing, ResolvedTeacher};
 use crate::Error;
 use artifacts::device::DeviceChoice;
@@ -90,9 +91,16 @@ impl ExtractConfig {
     }
 }
 
+/// The network behind a teacher.
+pub enum TeacherNet {
+    Inception(InceptionV3),
+    /// dlib's face descriptor; its input is the faces' dlib chips, not the study's crops.
+    DlibFace(dlib_dnn::FaceDescriptor),
+}
+
 /// A loaded teacher, ready to embed prepared images.
 pub struct Teacher {
-    pub model: InceptionV3,
+    pub model: TeacherNet,
     pub resolved: ResolvedTeacher,
     pub layer: String,
     /// Pooling grid side (1 = global pool).
@@ -103,6 +111,9 @@ pub struct Teacher {
 
 impl Teacher {
     pub fn load(cfg: &ExtractConfig) -> Result<Teacher, Error> {
+        if face_teacher::is_face_teacher(&cfg.teacher) {
+            return Self::load_face(cfg);
+        }
         if cfg.grid == 0 {
             return Err(Error::Config("--grid must be at least 1".into()));
         }
@@ -112,21 +123,7 @@ impl Teacher {
                 cfg.layer
             ))
         })?;
-        let device = artifacts::device::pick(cfg.device)?;
-        let dtype = match (cfg.dtype.as_str(), device.is_cuda()) {
-            ("f32", _) => DType::F32,
-            ("f16", true) => DType::F16,
-            ("bf16", true) => DType::BF16,
-            ("f16" | "bf16", false) => {
-                tracing::warn!("--dtype {} needs CUDA; using f32 on the CPU", cfg.dtype);
-                DType::F32
-            }
-            (o, _) => {
-                return Err(Error::Config(format!(
-                    "unknown --dtype `{o}` (f32, f16, bf16)"
-                )))
-            }
-        };
+        let (device, dtype) = device_and_dtype(cfg)?;
         let g = cfg.grid;
         let mut resolved = teacher::resolve(&cfg.teacher, &cfg.revision, Preprocessing::default())?;
         resolved.preprocessing = cfg.apply_overrides(resolved.preprocessing);
@@ -141,7 +138,7 @@ impl Teacher {
             model.unused_keys.len()
         );
         Ok(Teacher {
-            model,
+            model: TeacherNet::Inception(model),
             resolved,
             layer: cfg.layer.clone(),
             grid: cfg.grid,
@@ -150,8 +147,61 @@ impl Teacher {
         })
     }
 
+    fn load_face(cfg: &ExtractConfig) -> Result<Teacher, Error> {
+        if cfg.grid != 1 || !matches!(cfg.layer.as_str(), "pool" | "descriptor") {
+            return Err(Error::Config(
+                "--layer and --grid choose an Inception layer; dlib's face teacher has one output (the 128-d descriptor)".into(),
+            ));
+        }
+        let (device, dtype) = device_and_dtype(cfg)?;
+        let path = face_teacher::locate(&cfg.teacher)?;
+        let identity = face_teacher::identity(&path)?;
+        let kernels = if device.is_cpu() && dtype == DType::F32 {
+            dlib_dnn::Kernels::CpuNhwc
+        } else {
+            dlib_dnn::Kernels::Candle
+        };
+        let net = dlib_dnn::FaceDescriptor::open(&path, kernels, &device, dtype)?;
+        tracing::info!("teacher {identity} (dlib's face descriptor, 128-d, on dlib chips)");
+        Ok(Teacher {
+            model: TeacherNet::DlibFace(net),
+            resolved: ResolvedTeacher {
+                identity,
+                weights: path,
+                preprocessing: Preprocessing {
+                    size: artifacts::CHIP_SIZE,
+                    ..Preprocessing::default()
+                },
+            },
+            layer: "descriptor".into(),
+            grid: 1,
+            device,
+            dtype,
+        })
+    }
+
     pub fn dim(&self) -> usize {
-        block_channels(&self.layer).expect("checked in load") * self.grid * self.grid
+        match &self.model {
+            TeacherNet::DlibFace(_) => dlib_dnn::face::DESCRIPTOR_DIM,
+            TeacherNet::Inception(_) => {
+                block_channels(&self.layer).expect("checked in load") * self.grid * self.grid
+            }
+        }
+    }
+
+    /// Whether the teacher reads the faces' dlib chips instead of the study's crops.
+    pub fn uses_chips(&self) -> bool {
+        matches!(self.model, TeacherNet::DlibFace(_))
+    }
+
+    /// One face (HWC RGB) as the teacher's input floats.
+    pub fn prepare(&self, pixels: &[u8], height: usize, width: usize) -> Vec<f32> {
+        match &self.model {
+            TeacherNet::DlibFace(net) => net.prepare(pixels),
+            TeacherNet::Inception(_) => {
+                prepare(pixels, height, width, &self.resolved.preprocessing)
+            }
+        }
     }
 
     /// The layer as artifacts and cache keys name it: `Mixed_6c`, or `Mixed_6c grid 2x2`.
@@ -164,13 +214,40 @@ impl Teacher {
 
     /// Embeds prepared CHW images (each `3*S*S` floats), returning [n, dim] rows.
     pub fn embed(&self, prepared: &[f32], n: usize) -> Result<Vec<f32>, Error> {
+        let model = match &self.model {
+            TeacherNet::DlibFace(net) => {
+                let y = net.descriptors_prepared(prepared, n)?;
+                return Ok(y.flatten_all()?.to_vec1::<f32>()?);
+            }
+            TeacherNet::Inception(m) => m,
+        };
         let s = self.resolved.preprocessing.size;
         let x = Tensor::from_slice(prepared, (n, 3, s, s), &Device::Cpu)?
             .to_device(&self.device)?
             .to_dtype(self.dtype)?;
-        let y = self.model.pooled(&x, &self.layer, self.grid)?;
+        let y = model.pooled(&x, &self.layer, self.grid)?;
         Ok(y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
     }
+}
+
+/// The device and dtype of `--device` and `--dtype` (half precision only on CUDA).
+fn device_and_dtype(cfg: &ExtractConfig) -> Result<(Device, DType), Error> {
+    let device = artifacts::device::pick(cfg.device)?;
+    let dtype = match (cfg.dtype.as_str(), device.is_cuda()) {
+        ("f32", _) => DType::F32,
+        ("f16", true) => DType::F16,
+        ("bf16", true) => DType::BF16,
+        ("f16" | "bf16", false) => {
+            tracing::warn!("--dtype {} needs CUDA; using f32 on the CPU", cfg.dtype);
+            DType::F32
+        }
+        (o, _) => {
+            return Err(Error::Config(format!(
+                "unknown --dtype `{o}` (f32, f16, bf16)"
+            )))
+        }
+    };
+    Ok((device, dtype))
 }
 
 /// An HWC image flipped left-right.
@@ -239,10 +316,14 @@ pub fn provenance_inputs(
     faces_path: &Path,
     cfg: &ExtractConfig,
 ) -> Result<std::collections::BTreeMap<String, String>, Error> {
-    let resolved = teacher::resolve(&cfg.teacher, &cfg.revision, Preprocessing::default())?;
+    let identity = if face_teacher::is_face_teacher(&cfg.teacher) {
+        face_teacher::identity(&face_teacher::locate(&cfg.teacher)?)?
+    } else {
+        teacher::resolve(&cfg.teacher, &cfg.revision, Preprocessing::default())?.identity
+    };
     let mut m = std::collections::BTreeMap::new();
     m.insert("faces".to_string(), artifacts::digest_file(faces_path)?);
-    m.insert("teacher".to_string(), resolved.identity);
+    m.insert("teacher".to_string(), identity);
     Ok(m)
 }
 
@@ -262,6 +343,24 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
     let teacher = Teacher::load(cfg)?;
     let dim = teacher.dim();
     let p = teacher.resolved.preprocessing.clone();
+    // The face teacher reads dlib's chips, which preprocess stores beside the crops.
+    let (chips, vh, vw) = if teacher.uses_chips() {
+        let chips = faces.geometry.as_ref().and_then(|g| g.chips.as_ref()).ok_or_else(|| {
+            Error::Config(format!(
+                "{} holds no dlib face chips (made by an older preprocess, or --as-is): re-run preprocess",
+                faces_path.display()
+            ))
+        })?;
+        (Some(chips), artifacts::CHIP_SIZE, artifacts::CHIP_SIZE)
+    } else {
+        (None, faces.height, faces.width)
+    };
+    let face_view = |i: usize| -> &[u8] {
+        match chips {
+            Some(c) => &c[i * vh * vw * 3..(i + 1) * vh * vw * 3],
+            None => faces.image(i),
+        }
+    };
     let setting = format!(
         "teacher={} layer={} dtype={:?} preprocessing={}",
         teacher.resolved.identity,
@@ -280,14 +379,14 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
     let jobs = if cfg.mirror { 2 * n } else { n };
     let view = |j: usize| -> std::borrow::Cow<'_, [u8]> {
         if j < n {
-            faces.image(j).into()
+            face_view(j).into()
         } else {
-            mirror_hwc(faces.image(j - n), faces.height, faces.width).into()
+            mirror_hwc(face_view(j - n), vh, vw).into()
         }
     };
     let keys: Vec<String> = (0..jobs)
         .into_par_iter()
-        .map(|j| image_key(faces.height, faces.width, &view(j)))
+        .map(|j| image_key(vh, vw, &view(j)))
         .collect();
     let mut features = vec![0f32; jobs * dim];
     let mut todo = Vec::new();
@@ -317,13 +416,12 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
     let chunks: Vec<Vec<usize>> = todo.chunks(cfg.batch).map(|c| c.to_vec()).collect();
     let result: Result<(), Error> = std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<usize>, Vec<f32>)>(2);
-        let faces = &faces;
-        let (p, view) = (&p, &view);
+        let (teacher, view) = (&teacher, &view);
         scope.spawn(move || {
             for chunk in chunks {
                 let prepared: Vec<f32> = chunk
                     .par_iter()
-                    .flat_map_iter(|&j| prepare(&view(j), faces.height, faces.width, p))
+                    .flat_map_iter(|&j| teacher.prepare(&view(j), vh, vw))
                     .collect();
                 if tx.send((chunk, prepared)).is_err() {
                     break;

@@ -5,6 +5,7 @@ pub mod cache;
 /// The NHWC CPU kernels, shared with dlib's networks.
 pub use artifacts::nhwc as cpu_kernels;
 pub mod extract;
+pub mod face_teacher;
 pub mod inception;
 pub mod retrain;
 pub mod teacher;
@@ -26,6 +27,8 @@ pub enum Error {
     Weights(#[from] weights::WeightsError),
     #[error(transparent)]
     Retrain(#[from] retrain::RetrainError),
+    #[error(transparent)]
+    Dlib(#[from] dlib_dnn::Error),
     #[error("model: {0}")]
     Candle(#[from] candle_core::Error),
     #[error("{0}: {1}")]

@@ -4,6 +4,8 @@
 use crate::decode::{decode, Rgb};
 use crate::detect::{self, DetectorConfig};
 use crate::dlib::{gray_like_dlib, ShapePredictor};
+use artifacts::CHIP_SIZE;
+use dlib_dnn::chip::{extract_chip, face_chip_details, RgbImage};
 use crate::geometry::{
     align_weights, centre, template, weighted_similarity_fit, Similarity, ALIGN_POINTS,
     EYE_IMAGE_LEFT, EYE_IMAGE_RIGHT, MOUTH,
@@ -109,6 +111,9 @@ struct Candidate {
 /// One processed face.
 struct Processed {
     pixels: Vec<u8>,
+    /// dlib's 150x150 face chip, cut from the photo with our landmarks (the face
+    /// descriptor's input); black for `--as-is` inputs, which have no landmarks.
+    chip: Vec<u8>,
     rect: [f32; 4],
     landmarks: Vec<[f32; 2]>,
     transform: [f32; 6],
@@ -286,6 +291,7 @@ impl Worker<'_> {
         let (sx, sy) = (s as f32 / img.width as f32, s as f32 / img.height as f32);
         Ok(Processed {
             pixels,
+            chip: vec![0; CHIP_SIZE * CHIP_SIZE * 3],
             rect: [0.0, 0.0, img.width as f32, img.height as f32],
             landmarks: vec![[0.0, 0.0]; 68],
             transform: [sx, 0.0, 0.0, 0.0, sy, 0.0],
@@ -342,14 +348,28 @@ impl Worker<'_> {
         if let Some(mask) = &self.mask {
             apply_mask(&mut pixels, mask);
         }
+        let chip = dlib_chip(&img, &lm)?;
         Ok(Processed {
             pixels,
+            chip,
             rect: det.rect,
             landmarks: lm,
             transform,
             faces_found: det.faces_found,
         })
     }
+}
+
+/// dlib's face chip (`get_face_chip_details(shape, 150, 0.25)`, `extract_image_chip`).
+fn dlib_chip(img: &Rgb, landmarks: &[[f32; 2]]) -> Result<Vec<u8>, String> {
+    let d = face_chip_details(landmarks, CHIP_SIZE, 0.25)
+        .ok_or("landmarks give no face chip (degenerate shape)")?;
+    let src = RgbImage {
+        data: img.data.as_slice().into(),
+        width: img.width,
+        height: img.height,
+    };
+    Ok(extract_chip(&src, &d))
 }
 
 /// What a run did.
@@ -598,6 +618,7 @@ pub fn run(
         boxes: Vec::new(),
         landmarks: Vec::new(),
         transforms: Vec::new(),
+        chips: Some(Vec::with_capacity(kept.len() * CHIP_SIZE * CHIP_SIZE * 3)),
     };
     let mut per_class: BTreeMap<String, usize> = BTreeMap::new();
     let mut multiple = 0;
@@ -609,6 +630,9 @@ pub fn run(
         geometry.boxes.push(p.rect);
         geometry.landmarks.extend(p.landmarks.iter().flatten());
         geometry.transforms.extend(p.transform);
+        if let Some(chips) = &mut geometry.chips {
+            chips.extend_from_slice(&p.chip);
+        }
         *per_class.entry(c.class.clone()).or_default() += 1;
         multiple += usize::from(p.faces_found > 1);
     }
