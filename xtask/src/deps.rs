@@ -33,7 +33,11 @@ const NEEDS: &[(Check, &str, &str)] = &[
         "fonts-dejavu-core",
         "plot font",
     ),
-    (Check::Bin("pkg-config"), "pkg-config", "finding OpenCV (build)"),
+    (
+        Check::Bin("pkg-config"),
+        "pkg-config",
+        "finding OpenCV (build)",
+    ),
     (
         Check::PkgConfig("opencv4"),
         "libopencv-dev",
@@ -148,7 +152,11 @@ pub fn ensure(install: bool) -> Result<()> {
     if install {
         let sudo = !is_root();
         eprintln!("installing: {}", pkgs.join(" "));
-        let mut c = if sudo { Command::new("sudo") } else { Command::new("sh") };
+        let mut c = if sudo {
+            Command::new("sudo")
+        } else {
+            Command::new("sh")
+        };
         if sudo {
             c.args(["sh", "-c", &cmd]);
         } else {

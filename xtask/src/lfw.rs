@@ -24,7 +24,7 @@ pub const BYTES: u64 = 180_566_744;
 pub const MIN_PHOTOS: usize = 20;
 
 /// Whether a host answers on its port within a few seconds (DNS included).
-fn reachable(host: &str, port: u16) -> bool {
+pub fn reachable(host: &str, port: u16) -> bool {
     use std::net::{TcpStream, ToSocketAddrs};
     let Ok(addrs) = (host, port).to_socket_addrs() else {
         return false;
@@ -141,7 +141,7 @@ fn download(archive: &Path, src: &Source) -> Result<()> {
     let tmp = archive.with_extension("tgz.part");
     let mut last = String::new();
     for url in &src.urls {
-        match fetch(url, &tmp, src.bytes) {
+        match fetch(url, &tmp, src.bytes, "LFW") {
             Ok(digest) if digest == src.sha256 => {
                 std::fs::rename(&tmp, archive)?;
                 return Ok(());
@@ -155,7 +155,7 @@ fn download(archive: &Path, src: &Source) -> Result<()> {
 }
 
 /// `curl` to a pipe, hashed and written as it arrives; returns the hex SHA-256.
-fn fetch(url: &str, to: &Path, bytes: u64) -> Result<String> {
+pub fn fetch(url: &str, to: &Path, bytes: u64, label: &str) -> Result<String> {
     let mut child = Command::new("curl")
         .args(["-fsSL", "--retry", "2", url])
         .stdout(Stdio::piped())
@@ -164,9 +164,9 @@ fn fetch(url: &str, to: &Path, bytes: u64) -> Result<String> {
     let mut body = child.stdout.take().context("curl stdout")?;
     let mut file = std::fs::File::create(to)?;
     let bar = indicatif::ProgressBar::new(bytes).with_style(
-        indicatif::ProgressStyle::with_template(
-            "LFW {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
+        indicatif::ProgressStyle::with_template(&format!(
+            "{label} {{bar:40}} {{bytes}}/{{total_bytes}} {{bytes_per_sec}} eta {{eta}}"
+        ))
         .expect("valid template"),
     );
     let mut hasher = Sha256::new();

@@ -3,7 +3,9 @@
 mod bench;
 mod cuda;
 mod deps;
+mod front;
 mod lfw;
+mod models;
 mod pipeline;
 mod util;
 

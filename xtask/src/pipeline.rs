@@ -9,12 +9,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub const MODES: &[&str] = &["base", "two-step", "cosine", "probe"];
+/// The teachers a run compares: the study's ImageNet Inception-v3 and dlib's face descriptor.
+pub const TEACHERS: &[&str] = &["inception", "face"];
 
 #[derive(Debug, Clone)]
 pub struct Options {
     pub data: PathBuf,
     pub out: PathBuf,
+    /// The study's teacher (Inception-v3: hub id, folder or file).
     pub teacher: String,
+    /// The face-identity teacher: `dlib-face` (found on disk) or a `.dat` path.
+    pub face_teacher: String,
+    /// Which teachers to run: `inception`, `face` or both.
+    pub teachers: Vec<String>,
     pub teacher_layer: String,
     /// Side of the pooling grid over the teacher layer (1 = global average pool).
     pub teacher_grid: usize,
@@ -33,6 +40,8 @@ impl Options {
             "--data",
             "--out",
             "--teacher",
+            "--face-teacher",
+            "--teachers",
             "--teacher-layer",
             "--teacher-grid",
             "--modes",
@@ -58,6 +67,12 @@ impl Options {
         if let Some(bad) = modes.iter().find(|m| !MODES.contains(&m.as_str())) {
             bail!("unknown mode `{bad}` (base, two-step, cosine, probe)");
         }
+        let teachers: Vec<String> = flag_value(args, "--teachers")
+            .map(|m| m.split(',').map(|s| s.trim().to_string()).collect())
+            .unwrap_or_else(|| TEACHERS.iter().map(|s| s.to_string()).collect());
+        if let Some(bad) = teachers.iter().find(|t| !TEACHERS.contains(&t.as_str())) {
+            bail!("unknown teacher `{bad}` in --teachers (inception, face)");
+        }
         let features = flag_value(args, "--features").unwrap_or_default();
         if !features.is_empty() && features != "cuda" {
             bail!("--features: only `cuda` is known");
@@ -74,6 +89,8 @@ impl Options {
                 .into(),
             teacher: flag_value(args, "--teacher")
                 .unwrap_or_else(|| "timm/inception_v3.tv_in1k".into()),
+            face_teacher: flag_value(args, "--face-teacher").unwrap_or_else(|| "dlib-face".into()),
+            teachers,
             teacher_layer: flag_value(args, "--teacher-layer").unwrap_or_else(|| "pool".into()),
             teacher_grid: flag_value(args, "--teacher-grid")
                 .map(|s| s.parse())
@@ -186,11 +203,11 @@ pub fn run(o: &Options) -> Result<Value> {
     std::fs::create_dir_all(&o.out)?;
     let out = |f: &str| o.out.join(f);
     let (mut skipped, mut ran) = (vec![], vec![]);
+    let mut timings: Vec<(String, f64)> = Vec::new();
     let faces = out("faces.safetensors");
-    let bottlenecks = out("bottlenecks.safetensors");
     let seed = o.seed.to_string();
 
-    stage(
+    let secs = stage(
         "preprocess",
         Command::new(bin("preprocess"))
             .args(["--skip-if-fresh", "--input"])
@@ -201,37 +218,71 @@ pub fn run(o: &Options) -> Result<Value> {
         &mut skipped,
         &mut ran,
     )?;
+    timings.push(("preprocess".into(), secs));
+    // One bottlenecks artifact per teacher; base (no teacher) trains once.
+    let mut teachers: Vec<(&str, PathBuf)> = Vec::new();
     let needs_teacher = o.modes.iter().any(|m| m != "base");
-    if needs_teacher {
-        stage(
-            "inception-bottleneck",
-            Command::new(bin("inception-bottleneck"))
-                .args(["--skip-if-fresh", "--faces"])
-                .arg(&faces)
-                .arg("--output")
-                .arg(&bottlenecks)
-                .args([
-                    "--teacher",
-                    &o.teacher,
-                    "--layer",
-                    &o.teacher_layer,
-                    "--grid",
-                    &o.teacher_grid.to_string(),
-                    "--device",
-                    &o.device,
-                    "--cache-dir",
-                ])
-                .arg(out("bottleneck-cache"))
-                .args(extra_args(&o.config, "bottleneck")?),
+    for t in &o.teachers {
+        if !needs_teacher {
+            break;
+        }
+        let path = out(&format!("bottlenecks-{t}.safetensors"));
+        let mut cmd = Command::new(bin("inception-bottleneck"));
+        cmd.args(["--skip-if-fresh", "--faces"])
+            .arg(&faces)
+            .arg("--output")
+            .arg(&path)
+            .args(["--device", &o.device, "--cache-dir"])
+            .arg(out("bottleneck-cache"));
+        if t == "face" {
+            let Some(model) = crate::models::face_teacher(&o.face_teacher)? else {
+                continue;
+            };
+            cmd.arg("--teacher").arg(model);
+        } else {
+            cmd.args([
+                "--teacher",
+                &o.teacher,
+                "--layer",
+                &o.teacher_layer,
+                "--grid",
+                &o.teacher_grid.to_string(),
+            ])
+            .args(extra_args(&o.config, "bottleneck")?);
+        }
+        let secs = stage(
+            &format!("bottlenecks {t}"),
+            &mut cmd,
             &mut skipped,
             &mut ran,
         )?;
+        timings.push((format!("bottlenecks {t}"), secs));
+        teachers.push((t.as_str(), path));
+    }
+    // Eval needs some teacher features for its teacher t-SNE; base uses the first one's.
+    let mut runs: Vec<(Option<&str>, &str, PathBuf)> = Vec::new();
+    for mode in &o.modes {
+        if mode == "base" {
+            let b = teachers
+                .first()
+                .map(|t| t.1.clone())
+                .unwrap_or_else(|| out("bottlenecks.safetensors"));
+            runs.push((None, mode.as_str(), b));
+        } else {
+            for (t, b) in &teachers {
+                runs.push((Some(t), mode.as_str(), b.clone()));
+            }
+        }
     }
     let mut rows = Vec::new();
-    for mode in &o.modes {
-        let ck = out(&format!("student-{mode}.safetensors"));
-        stage(
-            &format!("train {mode}"),
+    for (teacher, mode, bottlenecks) in runs {
+        let tag = match teacher {
+            Some(t) => format!("{t}-{mode}"),
+            None => mode.to_string(),
+        };
+        let ck = out(&format!("student-{tag}.safetensors"));
+        let secs = stage(
+            &format!("train {tag}"),
             Command::new(bin("train"))
                 .args([
                     format!("--{mode}").as_str(),
@@ -251,9 +302,10 @@ pub fn run(o: &Options) -> Result<Value> {
             &mut skipped,
             &mut ran,
         )?;
-        let eval_dir = out(&format!("eval-{mode}"));
-        stage(
-            &format!("eval {mode}"),
+        timings.push((format!("train {tag}"), secs));
+        let eval_dir = out(&format!("eval-{tag}"));
+        let secs = stage(
+            &format!("eval {tag}"),
             Command::new(bin("eval-tsne"))
                 .args([
                     "--skip-if-fresh",
@@ -274,10 +326,14 @@ pub fn run(o: &Options) -> Result<Value> {
             &mut skipped,
             &mut ran,
         )?;
+        timings.push((format!("eval {tag}"), secs));
         let report: Value = read_json(&eval_dir.join("report.json"))?;
         let summary: Value = read_json(&ck.with_extension("summary.json")).unwrap_or(Value::Null);
         rows.push(json!({
+            "teacher": teacher.unwrap_or("none"),
             "mode": mode,
+            "checkpoint": ck.display().to_string(),
+            "val_top1": report["val"]["top1"],
             "test_top1": report["test"]["top1"],
             "test_macro_f1": report["test"]["macro_f1"],
             "test_n": report["test"]["n"],
@@ -286,7 +342,21 @@ pub fn run(o: &Options) -> Result<Value> {
             "device": summary["device"],
             "suspects": report["suspects"].as_array().map(|a| a.len()),
             "report": eval_dir.join("report.html").display().to_string(),
+            "eval_dir": eval_dir.display().to_string(),
         }));
+    }
+    // The best model by validation accuracy (ties: the first), marked for the user.
+    let best = rows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r["val_top1"].as_f64().map(|v| (i, v)))
+        .fold(None, |acc: Option<(usize, f64)>, (i, v)| match acc {
+            Some((_, bv)) if bv >= v => acc,
+            _ => Some((i, v)),
+        })
+        .map(|(i, _)| i);
+    if let Some(i) = best {
+        rows[i]["best"] = json!(true);
     }
     let faces_meta = read_header(&faces)?;
     let classes = faces_meta["extra"]["class_names"]
@@ -295,7 +365,14 @@ pub fn run(o: &Options) -> Result<Value> {
         .unwrap_or(0);
     let summary = json!({
         "data": o.data.display().to_string(),
+        "out": o.out.display().to_string(),
+        "seed": o.seed,
+        "device": o.device,
         "teacher": o.teacher,
+        "face_teacher": o.face_teacher,
+        "teachers": teachers.iter().map(|t| t.0).collect::<Vec<_>>(),
+        "best": best.map(|i| rows[i].clone()),
+        "timings": timings.iter().map(|(k, v)| json!({"stage": k, "seconds": v})).collect::<Vec<_>>(),
         "teacher_layer": o.teacher_layer,
         "teacher_grid": o.teacher_grid,
         "classes": classes,
@@ -308,19 +385,29 @@ pub fn run(o: &Options) -> Result<Value> {
         &out("summary.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
-    write_file(&out("index.html"), index_html(&summary).as_bytes())?;
+    write_file(
+        &out("index.html"),
+        crate::front::index_html(&summary, &o.out).as_bytes(),
+    )?;
     println!(
-        "\n{:<10} {:>10} {:>14} {:>12} {:>10}",
-        "mode", "test acc", "test macro-F1", "train (s)", "suspects"
+        "\n{:<10} {:<10} {:>8} {:>9} {:>14} {:>10} {:>9}",
+        "teacher", "mode", "val acc", "test acc", "test macro-F1", "train (s)", "suspects"
     );
     for r in summary["modes"].as_array().expect("array") {
         println!(
-            "{:<10} {:>10} {:>14} {:>12} {:>10}",
+            "{:<10} {:<10} {:>8} {:>9} {:>14} {:>10} {:>9}{}",
+            r["teacher"].as_str().unwrap_or(""),
             r["mode"].as_str().unwrap_or(""),
+            fmt(&r["val_top1"], 4),
             fmt(&r["test_top1"], 4),
             fmt(&r["test_macro_f1"], 4),
             fmt(&r["train_seconds"], 1),
-            r["suspects"]
+            r["suspects"],
+            if r["best"] == json!(true) {
+                "  <- best (validation)"
+            } else {
+                ""
+            }
         );
     }
     println!(
@@ -342,7 +429,7 @@ pub fn run(o: &Options) -> Result<Value> {
     Ok(summary)
 }
 
-fn fmt(v: &Value, digits: usize) -> String {
+pub fn fmt(v: &Value, digits: usize) -> String {
     v.as_f64()
         .map(|x| format!("{x:.digits$}"))
         .unwrap_or_else(|| "-".into())
@@ -373,40 +460,6 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
-}
-
-fn index_html(s: &Value) -> String {
-    let mut h = String::from("<!doctype html><html><head><meta charset=\"utf-8\"><title>celeb-transfer results</title><style>body{font-family:sans-serif;max-width:1000px;margin:1em auto}td,th{border:1px solid #ccc;padding:3px 10px}table{border-collapse:collapse}</style></head><body><h1>celeb-transfer results</h1>");
-    h.push_str(&format!(
-        "<p>data: {} ({} classes); teacher: {} (layer {}, pooled over a {}x{} grid)</p><table><tr><th>mode</th><th>test accuracy</th><th>test macro-F1</th><th>training time (s)</th><th>report</th></tr>",
-        s["data"].as_str().unwrap_or(""),
-        s["classes"],
-        s["teacher"].as_str().unwrap_or(""),
-        s["teacher_layer"].as_str().unwrap_or(""),
-        s["teacher_grid"],
-        s["teacher_grid"],
-    ));
-    for r in s["modes"].as_array().into_iter().flatten() {
-        let report = r["report"].as_str().unwrap_or("");
-        let rel = Path::new(report)
-            .strip_prefix(
-                Path::new(report)
-                    .parent()
-                    .and_then(|p| p.parent())
-                    .unwrap_or(Path::new("")),
-            )
-            .unwrap_or(Path::new(report));
-        h.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><a href=\"{}\">report</a></td></tr>",
-            r["mode"].as_str().unwrap_or(""),
-            fmt(&r["test_top1"], 4),
-            fmt(&r["test_macro_f1"], 4),
-            fmt(&r["train_seconds"], 1),
-            rel.display()
-        ));
-    }
-    h.push_str("</table></body></html>");
-    h
 }
 
 /// `cargo xtask ci`: fmt, clippy, the tests (ignored ones too when ../shared is here),
@@ -450,6 +503,11 @@ pub fn ci(args: &[String]) -> Result<()> {
         // The stand-in's top blocks were fine-tuned for another task: its students do best
         // on Mixed_6c (Mixed_6a probes higher, but students learn less from it; README),
         // and a 2x2 grid keeps where on the face its features fire.
+        face_teacher: shared
+            .join("models/dlib/dlib_face_recognition_resnet_model_v1.dat")
+            .display()
+            .to_string(),
+        teachers: TEACHERS.iter().map(|s| s.to_string()).collect(),
         teacher_layer: "Mixed_6c".into(),
         teacher_grid: 2,
         modes: MODES.iter().map(|s| s.to_string()).collect(),
@@ -461,6 +519,12 @@ pub fn ci(args: &[String]) -> Result<()> {
         download_lfw: false,
     };
     let summary = run_pipeline_checked(&o)?;
+    // The front page's links and images must all resolve.
+    let page = std::fs::read_to_string(out.join("index.html"))?;
+    let broken = crate::front::broken_links(&page, &out);
+    if !broken.is_empty() {
+        bail!("index.html has links that do not resolve: {broken:?}");
+    }
     // A second run must skip every stage.
     let again = run(&o)?;
     let ran = again["stages_run"].as_array().map(|a| a.len()).unwrap_or(1);

@@ -9,11 +9,11 @@
 mod bottlenecks;
 mod checkpoint;
 pub mod cpu;
-pub mod nhwc;
 pub mod device;
 mod embeddings;
 mod faces;
 mod io;
+pub mod nhwc;
 pub mod runtime;
 
 pub use bottlenecks::{Bottlenecks, BOTTLENECKS_SCHEMA};

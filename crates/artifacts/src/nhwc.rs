@@ -244,10 +244,16 @@ impl CustomOp1 for Pool2d {
         out.par_chunks_mut(ow * c).enumerate().for_each(|(row, o)| {
             let (b, oy) = (row / oh, row % oh);
             let y0 = (oy * sy) as isize - py as isize;
-            let (ya, yb) = (y0.max(0) as usize, ((y0 + kh as isize).min(h as isize)).max(0) as usize);
+            let (ya, yb) = (
+                y0.max(0) as usize,
+                ((y0 + kh as isize).min(h as isize)).max(0) as usize,
+            );
             for ox in 0..ow {
                 let x0 = (ox * sx) as isize - px as isize;
-                let (xa, xb) = (x0.max(0) as usize, ((x0 + kw as isize).min(w as isize)).max(0) as usize);
+                let (xa, xb) = (
+                    x0.max(0) as usize,
+                    ((x0 + kw as isize).min(w as isize)).max(0) as usize,
+                );
                 let dst = &mut o[ox * c..(ox + 1) * c];
                 for iy in ya..yb {
                     let line = &x[(b * h + iy) * w * c..(b * h + iy + 1) * w * c];

@@ -8,20 +8,65 @@ use crate::geometry::similarity_fit;
 /// dlib's mean face for landmarks 17..=67 in unit coordinates (x, then y); only the points
 /// [`TEMPLATE_USED`] takes enter the fit (no brows, no lower lip).
 const TEMPLATE_X: [f64; 51] = [
-    0.000213256, 0.0752622, 0.18113, 0.29077, 0.393397, 0.586856, 0.689483, 0.799124,
-    0.904991, 0.98004, 0.490127, 0.490127, 0.490127, 0.490127, 0.36688, 0.426036, 0.490127,
-    0.554217, 0.613373, 0.121737, 0.187122, 0.265825, 0.334606, 0.260918, 0.182743, 0.645647,
-    0.714428, 0.793132, 0.858516, 0.79751, 0.719335, 0.254149, 0.340985, 0.428858, 0.490127,
-    0.551395, 0.639268, 0.726104, 0.642159, 0.556721, 0.490127, 0.423532, 0.338094, 0.290379,
-    0.428096, 0.490127, 0.552157, 0.689874, 0.553364, 0.490127, 0.42689,
+    0.000213256,
+    0.0752622,
+    0.18113,
+    0.29077,
+    0.393397,
+    0.586856,
+    0.689483,
+    0.799124,
+    0.904991,
+    0.98004,
+    0.490127,
+    0.490127,
+    0.490127,
+    0.490127,
+    0.36688,
+    0.426036,
+    0.490127,
+    0.554217,
+    0.613373,
+    0.121737,
+    0.187122,
+    0.265825,
+    0.334606,
+    0.260918,
+    0.182743,
+    0.645647,
+    0.714428,
+    0.793132,
+    0.858516,
+    0.79751,
+    0.719335,
+    0.254149,
+    0.340985,
+    0.428858,
+    0.490127,
+    0.551395,
+    0.639268,
+    0.726104,
+    0.642159,
+    0.556721,
+    0.490127,
+    0.423532,
+    0.338094,
+    0.290379,
+    0.428096,
+    0.490127,
+    0.552157,
+    0.689874,
+    0.553364,
+    0.490127,
+    0.42689,
 ];
 const TEMPLATE_Y: [f64; 51] = [
-    0.106454, 0.038915, 0.0187482, 0.0344891, 0.0773906, 0.0773906, 0.0344891, 0.0187482,
-    0.038915, 0.106454, 0.203352, 0.307009, 0.409805, 0.515625, 0.587326, 0.609345, 0.628106,
-    0.609345, 0.587326, 0.216423, 0.178758, 0.179852, 0.231733, 0.245099, 0.244077, 0.231733,
-    0.179852, 0.178758, 0.216423, 0.244077, 0.245099, 0.780233, 0.745405, 0.727388, 0.742578,
-    0.727388, 0.745405, 0.780233, 0.864805, 0.902192, 0.909281, 0.902192, 0.864805, 0.784792,
-    0.778746, 0.785343, 0.778746, 0.784792, 0.824182, 0.831803, 0.824182,
+    0.106454, 0.038915, 0.0187482, 0.0344891, 0.0773906, 0.0773906, 0.0344891, 0.0187482, 0.038915,
+    0.106454, 0.203352, 0.307009, 0.409805, 0.515625, 0.587326, 0.609345, 0.628106, 0.609345,
+    0.587326, 0.216423, 0.178758, 0.179852, 0.231733, 0.245099, 0.244077, 0.231733, 0.179852,
+    0.178758, 0.216423, 0.244077, 0.245099, 0.780233, 0.745405, 0.727388, 0.742578, 0.727388,
+    0.745405, 0.780233, 0.864805, 0.902192, 0.909281, 0.902192, 0.864805, 0.784792, 0.778746,
+    0.785343, 0.778746, 0.784792, 0.824182, 0.831803, 0.824182,
 ];
 
 /// The landmarks dlib fits: nose and eyes (27..=54 minus nothing) and the inner lips.
@@ -223,9 +268,15 @@ pub fn extract_chip(img: &RgbImage, d: &ChipDetails) -> Vec<u8> {
             ],
         ];
         let minx = corners.iter().map(|c| c[0]).fold(f64::INFINITY, f64::min);
-        let maxx = corners.iter().map(|c| c[0]).fold(f64::NEG_INFINITY, f64::max);
+        let maxx = corners
+            .iter()
+            .map(|c| c[0])
+            .fold(f64::NEG_INFINITY, f64::max);
         let miny = corners.iter().map(|c| c[1]).fold(f64::INFINITY, f64::min);
-        let maxy = corners.iter().map(|c| c[1]).fold(f64::NEG_INFINITY, f64::max);
+        let maxy = corners
+            .iter()
+            .map(|c| c[1])
+            .fold(f64::NEG_INFINITY, f64::max);
         let l = ((minx.round() - grow).max(0.0)) as i64;
         let t = ((miny.round() - grow).max(0.0)) as i64;
         let rr = ((maxx.round() + grow).min(img.width as f64 - 1.0)) as i64;
@@ -244,7 +295,12 @@ pub fn extract_chip(img: &RgbImage, d: &ChipDetails) -> Vec<u8> {
             width: cw,
             height: ch,
         };
-        let mut rect = [d.rect[0] - l as f64, d.rect[1] - t as f64, d.rect[2] - l as f64, d.rect[3] - t as f64];
+        let mut rect = [
+            d.rect[0] - l as f64,
+            d.rect[1] - t as f64,
+            d.rect[2] - l as f64,
+            d.rect[3] - t as f64,
+        ];
         for _ in 0..depth {
             match pyramid_down2(&level) {
                 Some(next) => level = next,
@@ -260,7 +316,12 @@ pub fn extract_chip(img: &RgbImage, d: &ChipDetails) -> Vec<u8> {
             let (xf, yf) = (x as f64, y as f64);
             let sx = g.origin[0] + xf * g.ex[0] + yf * g.ey[0];
             let sy = g.origin[1] + xf * g.ex[1] + yf * g.ey[1];
-            bilinear(&src, sx, sy, &mut out[(y * size + x) * 3..(y * size + x + 1) * 3]);
+            bilinear(
+                &src,
+                sx,
+                sy,
+                &mut out[(y * size + x) * 3..(y * size + x + 1) * 3],
+            );
         }
     }
     out
@@ -308,22 +369,41 @@ mod tests {
     fn an_axis_aligned_unit_chip_copies_pixels() {
         let (w, h) = (200, 180);
         let data: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
-        let img = RgbImage { data: data.clone().into(), width: w, height: h };
-        let d = ChipDetails { rect: [10.0, 20.0, 159.0, 169.0], angle: 0.0, size: 150 };
+        let img = RgbImage {
+            data: data.clone().into(),
+            width: w,
+            height: h,
+        };
+        let d = ChipDetails {
+            rect: [10.0, 20.0, 159.0, 169.0],
+            angle: 0.0,
+            size: 150,
+        };
         let chip = extract_chip(&img, &d);
         for (y, x) in [(0, 0), (5, 149), (149, 3), (77, 88)] {
             let s = ((20 + y) * w + 10 + x) * 3;
-            assert_eq!(&chip[(y * 150 + x) * 3..(y * 150 + x) * 3 + 3], &data[s..s + 3]);
+            assert_eq!(
+                &chip[(y * 150 + x) * 3..(y * 150 + x) * 3 + 3],
+                &data[s..s + 3]
+            );
         }
         // Half outside the photo: black there.
-        let d = ChipDetails { rect: [-75.0, 0.0, 74.0, 149.0], angle: 0.0, size: 150 };
+        let d = ChipDetails {
+            rect: [-75.0, 0.0, 74.0, 149.0],
+            angle: 0.0,
+            size: 150,
+        };
         let chip = extract_chip(&img, &d);
         assert_eq!(&chip[..3], &[0, 0, 0]);
     }
 
     #[test]
     fn pyramid_down_averages_flat_images_exactly() {
-        let img = RgbImage { data: vec![200u8; 21 * 13 * 3].into(), width: 21, height: 13 };
+        let img = RgbImage {
+            data: vec![200u8; 21 * 13 * 3].into(),
+            width: 21,
+            height: 13,
+        };
         let d = pyramid_down2(&img).unwrap();
         assert_eq!((d.width, d.height), (9, 5));
         assert!(d.data.iter().all(|&v| v == 200));

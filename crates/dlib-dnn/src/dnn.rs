@@ -125,7 +125,10 @@ pub struct MmodOptions {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Loss {
     /// `loss_metric`: the output vector is the descriptor.
-    Metric { margin: f32, dist_thresh: f32 },
+    Metric {
+        margin: f32,
+        dist_thresh: f32,
+    },
     Mmod(MmodOptions),
 }
 
@@ -254,7 +257,11 @@ fn tensor(r: &mut Reader) -> Result<([usize; 4], Vec<f32>), FormatError> {
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .filter(|&n| n <= r.remaining() / 4)
-        .ok_or_else(|| r.err(format!("tensor {dims:?} is larger than the rest of the file")))?;
+        .ok_or_else(|| {
+            r.err(format!(
+                "tensor {dims:?} is larger than the rest of the file"
+            ))
+        })?;
     Ok((dims, r.f32s_le(n, "tensor data")?))
 }
 
@@ -274,7 +281,9 @@ fn doubles(r: &mut Reader, n: usize) -> Result<Vec<f64>, FormatError> {
 
 fn body(r: &mut Reader) -> Result<Layer, FormatError> {
     let at = r.pos();
-    let name = r.string().map_err(|e| r.err_at(at, format!("expected a layer name ({})", e.what)))?;
+    let name = r
+        .string()
+        .map_err(|e| r.err_at(at, format!("expected a layer name ({})", e.what)))?;
     match name.as_str() {
         "con_4" | "con_5" | "con_6" => {
             let (_, params) = tensor(r)?;
@@ -466,7 +475,10 @@ fn loss(r: &mut Reader) -> Result<Loss, FormatError> {
             let vat = r.pos();
             let version = r.int()?;
             if !(1..=4).contains(&version) {
-                return Err(r.err_at(vat, format!("mmod_options version {version}, expected 1 to 4")));
+                return Err(r.err_at(
+                    vat,
+                    format!("mmod_options version {version}, expected 1 to 4"),
+                ));
             }
             let windows = if version == 1 {
                 vec![DetectorWindow {
@@ -486,7 +498,11 @@ fn loss(r: &mut Reader) -> Result<Loss, FormatError> {
                     let width = r.uint("window width", 1 << 16)?;
                     let height = r.uint("window height", 1 << 16)?;
                     let label = if v == 2 { r.string()? } else { String::new() };
-                    w.push(DetectorWindow { width, height, label });
+                    w.push(DetectorWindow {
+                        width,
+                        height,
+                        label,
+                    });
                 }
                 w
             };
@@ -517,7 +533,10 @@ fn loss(r: &mut Reader) -> Result<Loss, FormatError> {
                 bbr_lambda,
             }))
         }
-        other => Err(r.err_at(at, format!("loss layer \"{other}\", expected loss_metric or loss_mmod"))),
+        other => Err(r.err_at(
+            at,
+            format!("loss layer \"{other}\", expected loss_metric or loss_mmod"),
+        )),
     }
 }
 
@@ -553,7 +572,16 @@ pub mod write {
         }
     }
 
-    pub fn con(out: &mut Vec<u8>, filters: usize, k: usize, size: usize, stride: usize, pad: usize, w: &[f32], b: &[f32]) {
+    pub fn con(
+        out: &mut Vec<u8>,
+        filters: usize,
+        k: usize,
+        size: usize,
+        stride: usize,
+        pad: usize,
+        w: &[f32],
+        b: &[f32],
+    ) {
         string(out, "con_4");
         let mut p = w.to_vec();
         p.extend_from_slice(b);

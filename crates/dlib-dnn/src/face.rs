@@ -60,9 +60,22 @@ pub struct FaceDescriptor {
 
 impl FaceDescriptor {
     /// Checks that `net` is dlib's face descriptor and builds it.
-    pub fn from_net(net: &Net, kernels: Kernels, device: &Device, dtype: DType) -> Result<FaceDescriptor, String> {
-        let Input::RgbImageSized { avg, nr: 150, nc: 150 } = net.input else {
-            return Err(format!("input is {:?}, expected input_rgb_image_sized<150>", net.input));
+    pub fn from_net(
+        net: &Net,
+        kernels: Kernels,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<FaceDescriptor, String> {
+        let Input::RgbImageSized {
+            avg,
+            nr: 150,
+            nc: 150,
+        } = net.input
+        else {
+            return Err(format!(
+                "input is {:?}, expected input_rgb_image_sized<150>",
+                net.input
+            ));
         };
         let Loss::Metric { dist_thresh, .. } = net.loss else {
             return Err("loss is not loss_metric".into());
@@ -70,7 +83,11 @@ impl FaceDescriptor {
         let (kinds, wires) = architecture();
         let found = net.kinds();
         if found != kinds {
-            let at = found.iter().zip(&kinds).position(|(a, b)| a != b).unwrap_or(found.len().min(kinds.len()));
+            let at = found
+                .iter()
+                .zip(&kinds)
+                .position(|(a, b)| a != b)
+                .unwrap_or(found.len().min(kinds.len()));
             return Err(format!(
                 "not dlib's face descriptor ResNet: layer {at} is {}, expected {} ({} layers, expected {})",
                 found.get(at).unwrap_or(&"the end"),
@@ -81,14 +98,27 @@ impl FaceDescriptor {
         }
         match net.layers.last() {
             Some(Layer::Fc(f)) if f.outputs == DESCRIPTOR_DIM => {}
-            _ => return Err(format!("the last layer is not an fc with {DESCRIPTOR_DIM} outputs")),
+            _ => {
+                return Err(format!(
+                    "the last layer is not an fc with {DESCRIPTOR_DIM} outputs"
+                ))
+            }
         }
         let graph = Graph::build(net, &wires, kernels, device, dtype)?;
-        Ok(FaceDescriptor { graph, avg, dist_thresh })
+        Ok(FaceDescriptor {
+            graph,
+            avg,
+            dist_thresh,
+        })
     }
 
     /// Reads and builds from a `.dat` file.
-    pub fn open(path: &Path, kernels: Kernels, device: &Device, dtype: DType) -> Result<FaceDescriptor, Error> {
+    pub fn open(
+        path: &Path,
+        kernels: Kernels,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<FaceDescriptor, Error> {
         let net = Net::open(path)?;
         FaceDescriptor::from_net(&net, kernels, device, dtype).map_err(|what| Error::Network {
             path: path.to_path_buf(),
@@ -112,7 +142,14 @@ impl FaceDescriptor {
 
     /// Descriptors of chips already [`Self::prepare`]d.
     pub fn descriptors_prepared(&self, prepared: &[f32], n: usize) -> candle_core::Result<Tensor> {
-        let x = input_tensor(prepared.to_vec(), n, 150, 150, self.graph.kernels(), self.graph.device())?;
+        let x = input_tensor(
+            prepared.to_vec(),
+            n,
+            150,
+            150,
+            self.graph.kernels(),
+            self.graph.device(),
+        )?;
         self.graph.forward(&x)?.to_dtype(DType::F32)
     }
 }

@@ -85,4 +85,3 @@ pub fn weighted_similarity_fit(from: &[[f32; 2]], to: &[[f32; 2]], w: &[f32]) ->
         ty: (ty - (b * fx + a * fy)) as f32,
     }
 }
-

@@ -29,8 +29,14 @@ enum Op {
     Pool(Pool),
     Tag(u32),
     Skip(u32),
-    AddPrev { tag: u32, relu: bool },
-    Fc { weight: Tensor, bias: Option<Tensor> },
+    AddPrev {
+        tag: u32,
+        relu: bool,
+    },
+    Fc {
+        weight: Tensor,
+        bias: Option<Tensor>,
+    },
 }
 
 /// Which kernels run the graph.
@@ -80,11 +86,18 @@ impl Graph {
                     let mut b = c.bias.clone().unwrap_or_else(|| vec![0.0; c.filters]);
                     if let Some(Layer::Affine { gamma, beta }) = layers.get(i + 1) {
                         if gamma.len() != c.filters {
-                            return Err(format!("layer {}: affine of {} channels after a con of {}", i + 1, gamma.len(), c.filters));
+                            return Err(format!(
+                                "layer {}: affine of {} channels after a con of {}",
+                                i + 1,
+                                gamma.len(),
+                                c.filters
+                            ));
                         }
                         let per = c.in_channels * c.nr * c.nc;
                         for f in 0..c.filters {
-                            w[f * per..(f + 1) * per].iter_mut().for_each(|v| *v *= gamma[f]);
+                            w[f * per..(f + 1) * per]
+                                .iter_mut()
+                                .for_each(|v| *v *= gamma[f]);
                             b[f] = b[f] * gamma[f] + beta[f];
                         }
                         i += 1;
@@ -94,7 +107,9 @@ impl Graph {
                         i += 1;
                     }
                     if c.stride.0 != c.stride.1 || c.pad.0 != c.pad.1 {
-                        return Err(format!("layer {i}: asymmetric conv stride/padding is not supported"));
+                        return Err(format!(
+                            "layer {i}: asymmetric conv stride/padding is not supported"
+                        ));
                     }
                     let dims = [c.filters, c.in_channels, c.nr, c.nc];
                     let cpu = (kernels == Kernels::CpuNhwc).then(|| {
@@ -121,19 +136,25 @@ impl Graph {
                     });
                 }
                 Layer::Affine { .. } => {
-                    return Err(format!("layer {i}: an affine layer not after a con is not supported"))
+                    return Err(format!(
+                        "layer {i}: an affine layer not after a con is not supported"
+                    ))
                 }
                 Layer::Relu => ops.push(Op::Relu),
                 Layer::Pool(p) => {
                     if kernels == Kernels::Candle && (p.pad != (0, 0)) {
-                        return Err(format!("layer {i}: padded pooling runs on the CPU kernels only"));
+                        return Err(format!(
+                            "layer {i}: padded pooling runs on the CPU kernels only"
+                        ));
                     }
                     ops.push(Op::Pool(p.clone()))
                 }
                 Layer::TagOrSkip => match next_wire("tag/skip")? {
                     Wire::Tag(t) => ops.push(Op::Tag(t)),
                     Wire::Skip(t) => ops.push(Op::Skip(t)),
-                    Wire::AddPrev(_) => return Err(format!("layer {i}: an add_prev wire for a tag/skip layer")),
+                    Wire::AddPrev(_) => {
+                        return Err(format!("layer {i}: an add_prev wire for a tag/skip layer"))
+                    }
                 },
                 Layer::AddPrev => {
                     let Wire::AddPrev(tag) = next_wire("add_prev")? else {
@@ -190,9 +211,7 @@ impl Graph {
         let mut tags: HashMap<u32, Tensor> = HashMap::new();
         for op in &self.ops {
             x = match op {
-                Op::Conv {
-                    cpu: Some(k), ..
-                } => x.apply_op1_no_bwd(k)?,
+                Op::Conv { cpu: Some(k), .. } => x.apply_op1_no_bwd(k)?,
                 Op::Conv {
                     weight,
                     bias,
@@ -219,9 +238,9 @@ impl Graph {
                     .ok_or_else(|| candle_core::Error::Msg(format!("skip{t} before any tag{t}")))?
                     .clone(),
                 Op::AddPrev { tag, relu } => {
-                    let other = tags
-                        .get(tag)
-                        .ok_or_else(|| candle_core::Error::Msg(format!("add_prev{tag} before any tag{tag}")))?;
+                    let other = tags.get(tag).ok_or_else(|| {
+                        candle_core::Error::Msg(format!("add_prev{tag} before any tag{tag}"))
+                    })?;
                     let y = add_zero_extended(&x, other)?;
                     if *relu {
                         y.relu()?
@@ -316,7 +335,14 @@ pub fn normalise_rgb(pixels: &[u8], avg: [f32; 3]) -> Vec<f32> {
 }
 
 /// Normalised HWC floats of `n` images as the graph's input, in its layout.
-pub fn input_tensor(v: Vec<f32>, n: usize, h: usize, w: usize, kernels: Kernels, device: &Device) -> Result<Tensor> {
+pub fn input_tensor(
+    v: Vec<f32>,
+    n: usize,
+    h: usize,
+    w: usize,
+    kernels: Kernels,
+    device: &Device,
+) -> Result<Tensor> {
     if v.len() != n * h * w * 3 {
         candle_core::bail!("{} values for {n} images of {h}x{w}x3", v.len());
     }

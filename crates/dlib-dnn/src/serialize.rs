@@ -154,9 +154,9 @@ impl<'a> Reader<'a> {
     /// A string that must equal `want` (dlib's layer and version tags).
     pub fn expect_string(&mut self, want: &str) -> Result<(), FormatError> {
         let at = self.pos;
-        let s = self.string().map_err(|e| {
-            self.err_at(at, format!("expected the tag \"{want}\" ({})", e.what))
-        })?;
+        let s = self
+            .string()
+            .map_err(|e| self.err_at(at, format!("expected the tag \"{want}\" ({})", e.what)))?;
         if s != want {
             return Err(self.err_at(at, format!("found \"{s}\", expected \"{want}\"")));
         }

@@ -20,13 +20,18 @@ fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
 
 fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
 #[ignore = "needs ../shared (dlib's model and dlib's reference descriptors)"]
 fn descriptors_match_dlib() {
-    let bytes = std::fs::read(shared().join("fixtures/dlib-face-recognition/reference.safetensors")).unwrap();
+    let bytes =
+        std::fs::read(shared().join("fixtures/dlib-face-recognition/reference.safetensors"))
+            .unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let model = shared().join("models/dlib/dlib_face_recognition_resnet_model_v1.dat");
     for kernels in [Kernels::CpuNhwc, Kernels::Candle] {
@@ -60,7 +65,8 @@ fn f64s(st: &SafeTensors, name: &str) -> Vec<f64> {
 /// The fixture's photos, decoded to RGB.
 fn photos() -> Vec<image::RgbImage> {
     let (_, m) = SafeTensors::read_metadata(
-        &std::fs::read(shared().join("fixtures/dlib-face-recognition/reference.safetensors")).unwrap(),
+        &std::fs::read(shared().join("fixtures/dlib-face-recognition/reference.safetensors"))
+            .unwrap(),
     )
     .unwrap();
     let list: Vec<String> =
@@ -74,7 +80,9 @@ fn photos() -> Vec<image::RgbImage> {
 #[ignore = "needs ../shared (dlib's chips for 28 photos)"]
 fn chips_match_dlib() {
     use dlib_dnn::chip::{extract_chip, face_chip_details, RgbImage};
-    let bytes = std::fs::read(shared().join("fixtures/dlib-face-recognition/reference.safetensors")).unwrap();
+    let bytes =
+        std::fs::read(shared().join("fixtures/dlib-face-recognition/reference.safetensors"))
+            .unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let lm = f32s(&st, "landmarks68");
     let rects = f64s(&st, "chip_rects");
@@ -82,9 +90,14 @@ fn chips_match_dlib() {
     let chips = st.tensor("chips").unwrap().data().to_vec();
     let mut worst = (0f64, 0f64, 0f64);
     for (i, photo) in photos().iter().enumerate() {
-        let pts: Vec<[f32; 2]> = lm[i * 136..(i + 1) * 136].chunks(2).map(|c| [c[0], c[1]]).collect();
+        let pts: Vec<[f32; 2]> = lm[i * 136..(i + 1) * 136]
+            .chunks(2)
+            .map(|c| [c[0], c[1]])
+            .collect();
         let d = face_chip_details(&pts, 150, 0.25).unwrap();
-        let rect_err = (0..4).map(|k| (d.rect[k] - rects[i * 4 + k]).abs()).fold(0.0, f64::max);
+        let rect_err = (0..4)
+            .map(|k| (d.rect[k] - rects[i * 4 + k]).abs())
+            .fold(0.0, f64::max);
         let angle_err = (d.angle - angles[i]).abs();
         let img = RgbImage {
             data: photo.as_raw().as_slice().into(),
@@ -93,10 +106,25 @@ fn chips_match_dlib() {
         };
         let chip = extract_chip(&img, &d);
         let want = &chips[i * 67500..(i + 1) * 67500];
-        let mean = chip.iter().zip(want).map(|(a, b)| (*a as f64 - *b as f64).abs()).sum::<f64>() / 67500.0;
+        let mean = chip
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (*a as f64 - *b as f64).abs())
+            .sum::<f64>()
+            / 67500.0;
         eprintln!("photo {i}: rect {rect_err:.4} px, angle {angle_err:.2e} rad, mean |pixel| {mean:.3} (rect {:?})", d.rect);
-        worst = (worst.0.max(rect_err), worst.1.max(angle_err), worst.2.max(mean));
+        worst = (
+            worst.0.max(rect_err),
+            worst.1.max(angle_err),
+            worst.2.max(mean),
+        );
     }
-    eprintln!("worst: rect {:.4} px, angle {:.2e}, mean pixel {:.3}", worst.0, worst.1, worst.2);
-    assert!(worst.0 <= 0.5 && worst.1 <= 1e-3 && worst.2 <= 2.0, "{worst:?}");
+    eprintln!(
+        "worst: rect {:.4} px, angle {:.2e}, mean pixel {:.3}",
+        worst.0, worst.1, worst.2
+    );
+    assert!(
+        worst.0 <= 0.5 && worst.1 <= 1e-3 && worst.2 <= 2.0,
+        "{worst:?}"
+    );
 }

@@ -1,8 +1,8 @@
 //! Batched, cached bottleneck extraction for a `Faces` artifact.
 
 use crate::cache::{image_key, BottleneckCache};
-use crate::inception::{block_channels, InceptionV3};
 use crate::face_teacher;
+use crate::inception::{block_channels, InceptionV3};
 use crate::teacher::{self, Preprocessing, ResolvedTeacher};
 use crate::Error;
 use artifacts::device::DeviceChoice;

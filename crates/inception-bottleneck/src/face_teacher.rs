@@ -56,7 +56,10 @@ pub fn locate(spec: &str) -> Result<PathBuf, TeacherError> {
         return Ok(cached);
     }
     if let Some(p) = python_package_copy() {
-        tracing::info!("face teacher from the Python package face_recognition_models: {}", p.display());
+        tracing::info!(
+            "face teacher from the Python package face_recognition_models: {}",
+            p.display()
+        );
         return Ok(p);
     }
     Err(TeacherError::BadFile {

@@ -60,7 +60,9 @@ impl ShapePredictor {
         let mut r = Reader::new(buf);
         let version = r.int()?;
         if version != 1 {
-            return Err(r.err(format!("unsupported shape_predictor version {version}")).into());
+            return Err(r
+                .err(format!("unsupported shape_predictor version {version}"))
+                .into());
         }
         let initial_shape = r.column()?;
         if initial_shape.is_empty() || initial_shape.len() % 2 != 0 {
@@ -83,13 +85,17 @@ impl ShapePredictor {
                 }
                 let n_leaves = r.uint("leaf count", 1 << 21)?;
                 if n_leaves != n_splits + 1 {
-                    return Err(r.err(format!("{n_leaves} leaves for {n_splits} splits")).into());
+                    return Err(r
+                        .err(format!("{n_leaves} leaves for {n_splits} splits"))
+                        .into());
                 }
                 let mut leaves = Vec::with_capacity(n_leaves * dims);
                 for _ in 0..n_leaves {
                     let v = r.column()?;
                     if v.len() != dims {
-                        return Err(r.err(format!("leaf of {} values, shape has {dims}", v.len())).into());
+                        return Err(r
+                            .err(format!("leaf of {} values, shape has {dims}", v.len()))
+                            .into());
                     }
                     leaves.extend(v);
                 }
@@ -124,7 +130,9 @@ impl ShapePredictor {
         for (c, trees) in cascades.iter().enumerate() {
             let pixels = anchor_idx[c].len();
             if deltas[c].len() != pixels {
-                return Err(r.err(format!("cascade {c}: anchors and deltas differ in length")).into());
+                return Err(r
+                    .err(format!("cascade {c}: anchors and deltas differ in length"))
+                    .into());
             }
             if trees
                 .iter()

@@ -4,15 +4,15 @@
 use crate::decode::{decode, Rgb};
 use crate::detect::{self, DetectorConfig};
 use crate::dlib::{gray_like_dlib, ShapePredictor};
-use artifacts::CHIP_SIZE;
-use dlib_dnn::chip::{extract_chip, face_chip_details, RgbImage};
 use crate::geometry::{
     align_weights, centre, template, weighted_similarity_fit, Similarity, ALIGN_POINTS,
     EYE_IMAGE_LEFT, EYE_IMAGE_RIGHT, MOUTH,
 };
 use crate::mask::{apply_mask, gaussian_mask};
 use crate::split::{assign, read_split_file, SplitFractions};
+use artifacts::CHIP_SIZE;
 use artifacts::{FaceGeometry, Faces, Provenance, Split};
+use dlib_dnn::chip::{extract_chip, face_chip_details, RgbImage};
 use indicatif::ParallelProgressIterator;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};

@@ -1,0 +1,316 @@
+//! `index.html`, the page a pipeline run ends with: the data, the results (teacher x
+//! mode, the best model marked), the t-SNE maps, the dirty-data suspects, the settings and
+//! timings, on one page. Every link is relative to the run's folder.
+
+use crate::pipeline::fmt;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// `path` relative to the run folder `out` (as the pipeline wrote it, or already relative).
+fn rel(path: &str, out: &Path) -> String {
+    let p = Path::new(path);
+    p.strip_prefix(out).unwrap_or(p).display().to_string()
+}
+
+fn read_json(path: &Path) -> Option<Value> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}\
+h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}\
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 10px;text-align:right}\
+td:first-child,th:first-child,td:nth-child(2){text-align:left}tr.best{background:#e6f4e6;font-weight:bold}\
+.grid{display:flex;flex-wrap:wrap;gap:12px}.grid figure{margin:0;width:380px}.grid img{width:100%;border:1px solid #ddd}\
+figcaption{font-size:.9em;color:#555}code,pre{background:#f4f4f4;padding:2px 4px}pre{padding:8px;overflow-x:auto}\
+.note{color:#666;font-size:.9em}";
+
+/// The page for a pipeline summary (see `pipeline::run`) of the run folder `out`.
+pub fn index_html(s: &Value, out: &Path) -> String {
+    let mut h = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>celeb-transfer: {}</title><style>{STYLE}</style></head><body>",
+        esc(s["data"].as_str().unwrap_or(""))
+    );
+    h.push_str(&format!(
+        "<h1>celeb-transfer results</h1><p>{} classes from <code>{}</code>.</p>",
+        s["classes"],
+        esc(s["data"].as_str().unwrap_or(""))
+    ));
+    h.push_str(&data_section(out));
+    h.push_str(&results_section(s, out));
+    h.push_str(&tsne_section(s, out));
+    h.push_str(&suspects_section(s, out));
+    h.push_str(&settings_section(s));
+    h.push_str("</body></html>\n");
+    h
+}
+
+fn data_section(out: &Path) -> String {
+    let mut h = String::from("<h2 id=\"data\">Data</h2>");
+    let rejects = read_json(&out.join("rejects.json"));
+    let kept = crate::pipeline::read_header(&out.join("faces.safetensors"))
+        .ok()
+        .and_then(|m| m["extra"]["sources"].as_array().map(|a| a.len()));
+    let n_rej = rejects
+        .as_ref()
+        .and_then(|r| r["rejects"].as_array().map(|a| a.len()))
+        .unwrap_or(0);
+    if let Some(kept) = kept {
+        let read = kept + n_rej;
+        h.push_str(&format!(
+            "<p>{read} photos read, <b>{kept} faces kept</b> ({:.1}%), {n_rej} rejected (<a href=\"rejects.json\">rejects.json</a>: every file and why).</p>",
+            100.0 * kept as f64 / read.max(1) as f64
+        ));
+    }
+    if let Some(r) = &rejects {
+        let mut by: BTreeMap<String, usize> = BTreeMap::new();
+        for x in r["rejects"].as_array().into_iter().flatten() {
+            *by.entry(x["reason"].as_str().unwrap_or("?").to_string())
+                .or_default() += 1;
+        }
+        if !by.is_empty() {
+            h.push_str("<table><tr><th>reason</th><th>photos</th></tr>");
+            let mut v: Vec<_> = by.into_iter().collect();
+            v.sort_by(|a, b| b.1.cmp(&a.1));
+            for (reason, n) in v {
+                h.push_str(&format!("<tr><td>{}</td><td>{n}</td></tr>", esc(&reason)));
+            }
+            h.push_str("</table>");
+        }
+    }
+    if let Some(q) = read_json(&out.join("alignment-quality.json")) {
+        h.push_str(&format!(
+            "<p>Alignment: landmark spread over the aligned faces (px at 150): eyes {}, mouth {}, nose tip {} (<a href=\"alignment-quality.json\">alignment-quality.json</a>).</p>",
+            fmt(&q["eye_centres"], 2),
+            fmt(&q["mouth"], 2),
+            fmt(&q["nose_tip"], 2)
+        ));
+    }
+    if out.join("montage.png").exists() {
+        h.push_str("<figure><a href=\"montage.png\"><img src=\"montage.png\" alt=\"aligned faces\" style=\"max-width:100%\"></a><figcaption>Aligned faces, a sample per class.</figcaption></figure>");
+    }
+    h
+}
+
+fn results_section(s: &Value, out: &Path) -> String {
+    let mut h = String::from("<h2 id=\"results\">Results</h2><table><tr><th>teacher</th><th>mode</th><th>validation accuracy</th><th>test accuracy</th><th>test macro-F1</th><th>training (s)</th><th>suspects</th><th>report</th></tr>");
+    for r in s["modes"].as_array().into_iter().flatten() {
+        let best = r["best"] == Value::Bool(true);
+        h.push_str(&format!(
+            "<tr{}><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><a href=\"{}\">report</a></td></tr>",
+            if best { " class=\"best\"" } else { "" },
+            esc(r["teacher"].as_str().unwrap_or("")),
+            esc(r["mode"].as_str().unwrap_or("")),
+            if best { " (best)" } else { "" },
+            fmt(&r["val_top1"], 3),
+            fmt(&r["test_top1"], 3),
+            fmt(&r["test_macro_f1"], 3),
+            fmt(&r["train_seconds"], 0),
+            r["suspects"],
+            esc(&rel(r["report"].as_str().unwrap_or(""), out)),
+        ));
+    }
+    h.push_str("</table><p class=\"note\">Teachers: <b>inception</b>, the study's ImageNet Inception-v3; <b>face</b>, dlib's face descriptor (trained for identity). <i>base</i> learns from the labels alone; <i>probe</i> is a linear classifier on the teacher's features. The best model is chosen by validation accuracy, never by test accuracy. Figures move by a point or two with the seed and with the CPU kind.</p>");
+    if let Some(b) = s["best"].as_object() {
+        let ck = rel(
+            b.get("checkpoint").and_then(|v| v.as_str()).unwrap_or(""),
+            out,
+        );
+        h.push_str(&format!(
+            "<h3>The best model</h3><p><code>{}</code> ({} {}, validation {}, test {}). Open it from Python:</p><pre>from safetensors import safe_open\nimport json\nf = safe_open(\"{}\", \"np\")\nmeta = json.loads(f.metadata()[\"celeb_transfer\"])\nprint(meta[\"config\"], list(f.keys())[:5])</pre>",
+            esc(&ck),
+            esc(b.get("teacher").and_then(|v| v.as_str()).unwrap_or("")),
+            esc(b.get("mode").and_then(|v| v.as_str()).unwrap_or("")),
+            fmt(b.get("val_top1").unwrap_or(&Value::Null), 3),
+            fmt(b.get("test_top1").unwrap_or(&Value::Null), 3),
+            esc(&ck),
+        ));
+    }
+    h
+}
+
+fn tsne_section(s: &Value, out: &Path) -> String {
+    let mut h = String::from("<h2 id=\"tsne\">t-SNE maps</h2><p class=\"note\">Each model's test-and-validation embeddings, coloured by label; a tight cluster per colour is a model that separates the people.</p><div class=\"grid\">");
+    for r in s["modes"].as_array().into_iter().flatten() {
+        let dir = rel(r["eval_dir"].as_str().unwrap_or(""), out);
+        if out.join(&dir).join("tsne.png").exists() {
+            h.push_str(&format!(
+                "<figure><a href=\"{0}/tsne.png\"><img src=\"{0}/tsne.png\" alt=\"t-SNE {1}\"></a><figcaption>{1}</figcaption></figure>",
+                esc(&dir),
+                esc(&format!("{} {}", r["teacher"].as_str().unwrap_or(""), r["mode"].as_str().unwrap_or("")))
+            ));
+        }
+    }
+    h.push_str("</div>");
+    h
+}
+
+fn suspects_section(s: &Value, out: &Path) -> String {
+    let mut h = String::from("<h2 id=\"suspects\">Dirty data: suspects per class</h2>");
+    // The best model's report, else the first.
+    let rows: Vec<&Value> = s["modes"].as_array().into_iter().flatten().collect();
+    let Some(r) = rows
+        .iter()
+        .find(|r| r["best"] == Value::Bool(true))
+        .or(rows.first())
+    else {
+        return h;
+    };
+    let dir = rel(r["eval_dir"].as_str().unwrap_or(""), out);
+    let report = read_json(&out.join(&dir).join("report.json"));
+    let n = report
+        .as_ref()
+        .and_then(|r| r["suspects"].as_array().map(|a| a.len()))
+        .unwrap_or(0);
+    h.push_str(&format!(
+        "<p>{n} faces flagged by the {} {} model's report (<a href=\"{}/report.json\">scores</a>): faces far from their own class or near another. Ranked montages per class:</p><div class=\"grid\">",
+        esc(r["teacher"].as_str().unwrap_or("")),
+        esc(r["mode"].as_str().unwrap_or("")),
+        esc(&dir)
+    ));
+    let mut files: Vec<String> = std::fs::read_dir(out.join(&dir))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|f| f.starts_with("suspects-") && f.ends_with(".png"))
+        .collect();
+    files.sort();
+    for f in files {
+        let class = f.trim_start_matches("suspects-").trim_end_matches(".png");
+        h.push_str(&format!(
+            "<figure><a href=\"{0}/{1}\"><img src=\"{0}/{1}\" alt=\"suspects {2}\"></a><figcaption>{2}</figcaption></figure>",
+            esc(&dir),
+            esc(&f),
+            esc(class)
+        ));
+    }
+    h.push_str("</div>");
+    h
+}
+
+fn settings_section(s: &Value) -> String {
+    let mut h = format!(
+        "<h2 id=\"settings\">Run settings and timings</h2><p>seed {}, device {}, teachers: inception <code>{}</code> (layer {}, {}x{} grid), face <code>{}</code>; total {} s.</p><table><tr><th>stage</th><th>seconds</th></tr>",
+        s["seed"],
+        esc(s["device"].as_str().unwrap_or("")),
+        esc(s["teacher"].as_str().unwrap_or("")),
+        esc(s["teacher_layer"].as_str().unwrap_or("")),
+        s["teacher_grid"],
+        s["teacher_grid"],
+        esc(s["face_teacher"].as_str().unwrap_or("")),
+        fmt(&s["seconds"], 0),
+    );
+    for t in s["timings"].as_array().into_iter().flatten() {
+        h.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td></tr>",
+            esc(t["stage"].as_str().unwrap_or("")),
+            fmt(&t["seconds"], 1)
+        ));
+    }
+    h.push_str("</table><p class=\"note\">A stage that was up to date was skipped (its time is the check's). <a href=\"summary.json\">summary.json</a> holds all of this as JSON.</p>");
+    h
+}
+
+/// Every `href` and `src` of a page that does not resolve to a file under `out`.
+pub fn broken_links(html: &str, out: &Path) -> Vec<String> {
+    let mut bad = Vec::new();
+    for attr in ["href=\"", "src=\""] {
+        let mut rest = html;
+        while let Some(i) = rest.find(attr) {
+            rest = &rest[i + attr.len()..];
+            let end = rest.find('"').unwrap_or(rest.len());
+            let link = rest[..end].replace("&amp;", "&");
+            if !link.starts_with('#') && !link.contains("://") && !out.join(&link).is_file() {
+                bad.push(link);
+            }
+        }
+    }
+    bad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_page_has_every_section_and_its_links_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        std::fs::write(
+            out.join("rejects.json"),
+            r#"{"count":3,"rejects":[{"path":"a/1.jpg","reason":"no face found"},{"path":"a/2.jpg","reason":"no face found"},{"path":"b/3.jpg","reason":"truncated file"}]}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            out.join("alignment-quality.json"),
+            r#"{"eye_centres":2.7,"mouth":3.5,"nose_tip":8.5}"#,
+        )
+        .unwrap();
+        std::fs::write(out.join("montage.png"), b"png").unwrap();
+        std::fs::write(out.join("summary.json"), b"{}").unwrap();
+        let mut rows = Vec::new();
+        for (t, m) in [("none", "base"), ("face", "cosine")] {
+            let tag = if t == "none" {
+                m.to_string()
+            } else {
+                format!("{t}-{m}")
+            };
+            let e = out.join(format!("eval-{tag}"));
+            std::fs::create_dir_all(&e).unwrap();
+            for f in [
+                "tsne.png",
+                "report.html",
+                "suspects-alice.png",
+                "suspects-bob.png",
+            ] {
+                std::fs::write(e.join(f), b"x").unwrap();
+            }
+            std::fs::write(e.join("report.json"), r#"{"suspects":[{},{}]}"#).unwrap();
+            rows.push(json!({
+                "teacher": t, "mode": m, "val_top1": 0.8, "test_top1": 0.7, "test_macro_f1": 0.6,
+                "train_seconds": 12.0, "suspects": 2,
+                "checkpoint": out.join(format!("student-{tag}.safetensors")).display().to_string(),
+                "report": e.join("report.html").display().to_string(),
+                "eval_dir": e.display().to_string(),
+            }));
+        }
+        rows[1]["best"] = json!(true);
+        let s = json!({
+            "data": "photos", "classes": 2, "modes": rows, "best": rows[1].clone(), "seed": 42,
+            "device": "cpu", "teacher": "t", "teacher_layer": "pool", "teacher_grid": 1,
+            "face_teacher": "dlib-face", "seconds": 30.0,
+            "timings": [{"stage": "preprocess", "seconds": 1.0}],
+        });
+        let page = index_html(&s, out);
+        for section in [
+            "id=\"data\"",
+            "id=\"results\"",
+            "id=\"tsne\"",
+            "id=\"suspects\"",
+            "id=\"settings\"",
+        ] {
+            assert!(page.contains(section), "missing {section}");
+        }
+        assert!(
+            page.contains("no face found</td><td>2"),
+            "rejects by reason"
+        );
+        assert!(page.contains("class=\"best\""));
+        assert!(page.contains("eval-face-cosine/suspects-bob.png"));
+        assert_eq!(broken_links(&page, out), Vec::<String>::new());
+        // A missing image is reported.
+        std::fs::remove_file(out.join("eval-face-cosine/tsne.png")).unwrap();
+        std::fs::remove_file(out.join("montage.png")).unwrap();
+        let page = page.replace("xx", "");
+        assert!(broken_links(&page, out).contains(&"montage.png".to_string()));
+    }
+}
