@@ -259,7 +259,7 @@ fn tensor(r: &mut Reader) -> Result<([usize; 4], Vec<f32>), FormatError> {
         .filter(|&n| n <= r.remaining() / 4)
         .ok_or_else(|| {
             r.err(format!(
-                "tensor {dims:?} is larger than the rest of the file"
+                "tensor {dims:?} runs past the end of file"
             ))
         })?;
     Ok((dims, r.f32s_le(n, "tensor data")?))

@@ -305,7 +305,7 @@ fn pool(x: &Tensor, p: &Pool, nhwc: bool) -> Result<Tensor> {
 
 /// dlib's `add(dest, a, b)`: the result has the larger of each dimension; positions outside
 /// one operand count as zero (both aligned at index 0).
-fn add_zero_extended(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+pub fn add_zero_extended(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (da, db) = (a.dims().to_vec(), b.dims().to_vec());
     if da == db {
         return a + b;
