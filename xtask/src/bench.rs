@@ -91,6 +91,20 @@ np.asarray(e, dtype='<f8').tofile(sys.argv[3])
 print(json.dumps({"n": n, "seconds": s, "kl_own": float(e.kl_divergence)}))
 "#;
 
+const DLIB_FACE: &str = r#"
+import sys, time, json, os, numpy as np, dlib
+from safetensors.numpy import load_file
+net = dlib.face_recognition_model_v1(sys.argv[1])
+chips = load_file(sys.argv[2])["chips"]
+for b in map(int, sys.argv[3:]):
+    batch = [np.ascontiguousarray(chips[i % len(chips)]) for i in range(b)]
+    net.compute_face_descriptor(batch)
+    reps = max(3, min(32, 64 // b)); t = time.time()
+    for _ in range(reps): net.compute_face_descriptor(batch)
+    s = time.time() - t
+    print(json.dumps({"batch": b, "chips_per_second": b * reps / s, "threads": len(os.listdir("/proc/self/task"))}))
+"#;
+
 /// Median of a few runs (the upper middle one for an even count).
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
@@ -171,7 +185,53 @@ pub fn run(args: &[String]) -> Result<()> {
                 p.map(|p| ratio(o, p)).unwrap_or_else(|| "-".into()),
             ));
         }
-        results["bottleneck"] = json!({"candle": ours, "torch": peer});
+        // The face teacher on dlib's fixture chips, against dlib's own Python module.
+        let shared = shared_dir().context("bench bottleneck needs ../shared")?;
+        let mut f = vec![
+            shared
+                .join("models/dlib/dlib_face_recognition_resnet_model_v1.dat")
+                .display()
+                .to_string(),
+            shared
+                .join("fixtures/dlib-face-recognition/reference.safetensors")
+                .display()
+                .to_string(),
+        ];
+        f.extend(batches.clone());
+        let face = example("dlib-dnn", "bench_face", &f)?;
+        let dlib = if python_has("dlib, numpy, safetensors") {
+            Some(python(DLIB_FACE, &f)?)
+        } else {
+            None
+        };
+        for (i, r) in face.iter().enumerate() {
+            let o = r["chips_per_second"].as_f64().unwrap_or(0.0);
+            let c = r["candle_ops_chips_per_second"].as_f64().unwrap_or(0.0);
+            table.push((
+                format!("dlib face resnet batch {} (candle ops)", r["batch"]),
+                format!("{c:.2} chips/s"),
+                format!(
+                    "NHWC kernels {o:.2} ({:.1} GFLOP/s)",
+                    r["gflop_per_second"].as_f64().unwrap_or(0.0)
+                ),
+                ratio(o, c),
+            ));
+            let p = dlib.as_ref().and_then(|p| p.get(i));
+            let pr = p.and_then(|p| p["chips_per_second"].as_f64());
+            table.push((
+                format!("dlib face resnet batch {}", r["batch"]),
+                format!("{o:.2} chips/s"),
+                pr.map(|x| {
+                    format!(
+                        "dlib {x:.2} ({} threads)",
+                        p.map(|p| p["threads"].clone()).unwrap_or_default()
+                    )
+                })
+                .unwrap_or_else(|| "dlib not importable (pip install dlib-bin)".into()),
+                pr.map(|x| ratio(o, x)).unwrap_or_else(|| "-".into()),
+            ));
+        }
+        results["bottleneck"] = json!({"candle": ours, "torch": peer, "face": face, "dlib": dlib});
     }
     if all || what == "train" {
         // Rounds alternate between us and the peer, one run per batch size each, so that

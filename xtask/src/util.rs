@@ -64,8 +64,29 @@ pub fn show(cmd: &Command) -> String {
     s
 }
 
+/// A cargo for the stages. `cargo run -p xtask` hands xtask the variables of its own run
+/// (`CARGO_MANIFEST_DIR=.../xtask`, `CARGO_PKG_*`, ...); ring's build script reruns when
+/// `CARGO_MANIFEST_DIR` changes, so passing them on rebuilt ring, rustls, ureq and hf-hub
+/// after every plain `cargo build` (~25 s). Without them both builds share one fingerprint.
 pub fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || matches!(
+                k.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_MANIFEST_LINKS"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            c.env_remove(k.as_ref());
+        }
+    }
+    c
 }
 
 /// `../shared` beside the clone (or `CELEB_SHARED`), when present.

@@ -257,11 +257,7 @@ fn tensor(r: &mut Reader) -> Result<([usize; 4], Vec<f32>), FormatError> {
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .filter(|&n| n <= r.remaining() / 4)
-        .ok_or_else(|| {
-            r.err(format!(
-                "tensor {dims:?} runs past the end of file"
-            ))
-        })?;
+        .ok_or_else(|| r.err(format!("tensor {dims:?} runs past the end of file")))?;
     Ok((dims, r.f32s_le(n, "tensor data")?))
 }
 

@@ -13,7 +13,7 @@ pub const DESCRIPTOR_DIM: usize = 128;
 /// The layer kinds of `anet_type`, input side first, as dlib serializes them, with the
 /// wires of its residual blocks: `ares` = relu(add_prev1(block(tag1(x)))),
 /// `ares_down` = relu(add_prev2(avg_pool2(skip1(tag2(block_s2(tag1(x))))))).
-fn architecture() -> (Vec<&'static str>, Vec<Wire>) {
+pub fn architecture() -> (Vec<&'static str>, Vec<Wire>) {
     let mut kinds = vec!["con", "affine", "relu", "max_pool"];
     let mut wires = Vec::new();
     let block = |k: &mut Vec<&'static str>| k.extend(["con", "affine", "relu", "con", "affine"]);

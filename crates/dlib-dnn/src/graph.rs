@@ -328,10 +328,13 @@ pub fn add_zero_extended(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// dlib's input layers: RGB pixels (HWC) to `(pixel - avg) / 256`, still HWC.
 pub fn normalise_rgb(pixels: &[u8], avg: [f32; 3]) -> Vec<f32> {
-    pixels
-        .chunks_exact(3)
-        .flat_map(|p| (0..3).map(move |c| (p[c] as f32 - avg[c]) / 256.0))
-        .collect()
+    let mut out = Vec::with_capacity(pixels.len());
+    for p in pixels.chunks_exact(3) {
+        for c in 0..3 {
+            out.push((p[c] as f32 - avg[c]) / 256.0);
+        }
+    }
+    out
 }
 
 /// Normalised HWC floats of `n` images as the graph's input, in its layout.

@@ -27,12 +27,29 @@ pub enum DecodeError {
     Io(String),
     #[error("not an image or unsupported format: {0}")]
     Format(String),
+    #[error("truncated file (the JPEG ends before its end-of-image marker)")]
+    Truncated,
     #[error("corrupt or truncated image: {0}")]
     Corrupt(String),
     #[error("too small ({0}x{1}); need at least {MIN_SIDE} px per side")]
     TooSmall(u32, u32),
     #[error("too large to decode ({0}x{1})")]
     TooLarge(u32, u32),
+}
+
+/// Whether a JPEG stops before its end-of-image marker (FF D9) after its last scan (FF DA).
+/// The decoder fills a cut-off scan with grey and reports no error, so without this check
+/// a truncated photo would surface later as "no face found" or as a half-grey face.
+/// Byte stuffing keeps both markers out of entropy-coded data; an EXIF thumbnail's own
+/// FF D9 comes before the main scan and does not count.
+fn jpeg_truncated(path: &Path) -> Result<bool, DecodeError> {
+    let bytes = std::fs::read(path).map_err(|e| DecodeError::Io(e.to_string()))?;
+    let last = |m: u8| bytes.windows(2).rposition(|w| w[0] == 0xFF && w[1] == m);
+    Ok(match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) => eoi < sos,
+        (Some(_), None) => true,
+        _ => false,
+    })
 }
 
 /// Decodes a photo: EXIF orientation applied, grey/alpha/CMYK/16-bit converted to 8-bit
@@ -47,6 +64,9 @@ pub fn decode(path: &Path) -> Result<Rgb, DecodeError> {
         .with_guessed_format()
         .map_err(|e| DecodeError::Io(e.to_string()))?;
     let format = reader.format();
+    if format == Some(image::ImageFormat::Jpeg) && jpeg_truncated(path)? {
+        return Err(DecodeError::Truncated);
+    }
     let mut decoder = reader
         .into_decoder()
         .map_err(|e| DecodeError::Format(e.to_string()))?;

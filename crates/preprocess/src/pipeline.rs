@@ -182,13 +182,8 @@ fn list_inputs(root: &Path) -> Result<(Vec<Candidate>, Vec<Reject>), PreprocessE
                 continue;
             }
             let shown = fpath.display().to_string();
-            let Some(file) = fname.to_str().map(str::to_string) else {
-                rejects.push(Reject {
-                    path: shown,
-                    reason: "file name is not valid UTF-8".into(),
-                });
-                continue;
-            };
+            // A name that is not UTF-8 is kept; artifacts record it lossily (U+FFFD).
+            let file = fname.to_string_lossy().into_owned();
             match std::fs::metadata(&fpath) {
                 Ok(m) if m.is_file() => out.push(Candidate {
                     class: class.clone(),

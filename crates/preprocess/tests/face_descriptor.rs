@@ -70,13 +70,25 @@ fn our_pipeline_gives_dlibs_descriptors() {
         let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
         let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
         let cos = dot / (na * nb);
-        let dist: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>().sqrt();
+        let dist: f32 = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y) * (x - y))
+            .sum::<f32>()
+            .sqrt();
         eprintln!("{p}: cosine {cos:.4}, distance {dist:.3}");
         worst = worst.min(cos);
     }
-    eprintln!("{found} of {} photos, worst cosine {worst:.4}", photos.len());
+    eprintln!(
+        "{found} of {} photos, worst cosine {worst:.4}",
+        photos.len()
+    );
     // dlib's HOG detector found all 28; the Haar cascade misses m.06w2sn5/1 (a face the
     // CNN detector is for). Every face we do find must give dlib's descriptor.
-    assert!(found + 1 >= photos.len(), "only {found} of {} photos gave a face", photos.len());
+    assert!(
+        found + 1 >= photos.len(),
+        "only {found} of {} photos gave a face",
+        photos.len()
+    );
     assert!(worst >= 0.98, "worst cosine {worst}");
 }
