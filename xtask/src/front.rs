@@ -78,7 +78,7 @@ fn data_section(out: &Path) -> String {
         if !by.is_empty() {
             h.push_str("<table><tr><th>reason</th><th>photos</th></tr>");
             let mut v: Vec<_> = by.into_iter().collect();
-            v.sort_by(|a, b| b.1.cmp(&a.1));
+            v.sort_by_key(|x| std::cmp::Reverse(x.1));
             for (reason, n) in v {
                 h.push_str(&format!("<tr><td>{}</td><td>{n}</td></tr>", esc(&reason)));
             }

@@ -105,7 +105,7 @@ pub fn face_chip_details(landmarks: &[[f32; 2]], size: usize, padding: f64) -> O
     let t = similarity_fit(&from, &to);
     let (a, b) = (t.a as f64, t.b as f64);
     let scale = a.hypot(b);
-    if !(scale > 0.0) {
+    if scale.is_nan() || scale <= 0.0 {
         return None;
     }
     let angle = b.atan2(a);

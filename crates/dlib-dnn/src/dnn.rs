@@ -568,25 +568,19 @@ pub mod write {
         }
     }
 
-    pub fn con(
-        out: &mut Vec<u8>,
-        filters: usize,
-        k: usize,
-        size: usize,
-        stride: usize,
-        pad: usize,
-        w: &[f32],
-        b: &[f32],
-    ) {
+    /// A `con_4` layer (square window, equal strides and paddings).
+    pub fn con(out: &mut Vec<u8>, c: &crate::dnn::Con) {
         string(out, "con_4");
-        let mut p = w.to_vec();
-        p.extend_from_slice(b);
+        let mut p = c.weight.clone();
+        p.extend_from_slice(c.bias.as_deref().unwrap_or(&[]));
         tensor(out, [p.len(), 1, 1, 1], &p);
-        for v in [filters, size, size, stride, stride, pad, pad] {
+        for v in [
+            c.filters, c.nr, c.nc, c.stride.0, c.stride.1, c.pad.0, c.pad.1,
+        ] {
             int(out, v as i64);
         }
-        alias(out, [filters, k, size, size]);
-        alias(out, [1, filters, 1, 1]);
+        alias(out, [c.filters, c.in_channels, c.nr, c.nc]);
+        alias(out, [1, c.filters, 1, 1]);
         for _ in 0..4 {
             double(out, 1.0);
         }

@@ -1,7 +1,7 @@
 //! dlib's DNN serialization on small networks these tests write themselves.
 
 use candle_core::{DType, Device, Tensor};
-use dlib_dnn::dnn::{write as w, Input, Layer, Loss};
+use dlib_dnn::dnn::{write as w, Con, Input, Layer, Loss};
 use dlib_dnn::graph::{input_tensor, normalise_rgb, Graph, Kernels, Wire};
 use dlib_dnn::serialize::write::*;
 use dlib_dnn::Net;
@@ -28,16 +28,17 @@ fn tiny_net() -> Vec<u8> {
     let wts = |n: usize, s: f32| -> Vec<f32> {
         (0..n).map(|i| ((i * 37 % 17) as f32 - 8.0) * s).collect()
     };
-    w::con(
-        &mut b,
-        4,
-        3,
-        3,
-        1,
-        1,
-        &wts(4 * 3 * 9, 0.05),
-        &[0.1, -0.2, 0.3, 0.0],
-    );
+    let con = |k: usize, weight: Vec<f32>, bias: [f32; 4]| Con {
+        filters: 4,
+        in_channels: k,
+        nr: 3,
+        nc: 3,
+        stride: (1, 1),
+        pad: (1, 1),
+        weight,
+        bias: Some(bias.to_vec()),
+    };
+    w::con(&mut b, &con(3, wts(4 * 3 * 9, 0.05), [0.1, -0.2, 0.3, 0.0]));
     w::trailer(&mut b, true);
     w::affine(&mut b, &[1.5, 0.5, -1.0, 2.0], &[0.1, 0.2, 0.3, -0.4]);
     w::trailer(&mut b, false);
@@ -45,13 +46,7 @@ fn tiny_net() -> Vec<u8> {
     w::trailer(&mut b, false);
     w::con(
         &mut b,
-        4,
-        4,
-        3,
-        1,
-        1,
-        &wts(4 * 4 * 9, 0.03),
-        &[0.0, 0.05, -0.05, 0.1],
+        &con(4, wts(4 * 4 * 9, 0.03), [0.0, 0.05, -0.05, 0.1]),
     );
     w::trailer(&mut b, false);
     string(&mut b, "add_prev_");
