@@ -16,6 +16,9 @@ pub struct Rgb {
     pub width: usize,
     pub height: usize,
     pub data: Vec<u8>,
+    /// Rows above this hold decoded pixels; below it a truncated JPEG's decoder filled in
+    /// a flat colour. `height` for a complete file.
+    pub valid_rows: usize,
 }
 
 /// Why a photo could not be decoded; each becomes a reject reason.
@@ -27,7 +30,7 @@ pub enum DecodeError {
     Io(String),
     #[error("not an image or unsupported format: {0}")]
     Format(String),
-    #[error("truncated file (the JPEG ends before its end-of-image marker)")]
+    #[error("truncated file (the JPEG ends before its end-of-image marker, and over half the photo is missing)")]
     Truncated,
     #[error("corrupt or truncated image: {0}")]
     Corrupt(String),
@@ -38,8 +41,11 @@ pub enum DecodeError {
 }
 
 /// Whether a JPEG stops before its end-of-image marker (FF D9) after its last scan (FF DA).
-/// The decoder fills a cut-off scan with grey and reports no error, so without this check
-/// a truncated photo would surface later as "no face found" or as a half-grey face.
+/// The decoder fills a cut-off scan with a flat colour and reports no error. Measured on 56
+/// msceleb photos cut to 95 / 85 / 70 / 50% of their bytes (dlib's detector and
+/// descriptor): 56 / 55 / 53 / 33 still give the face, with the full photo's descriptor
+/// (median distance 0.000 / 0.000 / 0.002 / 0.307). So a truncated photo is kept when its
+/// face lies in the decoded rows, and rejected when the face reaches the missing part.
 /// Byte stuffing keeps both markers out of entropy-coded data; an EXIF thumbnail's own
 /// FF D9 comes before the main scan and does not count.
 fn jpeg_truncated(path: &Path) -> Result<bool, DecodeError> {
@@ -64,9 +70,7 @@ pub fn decode(path: &Path) -> Result<Rgb, DecodeError> {
         .with_guessed_format()
         .map_err(|e| DecodeError::Io(e.to_string()))?;
     let format = reader.format();
-    if format == Some(image::ImageFormat::Jpeg) && jpeg_truncated(path)? {
-        return Err(DecodeError::Truncated);
-    }
+    let truncated = format == Some(image::ImageFormat::Jpeg) && jpeg_truncated(path)?;
     let mut decoder = reader
         .into_decoder()
         .map_err(|e| DecodeError::Format(e.to_string()))?;
@@ -84,10 +88,35 @@ pub fn decode(path: &Path) -> Result<Rgb, DecodeError> {
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
+    if truncated && orientation != image::metadata::Orientation::NoTransforms {
+        // Turned, the missing rows would be a side or the top: not worth the cases.
+        return Err(DecodeError::Truncated);
+    }
     let mut img =
         DynamicImage::from_decoder(decoder).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
     img.apply_orientation(orientation);
-    Ok(to_rgb_bounded(img))
+    let mut rgb = to_rgb_bounded(img);
+    if truncated {
+        rgb.valid_rows = decoded_rows(&rgb);
+        if rgb.valid_rows < rgb.height / 2 {
+            return Err(DecodeError::Truncated);
+        }
+    }
+    Ok(rgb)
+}
+
+/// Rows above the flat fill a truncated JPEG's decoder leaves at the bottom, less one
+/// 16-px block row (the last decoded blocks are partial, and resizing blurs the seam).
+fn decoded_rows(img: &Rgb) -> usize {
+    let row = img.width * 3;
+    let flat = (0..img.height)
+        .rev()
+        .take_while(|&y| {
+            let r = &img.data[y * row..(y + 1) * row];
+            r.chunks_exact(3).all(|p| p == &r[..3])
+        })
+        .count();
+    (img.height - flat).saturating_sub(16)
 }
 
 fn to_rgb_bounded(img: DynamicImage) -> Rgb {
@@ -98,10 +127,12 @@ fn to_rgb_bounded(img: DynamicImage) -> Rgb {
         img
     };
     let rgb = img.into_rgb8();
+    let (width, height) = (rgb.width() as usize, rgb.height() as usize);
     Rgb {
-        width: rgb.width() as usize,
-        height: rgb.height() as usize,
+        width,
+        height,
         data: rgb.into_raw(),
+        valid_rows: height,
     }
 }
 

@@ -275,6 +275,11 @@ impl Worker<'_> {
     }
 
     fn as_is(&self, img: Rgb) -> Result<Processed, String> {
+        if img.valid_rows < img.height {
+            return Err(
+                "truncated file (an --as-is image is used whole, missing rows and all)".into(),
+            );
+        }
         let s = self.cfg.size as u32;
         let src = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data)
             .ok_or("bad buffer")?;
@@ -308,6 +313,20 @@ impl Worker<'_> {
             lm = predictor.predict(&gray, img.width, img.height, rect);
         }
         plausible(&lm, rect[2] - rect[0])?;
+        if img.valid_rows < img.height {
+            // A truncated JPEG: keep it only when the face (and the chin below the last
+            // landmark) lies in the rows that were decoded.
+            let (top, bottom) = lm
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(t, b), p| (t.min(p[1]), b.max(p[1])));
+            if bottom + 0.3 * (bottom - top) >= img.valid_rows as f32 {
+                return Err(
+                    "truncated file (the face reaches the part of the photo that is missing)"
+                        .into(),
+                );
+            }
+            tracing::info!("kept a truncated photo: its face lies in the decoded rows");
+        }
         let size = self.cfg.size;
         let (transform, mut pixels) = match self.cfg.mode {
             Mode::Align => {

@@ -99,3 +99,37 @@ fn study_aligned_images_match_our_alignment() {
         );
     }
 }
+
+#[test]
+#[ignore = "needs ../shared and Debian data packages"]
+fn a_truncated_photo_is_kept_when_its_face_was_decoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    let class = input.join("m.033m23");
+    std::fs::create_dir_all(&class).unwrap();
+    let photo =
+        std::fs::read(shared().join("data/msceleb-samples/m.033m23/0-FaceId-0.jpg")).unwrap();
+    std::fs::write(class.join("whole.jpg"), &photo).unwrap();
+    std::fs::write(class.join("cut90.jpg"), &photo[..photo.len() * 9 / 10]).unwrap();
+    std::fs::write(class.join("cut30.jpg"), &photo[..photo.len() * 3 / 10]).unwrap();
+    let out = dir.path().join("faces.safetensors");
+    run(&input, &out, &PreprocessConfig::default()).unwrap();
+    let faces = artifacts::Faces::read(&out).unwrap();
+    let mut kept = faces.sources.clone();
+    kept.sort();
+    assert_eq!(kept, ["m.033m23/cut90.jpg", "m.033m23/whole.jpg"]);
+    let rejects = std::fs::read_to_string(dir.path().join("rejects.json")).unwrap();
+    assert!(
+        rejects.contains("cut30.jpg") && rejects.contains("truncated file"),
+        "{rejects}"
+    );
+    // The kept truncated face is the whole photo's face.
+    let (a, b) = (faces.image(0), faces.image(1));
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .sum::<f64>()
+        / a.len() as f64;
+    assert!(diff < 2.0, "mean pixel difference {diff}");
+}
