@@ -206,6 +206,10 @@ impl Teacher {
 
     /// The layer as artifacts and cache keys name it: `Mixed_6c`, or `Mixed_6c grid 2x2`.
     pub fn layer_name(&self) -> String {
+        if self.uses_chips() {
+            // The chip settings are part of what the features mean (and of the cache key).
+            return "descriptor (dlib chips: 150 px, padding 0.25)".into();
+        }
         match self.grid {
             1 => self.layer.clone(),
             g => format!("{} grid {g}x{g}", self.layer),
@@ -340,11 +344,8 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
             faces_path.display()
         )));
     }
-    let teacher = Teacher::load(cfg)?;
-    let dim = teacher.dim();
-    let p = teacher.resolved.preprocessing.clone();
     // The face teacher reads dlib's chips, which preprocess stores beside the crops.
-    let (chips, vh, vw) = if teacher.uses_chips() {
+    let (chips, vh, vw) = if face_teacher::is_face_teacher(&cfg.teacher) {
         let chips = faces.geometry.as_ref().and_then(|g| g.chips.as_ref()).ok_or_else(|| {
             Error::Config(format!(
                 "{} holds no dlib face chips (made by an older preprocess, or --as-is): re-run preprocess",
@@ -355,6 +356,9 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
     } else {
         (None, faces.height, faces.width)
     };
+    let teacher = Teacher::load(cfg)?;
+    let dim = teacher.dim();
+    let p = teacher.resolved.preprocessing.clone();
     let face_view = |i: usize| -> &[u8] {
         match chips {
             Some(c) => &c[i * vh * vw * 3..(i + 1) * vh * vw * 3],

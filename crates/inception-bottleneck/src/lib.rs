@@ -11,7 +11,7 @@ pub mod retrain;
 pub mod teacher;
 pub mod weights;
 
-pub use extract::{extract, ExtractConfig, Summary, Teacher};
+pub use extract::{export_retrain, extract, ExtractConfig, Summary, Teacher};
 pub use inception::InceptionV3;
 
 use std::path::PathBuf;

@@ -1,0 +1,113 @@
+//! The face teacher (`--teacher dlib-face` / a `.dat` path) through the extraction stage.
+
+use artifacts::{Bottlenecks, FaceGeometry, Faces, Provenance, Split};
+use inception_bottleneck::{export_retrain, extract, ExtractConfig};
+use std::path::{Path, PathBuf};
+
+fn shared() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+}
+
+/// A faces artifact of `n` faces; `chips` (u8 [n,150,150,3]) as its dlib chips.
+fn faces(path: &Path, n: usize, chips: Option<Vec<u8>>) {
+    let geometry = chips.map(|c| FaceGeometry {
+        boxes: vec![[0.0; 4]; n],
+        landmarks: vec![0.0; n * 136],
+        transforms: vec![0.0; n * 6],
+        chips: Some(c),
+    });
+    Faces {
+        height: 8,
+        width: 8,
+        images: vec![7; n * 8 * 8 * 3],
+        labels: (0..n as u32).map(|i| i % 2).collect(),
+        splits: vec![Split::Train; n],
+        class_names: vec!["a".into(), "b".into()],
+        sources: (0..n)
+            .map(|i| format!("{}/{i}.jpg", ["a", "b"][i % 2]))
+            .collect(),
+        geometry,
+        provenance: Provenance::new("test", "0", serde_json::json!({})),
+    }
+    .write(path)
+    .unwrap();
+}
+
+#[test]
+fn faces_without_chips_are_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("faces.safetensors");
+    faces(&p, 2, None);
+    let cfg = ExtractConfig {
+        teacher: dir.path().join("model.dat").display().to_string(),
+        cache_dir: None,
+        ..Default::default()
+    };
+    let e = extract(&p, &dir.path().join("b.safetensors"), &cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no dlib face chips") && e.contains("re-run preprocess"),
+        "{e}"
+    );
+    // Inception's layer options do not apply to it.
+    faces(&p, 2, Some(vec![0; 2 * 67500]));
+    let cfg = ExtractConfig { grid: 2, ..cfg };
+    let e = extract(&p, &dir.path().join("b.safetensors"), &cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--grid"), "{e}");
+}
+
+#[test]
+#[ignore = "needs ../shared (dlib's model and its reference descriptors)"]
+fn extraction_gives_dlibs_descriptors_and_caches_them() {
+    let bytes =
+        std::fs::read(shared().join("fixtures/dlib-face-recognition/reference.safetensors"))
+            .unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let chips = st.tensor("chips").unwrap().data().to_vec();
+    let want: Vec<f32> = st
+        .tensor("descriptors")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("faces.safetensors");
+    faces(&p, 28, Some(chips));
+    let cfg = ExtractConfig {
+        teacher: shared()
+            .join("models/dlib/dlib_face_recognition_resnet_model_v1.dat")
+            .display()
+            .to_string(),
+        cache_dir: Some(dir.path().join("cache")),
+        device: artifacts::device::DeviceChoice::Cpu,
+        ..Default::default()
+    };
+    let out = dir.path().join("b.safetensors");
+    let s = extract(&p, &out, &cfg).unwrap();
+    assert_eq!((s.computed, s.dim), (28, 128));
+    assert!(
+        s.teacher.starts_with("dlib-face:") && s.teacher.contains("55533b28a95800a5"),
+        "{}",
+        s.teacher
+    );
+    let b = Bottlenecks::read(&out).unwrap();
+    assert!(b.layer.contains("dlib chips"), "{}", b.layer);
+    let err = b
+        .features
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(err <= 1e-4, "max abs error {err}");
+    // Again: everything from the content-addressed cache, the same values.
+    let s2 = extract(&p, &out, &cfg).unwrap();
+    assert_eq!((s2.computed, s2.from_cache), (0, 28));
+    assert_eq!(Bottlenecks::read(&out).unwrap().features, b.features);
+    // retrain.py's text format works for this teacher too.
+    let n = export_retrain(&p, &out, &dir.path().join("retrain")).unwrap();
+    assert_eq!(n, 28);
+}
