@@ -27,7 +27,7 @@ fn read_json(path: &Path) -> Option<Value> {
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}\
 h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}\
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 10px;text-align:right}\
-td:first-child,th:first-child,td:nth-child(2){text-align:left}tr.best{background:#e6f4e6;font-weight:bold}\
+td:first-child,th:first-child,td:nth-child(2),th:nth-child(2){text-align:left}tr.best{background:#e6f4e6;font-weight:bold}\
 .grid{display:flex;flex-wrap:wrap;gap:12px}.grid figure{margin:0;width:380px}.grid img{width:100%;border:1px solid #ddd}\
 figcaption{font-size:.9em;color:#555}code,pre{background:#f4f4f4;padding:2px 4px}pre{padding:8px;overflow-x:auto}\
 .note{color:#666;font-size:.9em}";
@@ -209,13 +209,20 @@ fn settings_section(s: &Value) -> String {
         fmt(&s["seconds"], 0),
     );
     for t in s["timings"].as_array().into_iter().flatten() {
+        let when = if t["earlier"] == Value::Bool(true) {
+            " (up to date: the run that made it)"
+        } else if t["skipped"] == Value::Bool(true) {
+            " (up to date: the check)"
+        } else {
+            ""
+        };
         h.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}{when}</td><td>{}</td></tr>",
             esc(t["stage"].as_str().unwrap_or("")),
             fmt(&t["seconds"], 1)
         ));
     }
-    h.push_str("</table><p class=\"note\">A stage that was up to date was skipped (its time is the check's). <a href=\"summary.json\">summary.json</a> holds all of this as JSON.</p>");
+    h.push_str("</table><p class=\"note\"><a href=\"summary.json\">summary.json</a> holds all of this as JSON.</p>");
     h
 }
 

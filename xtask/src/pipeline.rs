@@ -372,7 +372,7 @@ pub fn run(o: &Options) -> Result<Value> {
         "face_teacher": o.face_teacher,
         "teachers": teachers.iter().map(|t| t.0).collect::<Vec<_>>(),
         "best": best.map(|i| rows[i].clone()),
-        "timings": timings.iter().map(|(k, v)| json!({"stage": k, "seconds": v})).collect::<Vec<_>>(),
+        "timings": stage_timings(&timings, &skipped, &out("summary.json")),
         "teacher_layer": o.teacher_layer,
         "teacher_grid": o.teacher_grid,
         "classes": classes,
@@ -427,6 +427,30 @@ pub fn run(o: &Options) -> Result<Value> {
         out("index.html").display()
     );
     Ok(summary)
+}
+
+/// Seconds per stage; a stage skipped as up to date keeps the time of the run that made its
+/// output (from the previous summary), so the page shows what each stage costs.
+fn stage_timings(timings: &[(String, f64)], skipped: &[String], previous: &Path) -> Vec<Value> {
+    let old: Vec<Value> = read_json(previous)
+        .ok()
+        .and_then(|v| v["timings"].as_array().cloned())
+        .unwrap_or_default();
+    timings
+        .iter()
+        .map(|(stage, secs)| {
+            if skipped.contains(stage) {
+                if let Some(o) = old
+                    .iter()
+                    .find(|o| o["stage"] == json!(stage) && o["skipped"] != json!(true))
+                {
+                    return json!({"stage": stage, "seconds": o["seconds"], "earlier": true});
+                }
+                return json!({"stage": stage, "seconds": secs, "skipped": true});
+            }
+            json!({"stage": stage, "seconds": secs})
+        })
+        .collect()
 }
 
 pub fn fmt(v: &Value, digits: usize) -> String {
