@@ -154,13 +154,8 @@ impl Net {
                 break;
             }
             let at = r.pos();
-            let v = r.int()?;
-            if !(1..=3).contains(&v) {
-                return Err(r.err_at(
-                    at,
-                    format!("layer wrapper version {v}, expected 1 (tag/skip), 2 (layer) or 3 (first layer)"),
-                ));
-            }
+            // 1: tag/skip, 2: a layer, 3: the layer over the input.
+            let v = r.int_in("layer wrapper version", 1, 3)?;
             if chain.len() > 100_000 {
                 return Err(r.err("more than 100000 layers"));
             }
@@ -468,14 +463,7 @@ fn loss(r: &mut Reader) -> Result<Loss, FormatError> {
             dist_thresh: r.float()?,
         }),
         "loss_mmod_" => {
-            let vat = r.pos();
-            let version = r.int()?;
-            if !(1..=4).contains(&version) {
-                return Err(r.err_at(
-                    vat,
-                    format!("mmod_options version {version}, expected 1 to 4"),
-                ));
-            }
+            let version = r.int_in("mmod_options version", 1, 4)?;
             let windows = if version == 1 {
                 vec![DetectorWindow {
                     width: r.uint("window width", 1 << 16)?,
@@ -486,11 +474,7 @@ fn loss(r: &mut Reader) -> Result<Loss, FormatError> {
                 let n = r.uint("window count", 1 << 12)?;
                 let mut w = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let wat = r.pos();
-                    let v = r.int()?;
-                    if !(1..=2).contains(&v) {
-                        return Err(r.err_at(wat, format!("detector window version {v}")));
-                    }
+                    let v = r.int_in("detector window version", 1, 2)?;
                     let width = r.uint("window width", 1 << 16)?;
                     let height = r.uint("window height", 1 << 16)?;
                     let label = if v == 2 { r.string()? } else { String::new() };

@@ -95,6 +95,16 @@ impl<'a> Reader<'a> {
         Ok(v as usize)
     }
 
+    /// An integer in `lo..=hi` (a version with several known values).
+    pub fn int_in(&mut self, what: &str, lo: i64, hi: i64) -> Result<i64, FormatError> {
+        let at = self.pos;
+        let v = self.int()?;
+        if !(lo..=hi).contains(&v) {
+            return Err(self.err_at(at, format!("{what} = {v}, expected {lo} to {hi}")));
+        }
+        Ok(v)
+    }
+
     /// An integer that must equal `want` (a version number, a fixed size).
     pub fn expect_int(&mut self, what: &str, want: i64) -> Result<(), FormatError> {
         let at = self.pos;
