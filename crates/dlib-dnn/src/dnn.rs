@@ -225,7 +225,7 @@ impl Net {
 /// Whether the next item looks like a string: an integer length followed by a printable
 /// name starting with "input" (wrapper versions are 1..3, never followed by letters).
 fn peek_is_string(r: &Reader) -> bool {
-    let mut probe = Reader::new(&r_buf(r)[r.pos()..]);
+    let mut probe = Reader::new(&r.buffer()[r.pos()..]);
     let Ok(n) = probe.int() else { return false };
     if !(5..=64).contains(&n) {
         return false;
@@ -234,10 +234,6 @@ fn peek_is_string(r: &Reader) -> bool {
         .bytes(n as usize, "name")
         .map(|b| b.starts_with(b"input"))
         .unwrap_or(false)
-}
-
-fn r_buf<'a>(r: &Reader<'a>) -> &'a [u8] {
-    r.buffer()
 }
 
 /// A `resizable_tensor`: version 2, n, k, nr, nc, then raw little-endian f32.
@@ -266,6 +262,17 @@ fn alias(r: &mut Reader) -> Result<[usize; 4], FormatError> {
     Ok(dims)
 }
 
+/// A window's geometry as con_ and the pools store it: nr, nc, strides, paddings.
+#[allow(clippy::type_complexity)]
+fn window(r: &mut Reader) -> Result<(usize, usize, (usize, usize), (usize, usize)), FormatError> {
+    Ok((
+        r.uint("nr", 1 << 16)?,
+        r.uint("nc", 1 << 16)?,
+        (r.uint("stride_y", 1 << 16)?, r.uint("stride_x", 1 << 16)?),
+        (r.uint("padding_y", 1 << 16)?, r.uint("padding_x", 1 << 16)?),
+    ))
+}
+
 fn doubles(r: &mut Reader, n: usize) -> Result<Vec<f64>, FormatError> {
     (0..n).map(|_| r.double()).collect()
 }
@@ -279,12 +286,7 @@ fn body(r: &mut Reader) -> Result<Layer, FormatError> {
         "con_4" | "con_5" | "con_6" => {
             let (_, params) = tensor(r)?;
             let filters = r.uint("num_filters", 1 << 20)?;
-            let nr = r.uint("nr", 1 << 16)?;
-            let nc = r.uint("nc", 1 << 16)?;
-            let sy = r.uint("stride_y", 1 << 16)?;
-            let sx = r.uint("stride_x", 1 << 16)?;
-            let py = r.uint("padding_y", 1 << 16)?;
-            let px = r.uint("padding_x", 1 << 16)?;
+            let (nr, nc, (sy, sx), (py, px)) = window(r)?;
             let fdims = alias(r)?;
             let bdims = alias(r)?;
             doubles(r, 4)?;
@@ -362,12 +364,7 @@ fn body(r: &mut Reader) -> Result<Layer, FormatError> {
             Ok(Layer::Relu)
         }
         "max_pool_2" | "avg_pool_2" => {
-            let nr = r.uint("nr", 1 << 16)?;
-            let nc = r.uint("nc", 1 << 16)?;
-            let sy = r.uint("stride_y", 1 << 16)?;
-            let sx = r.uint("stride_x", 1 << 16)?;
-            let py = r.uint("padding_y", 1 << 16)?;
-            let px = r.uint("padding_x", 1 << 16)?;
+            let (nr, nc, (sy, sx), (py, px)) = window(r)?;
             if sy == 0 || sx == 0 || (nr == 0) != (nc == 0) {
                 return Err(r.err_at(at, "pool: zero stride or half-global window"));
             }
