@@ -1,19 +1,23 @@
-//! `cargo xtask check-cuda`: builds the workspace with `--features cuda` so the GPU path
-//! never rots, on machines without a GPU. nvcc comes from PATH/`CUDA_HOME`, or from
-//! PyPI's CUDA 13.0 wheels (the CUDA 12 wheels carry no nvcc).
+//! `cargo xtask check-cuda`: type-checks the workspace with `--features cuda` (candle's
+//! kernels compiled by nvcc included) so the GPU path never rots, on machines without a
+//! GPU; `--build` links release binaries for a GPU machine. nvcc comes from
+//! PATH/`CUDA_HOME`, or from PyPI's CUDA 13.0 wheels (the CUDA 12 wheels carry no nvcc).
 
 use crate::util::{cargo, run};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Pinned CUDA 13.0 wheels: compiler (kernels) and the libraries the binaries link.
-const WHEELS: &[&str] = &[
+/// Pinned CUDA 13.0 wheels: the compiler and headers candle's kernels need...
+const COMPILER_WHEELS: &[&str] = &[
     "nvidia-cuda-nvcc==13.0.88",
     "nvidia-cuda-crt==13.0.88",
     "nvidia-nvvm==13.0.88",
     "nvidia-cuda-runtime==13.0.96",
     "nvidia-cuda-cccl==13.0.85",
+];
+/// ...and the libraries linked binaries need (cuBLAS alone is ~0.5 GB: `--build` only).
+const LINK_WHEELS: &[&str] = &[
     "nvidia-cublas==13.0.2.14",
     "nvidia-curand==10.4.0.35",
     "nvidia-cuda-nvrtc==13.0.88",
@@ -45,15 +49,31 @@ fn nvcc_on_path() -> Option<PathBuf> {
 }
 
 /// Installs the wheels into the cache and returns the CUDA_HOME they form.
-fn cuda_from_wheels() -> Result<PathBuf> {
+fn cuda_from_wheels(link: bool) -> Result<PathBuf> {
     let target = home_cache().join("cuda13-wheels");
     let home = target.join("nvidia/cu13");
+    let has_lib = |stem: &str| {
+        std::fs::read_dir(home.join("lib"))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(stem))
+            })
+            .unwrap_or(false)
+    };
+    let mut wheels: Vec<&str> = Vec::new();
     if !home.join("bin/nvcc").exists() {
+        wheels.extend(COMPILER_WHEELS);
+    }
+    if link && !has_lib("libcublas.so") {
+        wheels.extend(LINK_WHEELS);
+    }
+    if !wheels.is_empty() {
         eprintln!(
-            "nvcc not found: installing PyPI's CUDA 13.0 wheels into {}",
+            "installing PyPI's CUDA 13.0 wheels ({}) into {}",
+            wheels.join(" "),
             target.display()
         );
-        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"]).arg(&target).args(WHEELS))
+        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"]).arg(&target).args(&wheels))
             .context("pip could not install the CUDA 13.0 wheels; install a CUDA toolkit (nvcc) and set CUDA_HOME instead")?;
     }
     if !home.join("bin/nvcc").exists() {
@@ -149,21 +169,38 @@ fn ensure_libcuda_stub(home: &Path) -> Result<Option<PathBuf>> {
 }
 
 pub fn check(args: &[String]) -> Result<()> {
+    let build = args.iter().any(|a| a == "--build");
+    let args: Vec<&String> = args.iter().filter(|a| *a != "--build").collect();
     let home = match nvcc_on_path() {
         Some(h) => h,
-        None => cuda_from_wheels()?,
+        None => cuda_from_wheels(build)?,
     };
-    let stub = ensure_libcuda_stub(&home)?;
-    let target_dir = std::env::var_os("CUDA_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home_cache().join("cuda-target"));
+    let stub = if build {
+        ensure_libcuda_stub(&home)?
+    } else {
+        None
+    };
+    // A check shares the workspace's target dir (and so opencv's generated bindings, the
+    // slowest build script, with the CPU build); binaries go to their own persistent dir.
+    let target_dir = if build {
+        std::env::var_os("CUDA_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home_cache().join("cuda-target"))
+    } else {
+        PathBuf::from("target")
+    };
     let path = format!(
         "{}:{}",
         home.join("bin").display(),
         std::env::var("PATH").unwrap_or_default()
     );
     let mut cmd = cargo();
-    cmd.args(["build", "--release", "--workspace", "--features"])
+    cmd.args([
+        if build { "build" } else { "check" },
+        "--release",
+        "--workspace",
+        "--features",
+    ])
         .arg("preprocess/cuda,inception-bottleneck/cuda,train/cuda,eval-tsne/cuda,model/cuda,losses/cuda,artifacts/cuda")
         .arg("--target-dir")
         .arg(&target_dir)
@@ -173,6 +210,14 @@ pub fn check(args: &[String]) -> Result<()> {
         .env("NVCC", home.join("bin/nvcc"))
         .env("PATH", path)
         .env("CUDA_COMPUTE_CAP", std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into()))
+        // A check needs candle's kernels to compile, not to be fast: unoptimised device code
+        // halves nvcc's time (57 s -> 26 s for one of its GGUF matmul files, measured).
+        .env(
+            "NVCC_APPEND_FLAGS",
+            std::env::var("NVCC_APPEND_FLAGS").unwrap_or_else(|_| {
+                if build { String::new() } else { "-Xcicc -O0 -Xptxas -O0".into() }
+            }),
+        )
         .env(
             "LIBRARY_PATH",
             format!(
@@ -184,9 +229,15 @@ pub fn check(args: &[String]) -> Result<()> {
         )
         .args(args);
     run(&mut cmd).context("the CUDA build failed")?;
-    println!(
-        "check-cuda: the workspace builds with --features cuda (binaries in {}/release)",
-        target_dir.display()
-    );
+    if build {
+        println!(
+            "check-cuda: the workspace builds with --features cuda (binaries in {}/release)",
+            target_dir.display()
+        );
+    } else {
+        println!(
+            "check-cuda: the workspace type-checks with --features cuda (kernels compiled by nvcc)"
+        );
+    }
     Ok(())
 }

@@ -23,14 +23,16 @@ commands:
                --config pipeline.toml  --features cuda  --install-deps
                --download-lfw (when data/raw is missing: fetch LFW, people with >= 20
                photos, checksum verified; asked interactively without the flag)
-  ci           fmt, clippy, tests (with ../shared: including ignored ones), and a pipeline
-               run on ../shared/data/msceleb-samples with the offline stand-in teacher
+  ci           fmt, clippy, tests (with ../shared: including ignored ones, except the 5-seed
+               sweep), a pipeline run on ../shared/data/msceleb-samples with both teachers;
+               prints the time of each part (also in target/ci-times.json)
   bench [preprocess|bottleneck|train|tsne|all]
                throughput benchmarks (release, 2 threads), JSON in target/bench/
   deps         check the Debian packages the build and the stages need; --install
                installs the missing ones (root, or through sudo)
-  check-cuda   build the workspace with --features cuda (nvcc from PATH/CUDA_HOME, or
-               PyPI's CUDA 13.0 wheels); CUDA_TARGET_DIR sets the persistent target dir
+  check-cuda   type-check the workspace with --features cuda, candle's kernels compiled by
+               nvcc (from PATH/CUDA_HOME, or PyPI's CUDA 13.0 wheels); --build links release
+               binaries for a GPU machine into CUDA_TARGET_DIR (~/.cache/celeb-transfer/cuda-target)
 ";
 
 fn main() {

@@ -488,27 +488,85 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// `cargo xtask ci`: fmt, clippy, the tests (ignored ones too when ../shared is here),
 /// then the pipeline on the study's photos with the offline stand-in teacher.
+/// Wall time of each part of `cargo xtask ci`, printed at the end and kept in
+/// `target/ci-times.json`, so the slow parts of CI are known by measurement.
+struct Steps {
+    done: Vec<(String, f64)>,
+}
+
+impl Steps {
+    fn time<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let t = std::time::Instant::now();
+        let r = f();
+        self.done
+            .push((name.to_string(), t.elapsed().as_secs_f64()));
+        r
+    }
+
+    fn report(&self) {
+        let total: f64 = self.done.iter().map(|(_, s)| s).sum();
+        println!("ci: time by part");
+        for (name, s) in &self.done {
+            println!(
+                "  {name:<44} {s:>7.0} s  {:>4.0}%",
+                100.0 * s / total.max(1e-9)
+            );
+        }
+        println!("  {:<44} {total:>7.0} s", "total");
+        let json = json!({
+            "total_s": total,
+            "parts": self.done.iter().map(|(n, s)| json!({"part": n, "seconds": s})).collect::<Vec<_>>(),
+        });
+        let _ = std::fs::create_dir_all("target");
+        let _ = std::fs::write("target/ci-times.json", format!("{json:#}\n"));
+    }
+}
+
+/// Tests that reproduce a README figure by repeating a training many times: run by
+/// `cargo test --release -p train --test seed_4x20 -- --ignored`, not by CI (about 10 min).
+const CI_SKIPS: &[&str] = &["five_seeds"];
+
 pub fn ci(args: &[String]) -> Result<()> {
-    sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    sh(cargo().args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    let mut steps = Steps { done: Vec::new() };
+    let r = ci_steps(args, &mut steps);
+    steps.report();
+    r
+}
+
+fn ci_steps(args: &[String], steps: &mut Steps) -> Result<()> {
+    steps.time("fmt --check", || {
+        sh(cargo().args(["fmt", "--all", "--", "--check"]))
+    })?;
+    // Release, like the tests below: build scripts (opencv's binding generator) and
+    // proc macros are then built once for both.
+    steps.time("clippy (release, all targets)", || {
+        sh(cargo().args([
+            "clippy",
+            "--release",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
     let shared = shared_dir();
     // Release: the data tests train real models, and release shares its dependency
     // builds with the pipeline's binaries below.
+    steps.time("build tests (release)", || {
+        sh(cargo().args(["test", "--workspace", "--release", "--no-run"]))
+    })?;
     let mut test = cargo();
-    test.args(["test", "--workspace", "--release"]);
+    test.args(["test", "--workspace", "--release", "--"]);
     if shared.is_some() {
-        test.args(["--", "--include-ignored"]);
+        test.arg("--include-ignored");
+        for skip in CI_SKIPS {
+            test.args(["--skip", skip]);
+        }
     } else {
         eprintln!("../shared not found: the tests that need it stay ignored");
     }
-    sh(&mut test)?;
+    steps.time("run tests", || sh(&mut test))?;
     let Some(shared) = shared else {
         eprintln!("../shared not found: skipping the pipeline run on the study's photos");
         return Ok(());
@@ -542,7 +600,7 @@ pub fn ci(args: &[String]) -> Result<()> {
         install_deps: util::is_root(),
         download_lfw: false,
     };
-    let summary = run_pipeline_checked(&o)?;
+    let summary = steps.time("pipeline on msceleb-samples", || run_pipeline_checked(&o))?;
     // The front page's links and images must all resolve.
     let page = std::fs::read_to_string(out.join("index.html"))?;
     let broken = crate::front::broken_links(&page, &out);
@@ -550,7 +608,7 @@ pub fn ci(args: &[String]) -> Result<()> {
         bail!("index.html has links that do not resolve: {broken:?}");
     }
     // A second run must skip every stage.
-    let again = run(&o)?;
+    let again = steps.time("pipeline again (all cached)", || run(&o))?;
     let ran = again["stages_run"].as_array().map(|a| a.len()).unwrap_or(1);
     if ran != 0 {
         bail!("second pipeline run re-ran stages: {}", again["stages_run"]);

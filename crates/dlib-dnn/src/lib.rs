@@ -7,11 +7,14 @@ pub mod dnn;
 pub mod face;
 pub mod geometry;
 pub mod graph;
+pub mod mmod;
+pub mod models;
 pub mod serialize;
 
 pub use dnn::Net;
 pub use face::FaceDescriptor;
 pub use graph::Kernels;
+pub use mmod::FaceDetector;
 
 use std::path::{Path, PathBuf};
 
