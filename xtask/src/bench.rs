@@ -105,6 +105,17 @@ for b in map(int, sys.argv[3:]):
     print(json.dumps({"batch": b, "chips_per_second": b * reps / s, "threads": len(os.listdir("/proc/self/task"))}))
 "#;
 
+const DLIB_MMOD: &str = r#"
+import sys, time, json, dlib
+det = dlib.cnn_face_detection_model_v1(sys.argv[1])
+imgs = [dlib.load_rgb_image(p) for p in sys.argv[3:]]
+for up in map(int, sys.argv[2].split(',')):
+    det(imgs[0], up); t = time.time(); found = 0
+    for im in imgs: found += len(det(im, up)) > 0
+    s = time.time() - t
+    print(json.dumps({"upsample": up, "photos": len(imgs), "photos_per_second": len(imgs) / s, "photos_with_a_face": found}))
+"#;
+
 /// Median of a few runs (the upper middle one for an even count).
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
@@ -131,24 +142,101 @@ pub fn run(args: &[String]) -> Result<()> {
             shared_dir().context("bench preprocess needs ../shared/data/msceleb-samples")?;
         let mut build = cargo();
         run_capture(build.args(["build", "--release", "-q", "-p", "preprocess"]))?;
-        let out = run_capture(
-            Command::new("target/release/preprocess")
-                .args(["--jobs", THREADS, "--summary", "json", "--input"])
-                .arg(shared.join("data/msceleb-samples"))
-                .arg("--output")
-                .arg(dir.join("faces.safetensors")),
-        )?;
-        let v: Value = serde_json::from_str(&out)?;
-        table.push((
-            "preprocess (msceleb, 1375 photos)".into(),
-            format!(
-                "{:.1} images/s",
-                v["images_per_second"].as_f64().unwrap_or(0.0)
+        let photos = shared.join("data/msceleb-samples");
+        let cnn = shared.join("models/dlib/mmod_human_face_detector.dat");
+        let mut runs = Vec::new();
+        for (label, extra) in [
+            ("haar", &["--detector", "haar"][..]),
+            ("haar+cnn (default)", &["--detector", "haar+cnn"][..]),
+            (
+                "haar+cnn, upsample 1",
+                &["--detector", "haar+cnn", "--upsample", "1"][..],
             ),
-            format!("{:.1} s total", v["seconds"].as_f64().unwrap_or(0.0)),
-            "-".into(),
-        ));
-        results["preprocess"] = v;
+            ("cnn", &["--detector", "cnn"][..]),
+            (
+                "cnn, upsample 1",
+                &["--detector", "cnn", "--upsample", "1"][..],
+            ),
+        ] {
+            let out = run_capture(
+                Command::new("target/release/preprocess")
+                    .args([
+                        "--jobs",
+                        THREADS,
+                        "--summary",
+                        "json",
+                        "--device",
+                        "cpu",
+                        "--input",
+                    ])
+                    .arg(&photos)
+                    .arg("--cnn-model")
+                    .arg(&cnn)
+                    .args(extra)
+                    .arg("--output")
+                    .arg(dir.join("faces.safetensors")),
+            )?;
+            let v: Value = serde_json::from_str(&out)?;
+            let (faces, all) = (
+                v["faces"].as_f64().unwrap_or(0.0),
+                v["candidates"].as_f64().unwrap_or(1.0),
+            );
+            table.push((
+                format!("preprocess --detector {label} (msceleb, 1375 photos)"),
+                format!(
+                    "{:.1} images/s",
+                    v["images_per_second"].as_f64().unwrap_or(0.0)
+                ),
+                format!(
+                    "{:.1} s, {:.1}% kept",
+                    v["seconds"].as_f64().unwrap_or(0.0),
+                    100.0 * faces / all
+                ),
+                "-".into(),
+            ));
+            runs.push(json!({"detector": label, "summary": v}));
+        }
+        // The CNN detector alone against dlib's, on every 28th photo (decoded beforehand).
+        let mut list: Vec<PathBuf> = Vec::new();
+        for class in std::fs::read_dir(&photos)?.flatten() {
+            for f in std::fs::read_dir(class.path())?.flatten() {
+                list.push(f.path());
+            }
+        }
+        list.sort();
+        let sample: Vec<String> = list
+            .iter()
+            .step_by(28)
+            .map(|p| p.display().to_string())
+            .collect();
+        let mut a = vec![cnn.display().to_string(), "0,1".into()];
+        a.extend(sample.clone());
+        let ours = example("dlib-dnn", "bench_mmod", &a)?;
+        let peer = if python_has("dlib") {
+            python(DLIB_MMOD, &a)?
+        } else {
+            eprintln!(
+                "bench: `import dlib` fails (pip install dlib-bin): no peer for the CNN detector"
+            );
+            Vec::new()
+        };
+        for o in &ours {
+            let up = o["upsample"].as_u64().unwrap_or(0);
+            let rate = o["photos_per_second"].as_f64().unwrap_or(0.0);
+            let p = peer
+                .iter()
+                .find(|p| p["upsample"].as_u64() == Some(up))
+                .and_then(|p| p["photos_per_second"].as_f64());
+            table.push((
+                format!("CNN face detector, upsample {up} ({} photos)", sample.len()),
+                format!("{rate:.2} photos/s"),
+                p.map(|p| format!("dlib {p:.2} photos/s"))
+                    .unwrap_or_else(|| "-".into()),
+                p.map(|p| ratio(rate, p)).unwrap_or_else(|| "-".into()),
+            ));
+        }
+        results["preprocess"] =
+            json!({"runs": runs, "cnn_detector": ours, "dlib_cnn_detector": peer});
     }
     if all || what == "bottleneck" {
         let weights = shared_dir()

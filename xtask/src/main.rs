@@ -19,6 +19,8 @@ commands:
                --data DIR (data/raw)  --out DIR (data/artifacts)
                --teacher REPO|DIR (timm/inception_v3.tv_in1k)  --teacher-layer NAME (pool)
                --teacher-grid G (1: average the layer over a GxG grid of face regions)
+               --face-teacher dlib-face|FILE.dat  --teachers inception,face
+               --cnn-model FILE (dlib's CNN face detector for preprocess; else looked up)
                --modes base,two-step,cosine,probe  --device auto|cpu|cuda  --seed N (42)
                --config pipeline.toml  --features cuda  --install-deps
                --download-lfw (when data/raw is missing: fetch LFW, people with >= 20

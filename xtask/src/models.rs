@@ -1,17 +1,40 @@
 //! Model files the pipeline offers to fetch: dlib's face descriptor (22 MB decompressed)
-//! for the face teacher. The stage (`inception-bottleneck --teacher dlib-face`) looks in
-//! the project's model cache and in the Python package `face_recognition_models`; when
-//! neither has it, this offers dlib's official download, checked by SHA-256 before use.
+//! for the face teacher and dlib's CNN face detector (0.7 MB) for preprocess. The stages
+//! look in the project's model cache and in the Python package `face_recognition_models`
+//! (`dlib_dnn::models`, whose names and digests these repeat: xtask builds no stage crate);
+//! when neither has a file, this offers dlib's official download, checked by SHA-256.
 
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const FILE: &str = "dlib_face_recognition_resnet_model_v1.dat";
-const URL: &str = "http://dlib.net/files/dlib_face_recognition_resnet_model_v1.dat.bz2";
-/// Of the decompressed file (the stage warns on any other).
-const SHA256: &str = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30";
+/// One of dlib's published model files.
+pub struct Model {
+    file: &'static str,
+    url: &'static str,
+    /// Of the decompressed file (the stages warn on any other).
+    sha256: &'static str,
+    /// Size of the `.bz2` download, about (for the progress bar).
+    bz2_bytes: u64,
+    what: &'static str,
+}
+
+pub const FACE_DESCRIPTOR: Model = Model {
+    file: "dlib_face_recognition_resnet_model_v1.dat",
+    url: "http://dlib.net/files/dlib_face_recognition_resnet_model_v1.dat.bz2",
+    sha256: "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+    bz2_bytes: 21_428_389,
+    what: "dlib's face descriptor model",
+};
+
+pub const FACE_DETECTOR: Model = Model {
+    file: "mmod_human_face_detector.dat",
+    url: "http://dlib.net/files/mmod_human_face_detector.dat.bz2",
+    sha256: "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
+    bz2_bytes: 694_709,
+    what: "dlib's CNN face detector model",
+};
 
 fn cache() -> PathBuf {
     std::env::var_os("CELEB_TRANSFER_MODELS")
@@ -37,19 +60,34 @@ pub fn face_teacher(spec: &str) -> Result<Option<String>> {
         }
         return Ok(Some(spec.to_string()));
     }
-    if cache().join(FILE).is_file() || python_has_it() {
-        return Ok(Some(spec.to_string()));
+    Ok(available(
+        &FACE_DESCRIPTOR,
+        "face teacher skipped",
+        "--face-teacher PATH",
+    )?
+    .then(|| spec.to_string()))
+}
+
+/// Whether the stages will find `m` (offering the download on a terminal when online);
+/// otherwise one sentence on stderr, starting with `consequence`.
+pub fn available(m: &Model, consequence: &str, flag: &str) -> Result<bool> {
+    if cache().join(m.file).is_file() || python_has_it() {
+        return Ok(true);
     }
     let say = format!(
-        "face teacher skipped: dlib's {FILE} is not in {} and `pip install face_recognition_models` is not done; pass --face-teacher PATH, or run on a terminal with the network to download it",
+        "{consequence}: dlib's {} is not in {} and `pip install face_recognition_models` is not done; pass {flag}, or run on a terminal with the network to download it",
+        m.file,
         cache().display()
     );
     if !crate::lfw::reachable("dlib.net", 80) || !std::io::stdin().is_terminal() {
         eprintln!("{say}");
-        return Ok(None);
+        return Ok(false);
     }
     eprint!(
-        "Download dlib's face descriptor model ({URL}, 21 MB) into {}? [y/N] ",
+        "Download {} ({}, {:.1} MB) into {}? [y/N] ",
+        m.what,
+        m.url,
+        m.bz2_bytes as f64 / 1e6,
         cache().display()
     );
     std::io::stderr().flush()?;
@@ -57,18 +95,18 @@ pub fn face_teacher(spec: &str) -> Result<Option<String>> {
     std::io::stdin().lock().read_line(&mut answer)?;
     if !matches!(answer.trim(), "y" | "Y" | "yes") {
         eprintln!("{say}");
-        return Ok(None);
+        return Ok(false);
     }
-    download(&cache())?;
-    Ok(Some(spec.to_string()))
+    download(m, &cache())?;
+    Ok(true)
 }
 
 /// Fetches the `.bz2`, decompresses it beside the target, checks the SHA-256, renames.
-fn download(dir: &Path) -> Result<()> {
+fn download(m: &Model, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)?;
-    let bz = dir.join(format!("{FILE}.bz2.part"));
-    crate::lfw::fetch(URL, &bz, 21_428_389, "dlib model")?;
-    let part = dir.join(format!("{FILE}.part"));
+    let bz = dir.join(format!("{}.bz2.part", m.file));
+    crate::lfw::fetch(m.url, &bz, m.bz2_bytes, "dlib model")?;
+    let part = dir.join(format!("{}.part", m.file));
     let out = std::fs::File::create(&part)?;
     let status = Command::new("bunzip2")
         .arg("-c")
@@ -81,10 +119,14 @@ fn download(dir: &Path) -> Result<()> {
         bail!("bunzip2 failed ({status})");
     }
     let got = crate::lfw::sha256_file(&part)?;
-    if got != SHA256 {
+    if got != m.sha256 {
         let _ = std::fs::remove_file(&part);
-        bail!("{URL}: decompressed SHA-256 {got}, expected {SHA256}; nothing kept");
+        bail!(
+            "{}: decompressed SHA-256 {got}, expected {}; nothing kept",
+            m.url,
+            m.sha256
+        );
     }
-    std::fs::rename(&part, dir.join(FILE))?;
+    std::fs::rename(&part, dir.join(m.file))?;
     Ok(())
 }

@@ -22,6 +22,8 @@ pub struct Options {
     pub face_teacher: String,
     /// Which teachers to run: `inception`, `face` or both.
     pub teachers: Vec<String>,
+    /// dlib's CNN face detector for preprocess (else preprocess looks for it itself).
+    pub cnn_model: Option<PathBuf>,
     pub teacher_layer: String,
     /// Side of the pooling grid over the teacher layer (1 = global average pool).
     pub teacher_grid: usize,
@@ -41,6 +43,7 @@ impl Options {
             "--out",
             "--teacher",
             "--face-teacher",
+            "--cnn-model",
             "--teachers",
             "--teacher-layer",
             "--teacher-grid",
@@ -91,6 +94,7 @@ impl Options {
                 .unwrap_or_else(|| "timm/inception_v3.tv_in1k".into()),
             face_teacher: flag_value(args, "--face-teacher").unwrap_or_else(|| "dlib-face".into()),
             teachers,
+            cnn_model: flag_value(args, "--cnn-model").map(PathBuf::from),
             teacher_layer: flag_value(args, "--teacher-layer").unwrap_or_else(|| "pool".into()),
             teacher_grid: flag_value(args, "--teacher-grid")
                 .map(|s| s.parse())
@@ -207,14 +211,27 @@ pub fn run(o: &Options) -> Result<Value> {
     let faces = out("faces.safetensors");
     let seed = o.seed.to_string();
 
+    let mut pre = Command::new(bin("preprocess"));
+    pre.args(["--skip-if-fresh", "--device", &o.device, "--input"])
+        .arg(&o.data)
+        .arg("--output")
+        .arg(&faces);
+    match &o.cnn_model {
+        Some(p) => {
+            pre.arg("--cnn-model").arg(p);
+        }
+        None => {
+            // Offers the download; preprocess falls back to the cascade alone without it.
+            crate::models::available(
+                &crate::models::FACE_DETECTOR,
+                "faces found by the Haar cascade alone",
+                "--cnn-model PATH",
+            )?;
+        }
+    }
     let secs = stage(
         "preprocess",
-        Command::new(bin("preprocess"))
-            .args(["--skip-if-fresh", "--input"])
-            .arg(&o.data)
-            .arg("--output")
-            .arg(&faces)
-            .args(extra_args(&o.config, "preprocess")?),
+        pre.args(extra_args(&o.config, "preprocess")?),
         &mut skipped,
         &mut ran,
     )?;
@@ -590,6 +607,7 @@ fn ci_steps(args: &[String], steps: &mut Steps) -> Result<()> {
             .display()
             .to_string(),
         teachers: TEACHERS.iter().map(|s| s.to_string()).collect(),
+        cnn_model: Some(shared.join("models/dlib/mmod_human_face_detector.dat")),
         teacher_layer: "Mixed_6c".into(),
         teacher_grid: 2,
         modes: MODES.iter().map(|s| s.to_string()).collect(),
@@ -601,6 +619,25 @@ fn ci_steps(args: &[String], steps: &mut Steps) -> Result<()> {
         download_lfw: false,
     };
     let summary = steps.time("pipeline on msceleb-samples", || run_pipeline_checked(&o))?;
+    // The CNN detector must find a face in at least 98% of the photos (#17's aim).
+    let rejects: Value = serde_json::from_str(&std::fs::read_to_string(out.join("rejects.json"))?)?;
+    let photos = std::fs::read_dir(&o.data)?
+        .flatten()
+        .filter_map(|c| std::fs::read_dir(c.path()).ok())
+        .map(|d| d.count())
+        .sum::<usize>();
+    let rejected = rejects["count"].as_u64().unwrap_or(u64::MAX) as usize;
+    let kept = photos.saturating_sub(rejected) as f64 / photos.max(1) as f64;
+    println!(
+        "ci: preprocess kept {:.1}% of {photos} photos",
+        100.0 * kept
+    );
+    if kept < 0.98 {
+        bail!(
+            "preprocess kept {:.1}% of the photos, expected >= 98%",
+            100.0 * kept
+        );
+    }
     // The front page's links and images must all resolve.
     let page = std::fs::read_to_string(out.join("index.html"))?;
     let broken = crate::front::broken_links(&page, &out);

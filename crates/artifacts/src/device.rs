@@ -64,6 +64,16 @@ pub fn pick(choice: DeviceChoice) -> candle_core::Result<Device> {
     Ok(device)
 }
 
+/// Whether `choice` would give a GPU (without logging; for choosing defaults).
+pub fn cuda_available(choice: DeviceChoice) -> bool {
+    match choice {
+        DeviceChoice::Cpu => false,
+        DeviceChoice::Cuda | DeviceChoice::Auto => {
+            cfg!(feature = "cuda") && Device::new_cuda(0).is_ok()
+        }
+    }
+}
+
 /// `cpu` or `cuda:0`.
 pub fn describe(device: &Device) -> String {
     match device {

@@ -182,6 +182,18 @@ pub struct PyramidLayout {
 /// rows; the first column holds the photo and the levels below it until the rest fits
 /// beside them, the rest climb up the right edge. Unsigned arithmetic as dlib's.
 pub fn pyramid_layout(nr: usize, nc: usize, padding: usize, outer_padding: usize) -> PyramidLayout {
+    pyramid_layout_levels(nr, nc, padding, outer_padding, usize::MAX)
+}
+
+/// [`pyramid_layout`] with at most `max_levels` levels: when the face's scale is known
+/// (confirming another detector's box), the small levels are wasted work.
+pub fn pyramid_layout_levels(
+    nr: usize,
+    nc: usize,
+    padding: usize,
+    outer_padding: usize,
+    max_levels: usize,
+) -> PyramidLayout {
     if nr == 0 || nc == 0 {
         return PyramidLayout {
             rects: Vec::new(),
@@ -194,7 +206,7 @@ pub fn pyramid_layout(nr: usize, nc: usize, padding: usize, outer_padding: usize
     loop {
         r = (RATE * r as f64).floor() as i64;
         c = (RATE * c as f64).floor() as i64;
-        if r * c == 0 || r < 5 {
+        if r * c == 0 || r < 5 || sizes.len() >= max_levels {
             break;
         }
         sizes.push((c, r));
@@ -604,7 +616,18 @@ impl FaceDetector {
 
     /// Runs the network over the tiled pyramid of `img`.
     pub fn scan(&self, img: &RgbImage) -> candle_core::Result<Scan> {
-        let layout = pyramid_layout(img.height, img.width, self.padding, self.outer_padding);
+        self.scan_levels(img, usize::MAX)
+    }
+
+    /// [`Self::scan`] over the first `max_levels` levels of the pyramid only.
+    pub fn scan_levels(&self, img: &RgbImage, max_levels: usize) -> candle_core::Result<Scan> {
+        let layout = pyramid_layout_levels(
+            img.height,
+            img.width,
+            self.padding,
+            self.outer_padding,
+            max_levels,
+        );
         if layout.rects.is_empty() {
             return Ok(Scan {
                 layout,
@@ -686,7 +709,27 @@ impl FaceDetector {
             up = Some(next);
         }
         let scan = self.scan(up.as_ref().unwrap_or(img))?;
-        let kept = nms(self.candidates(&scan, threshold), &self.nms);
+        self.finish(&scan, threshold, upsample)
+    }
+
+    /// Faces of sizes between the window's and `window * (6/5)^(max_levels-1)` only (no
+    /// upsampling): the first levels of the pyramid.
+    pub fn detect_levels(
+        &self,
+        img: &RgbImage,
+        max_levels: usize,
+        threshold: f64,
+    ) -> candle_core::Result<Vec<Detection>> {
+        self.finish(&self.scan_levels(img, max_levels)?, threshold, 0)
+    }
+
+    fn finish(
+        &self,
+        scan: &Scan,
+        threshold: f64,
+        upsample: usize,
+    ) -> candle_core::Result<Vec<Detection>> {
+        let kept = nms(self.candidates(scan, threshold), &self.nms);
         Ok(kept
             .into_iter()
             .map(|d| Detection {
@@ -717,6 +760,15 @@ mod tests {
             }
         }
         assert_eq!(l.width, 322);
+    }
+
+    #[test]
+    fn a_layout_can_stop_after_a_few_levels() {
+        let full = pyramid_layout(300, 300, 10, 11);
+        let three = pyramid_layout_levels(300, 300, 10, 11, 3);
+        assert_eq!(three.rects.len(), 3);
+        assert_eq!(three.rects[..2], full.rects[..2]);
+        assert!(three.height < full.height);
     }
 
     #[test]

@@ -6,8 +6,9 @@ use preprocess::PreprocessConfig;
 use std::path::PathBuf;
 
 /// Turn a folder of class folders of raw photos into a Faces artifact of aligned, masked
-/// faces: OpenCV face detection, dlib's 68 landmarks, similarity alignment, gaussian mask.
-/// Every skipped file is listed with its reason in rejects.json.
+/// faces: face detection (OpenCV's Haar cascade and dlib's CNN detector), dlib's 68
+/// landmarks, similarity alignment, gaussian mask. Every skipped file is listed with its
+/// reason in rejects.json.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Cli {
@@ -50,6 +51,26 @@ struct Cli {
     /// Worker threads [default: all cores].
     #[arg(long)]
     jobs: Option<usize>,
+    /// Face detector: `haar` (OpenCV's cascade), `cnn` (dlib's CNN detector on every
+    /// photo), or `haar+cnn` (the cascade first, its box confirmed by the CNN, the CNN on
+    /// the photo where the cascade finds nothing) [default: cnn on CUDA, else haar+cnn;
+    /// haar with a warning when the CNN's model is not found].
+    #[arg(long, value_name = "haar|cnn|haar+cnn")]
+    detector: Option<preprocess::detect::DetectorKind>,
+    /// dlib's `mmod_human_face_detector.dat` [default: found in data/models
+    /// (CELEB_TRANSFER_MODELS) or the Python package face_recognition_models].
+    #[arg(long, value_name = "FILE")]
+    cnn_model: Option<PathBuf>,
+    /// Times the CNN doubles the photo before detecting (dlib's upsample_num_times): finds
+    /// faces down to 80 px / 2^N, at about 4^N the cost.
+    #[arg(long, default_value_t = 0)]
+    upsample: usize,
+    /// With haar+cnn, keep cascade boxes the CNN does not confirm as faces.
+    #[arg(long)]
+    no_confirm: bool,
+    /// Where the CNN detector runs.
+    #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda")]
+    device: artifacts::device::DeviceChoice,
     /// OpenCV Haar cascade for face detection.
     #[arg(
         long,
@@ -118,15 +139,27 @@ fn run(cli: Cli) -> Result<()> {
         split_file: cli.split_file,
         seed: cli.seed,
         detector: preprocess::detect::DetectorConfig {
+            kind: cli
+                .detector
+                .unwrap_or(if artifacts::device::cuda_available(cli.device) {
+                    preprocess::detect::DetectorKind::Cnn
+                } else {
+                    preprocess::detect::DetectorKind::HaarCnn
+                }),
             cascade: cli.cascade,
             scale_factor: cli.scale_factor,
             min_neighbors: cli.min_neighbors,
+            cnn_model: cli.cnn_model,
+            upsample: cli.upsample,
+            confirm: !cli.no_confirm,
             ..Default::default()
         },
         landmarks: cli.landmarks,
         refine: !cli.no_refine,
         eye_weight: cli.eye_weight,
-    };
+        device: cli.device,
+    }
+    .resolved()?;
     if !(0.0..=100.0).contains(&(cfg.fractions.val + cfg.fractions.test))
         || cfg.fractions.val < 0.0
         || cfg.fractions.test < 0.0
@@ -165,10 +198,26 @@ fn run(cli: Cli) -> Result<()> {
             for (reason, n) in &s.reasons {
                 println!("  rejected {n:>5}: {reason}");
             }
+            let found: Vec<String> = s
+                .found_by
+                .iter()
+                .map(|(k, n)| format!("{n} by {k}"))
+                .collect();
+            println!(
+                "  detector {}: faces {}",
+                cfg.detector.kind,
+                found.join(", ")
+            );
             if let Some(q) = &s.quality {
                 println!(
                     "  alignment spread (px @150): eyes {:.2}, nose tip {:.2}, mouth {:.2}",
                     q.eye_centres, q.nose_tip, q.mouth
+                );
+            }
+            for (k, q) in &s.quality_by_detector {
+                println!(
+                    "    faces by {k:<5} ({:>4}): eyes {:.2}, nose tip {:.2}, mouth {:.2}",
+                    q.images, q.eye_centres, q.nose_tip, q.mouth
                 );
             }
             println!(

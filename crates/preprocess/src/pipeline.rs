@@ -2,7 +2,7 @@
 //! splits, write the artifact, `rejects.json`, a montage and the alignment-quality report.
 
 use crate::decode::{decode, Rgb};
-use crate::detect::{self, DetectorConfig};
+use crate::detect::{self, DetectorConfig, DetectorKind};
 use crate::dlib::{gray_like_dlib, ShapePredictor};
 use crate::geometry::{
     align_weights, centre, template, weighted_similarity_fit, Similarity, ALIGN_POINTS,
@@ -52,6 +52,10 @@ pub struct PreprocessConfig {
     /// study's aligned images hold the eyes fixed; 3 halves their spread at a small cost
     /// for the mouth (measured on msceleb-samples, see README).
     pub eye_weight: f32,
+    /// Where the CNN detector runs (CPU kernels, or candle on CUDA). Not a setting of the
+    /// result, so not recorded.
+    #[serde(skip)]
+    pub device: artifacts::device::DeviceChoice,
 }
 
 impl Default for PreprocessConfig {
@@ -68,7 +72,43 @@ impl Default for PreprocessConfig {
             landmarks: PathBuf::from("/usr/share/dlib/shape_predictor_68_face_landmarks.dat"),
             refine: true,
             eye_weight: 3.0,
+            device: artifacts::device::DeviceChoice::Cpu,
         }
+    }
+}
+
+impl PreprocessConfig {
+    /// The settings a run really uses: the CNN detector's model located
+    /// ([`dlib_dnn::models::locate`]). Without one, the default detector falls back to the
+    /// cascade alone with a warning; an explicit `--cnn-model` that is missing is an error.
+    pub fn resolved(&self) -> Result<PreprocessConfig, PreprocessError> {
+        let mut cfg = self.clone();
+        if cfg.mode == Mode::AsIs || !cfg.detector.kind.needs_cnn() {
+            cfg.detector.cnn_model = None;
+            return Ok(cfg);
+        }
+        match dlib_dnn::models::locate(
+            &dlib_dnn::models::FACE_DETECTOR,
+            cfg.detector.cnn_model.as_deref(),
+        ) {
+            Ok(p) => cfg.detector.cnn_model = Some(p),
+            Err(e)
+                if cfg.detector.cnn_model.is_none()
+                    && cfg.detector.kind == DetectorKind::HaarCnn =>
+            {
+                tracing::warn!(
+                    "face detection by the Haar cascade alone (no CNN check, fewer faces): {e}"
+                );
+                cfg.detector.kind = DetectorKind::Haar;
+            }
+            Err(e) => {
+                return Err(PreprocessError::Config(format!(
+                    "--detector {}: {e}",
+                    cfg.detector.kind
+                )))
+            }
+        }
+        Ok(cfg)
     }
 }
 
@@ -118,6 +158,8 @@ struct Processed {
     landmarks: Vec<[f32; 2]>,
     transform: [f32; 6],
     faces_found: usize,
+    /// Whose box the face came from: `haar` or `cnn` (`as-is` inputs: `none`).
+    found_by: &'static str,
 }
 
 /// Lists `<root>/<class>/<file>`; unreadable entries become rejects.
@@ -260,6 +302,7 @@ fn plausible(lm: &[[f32; 2]], box_w: f32) -> Result<(), String> {
 struct Worker<'a> {
     cfg: &'a PreprocessConfig,
     predictor: Option<&'a ShapePredictor>,
+    cnn: Option<&'a dlib_dnn::FaceDetector>,
     template: Vec<[f32; 2]>,
     weights: Vec<f32>,
     mask: Option<Vec<f32>>,
@@ -296,15 +339,14 @@ impl Worker<'_> {
             landmarks: vec![[0.0, 0.0]; 68],
             transform: [sx, 0.0, 0.0, 0.0, sy, 0.0],
             faces_found: 0,
+            found_by: "none",
         })
     }
 
     fn detect_and_align(&self, img: Rgb) -> Result<Processed, String> {
         let predictor = self.predictor.expect("loaded for detection modes");
         let gray = gray_like_dlib(&img.data);
-        let det = detect::detect(&gray, img.width, img.height, &self.cfg.detector)
-            .map_err(|e| format!("face detection failed: {e}"))?
-            .ok_or("no face found")?;
+        let det = self.find_face(&img, &gray)?;
         let [x, y, w, h] = det.rect;
         let mut rect = [x, y, x + w - 1.0, y + h - 1.0];
         let mut lm = predictor.predict(&gray, img.width, img.height, rect);
@@ -370,7 +412,52 @@ impl Worker<'_> {
             landmarks: lm,
             transform,
             faces_found: det.faces_found,
+            found_by: det.found_by,
         })
+    }
+
+    /// The face to align, by the configured detector.
+    fn find_face(&self, img: &Rgb, gray: &[u8]) -> Result<detect::Detection, String> {
+        let cfg = &self.cfg.detector;
+        let rgb = RgbImage {
+            data: img.data.as_slice().into(),
+            width: img.width,
+            height: img.height,
+        };
+        let cnn_err = |e: candle_core::Error| format!("CNN face detection failed: {e}");
+        let cnn_pick = |cnn: &dlib_dnn::FaceDetector| -> Result<Option<detect::Detection>, String> {
+            let boxes = detect::cnn_faces(cnn, &rgb, cfg.upsample).map_err(cnn_err)?;
+            Ok(
+                detect::pick_face(&boxes, img.width, img.height).map(|i| detect::Detection {
+                    rect: boxes[i],
+                    faces_found: boxes.len(),
+                    found_by: "cnn",
+                }),
+            )
+        };
+        let haar = || {
+            detect::detect(gray, img.width, img.height, cfg)
+                .map_err(|e| format!("face detection failed: {e}"))
+        };
+        match (cfg.kind, self.cnn) {
+            (DetectorKind::Cnn, Some(cnn)) => cnn_pick(cnn)?.ok_or_else(|| "no face found".into()),
+            (DetectorKind::HaarCnn, Some(cnn)) => match haar()? {
+                Some(d) if !cfg.confirm => Ok(d),
+                Some(d) => {
+                    if detect::cnn_confirms(cnn, &rgb, d.rect).map_err(cnn_err)? {
+                        return Ok(d);
+                    }
+                    // The cascade's box is not a face: a face the CNN finds elsewhere in
+                    // the photo still counts.
+                    cnn_pick(cnn)?.ok_or_else(|| {
+                        "not confirmed as a face (the CNN finds no face on the Haar box or elsewhere)"
+                            .into()
+                    })
+                }
+                None => cnn_pick(cnn)?.ok_or_else(|| "no face found".into()),
+            },
+            _ => haar()?.ok_or_else(|| "no face found".into()),
+        }
     }
 }
 
@@ -395,9 +482,13 @@ pub struct RunSummary {
     pub reasons: BTreeMap<String, usize>,
     pub per_class: BTreeMap<String, usize>,
     pub multiple_faces: usize,
+    /// Faces by the detector whose box they came from (`haar`, `cnn`).
+    pub found_by: BTreeMap<String, usize>,
     pub seconds: f64,
     pub images_per_second: f64,
     pub quality: Option<crate::quality::Quality>,
+    /// The same spreads for each detector's faces.
+    pub quality_by_detector: BTreeMap<String, crate::quality::Quality>,
     pub rejects_file: PathBuf,
     pub montage_file: PathBuf,
 }
@@ -476,6 +567,9 @@ pub fn provenance_inputs(
             "landmarks".to_string(),
             format!("{}:{len}", cfg.landmarks.display()),
         );
+        if let Some(p) = &cfg.detector.cnn_model {
+            m.insert("cnn_model".to_string(), artifacts::digest_file(p)?);
+        }
     }
     Ok(m)
 }
@@ -514,6 +608,7 @@ pub fn run(
     cfg: &PreprocessConfig,
 ) -> Result<RunSummary, PreprocessError> {
     let start = std::time::Instant::now();
+    let cfg = &cfg.resolved()?;
     if cfg.size < 16 {
         return Err(PreprocessError::Config("--size must be at least 16".into()));
     }
@@ -529,9 +624,26 @@ pub fn run(
         None => None,
     };
     let predictor = load_predictor(cfg)?;
+    let cnn = match &cfg.detector.cnn_model {
+        Some(path) if cfg.mode != Mode::AsIs => {
+            let device = artifacts::device::pick(cfg.device)
+                .map_err(|e| PreprocessError::Config(e.to_string()))?;
+            let kernels = if device.is_cpu() {
+                dlib_dnn::Kernels::CpuNhwc
+            } else {
+                dlib_dnn::Kernels::Candle
+            };
+            Some(
+                dlib_dnn::FaceDetector::open(path, kernels, &device, candle_core::DType::F32)
+                    .map_err(|e| PreprocessError::Config(e.to_string()))?,
+            )
+        }
+        _ => None,
+    };
     let worker = Worker {
         cfg,
         predictor: predictor.as_ref(),
+        cnn: cnn.as_ref(),
         template: predictor
             .as_ref()
             .map(|p| template(&p.initial_shape, cfg.size))
@@ -636,7 +748,12 @@ pub fn run(
     };
     let mut per_class: BTreeMap<String, usize> = BTreeMap::new();
     let mut multiple = 0;
-    for (i, p) in &kept {
+    let mut by_detector: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (face, (i, p)) in kept.iter().enumerate() {
+        by_detector
+            .entry(p.found_by.to_string())
+            .or_default()
+            .push(face);
         let c = &candidates[*i];
         faces.images.extend_from_slice(&p.pixels);
         faces.labels.push(class_idx[c.class.as_str()]);
@@ -666,13 +783,26 @@ pub fn run(
     ) {
         tracing::warn!("montage not written: {e}");
     }
+    let mut quality_by_detector = BTreeMap::new();
     let quality = match &predictor {
         Some(p) => {
             let q = crate::quality::measure(p, &faces, cfg.mode, &worker.template);
+            if by_detector.len() > 1 {
+                for (name, which) in &by_detector {
+                    quality_by_detector.insert(
+                        name.clone(),
+                        crate::quality::measure_some(p, &faces, cfg.mode, &worker.template, which),
+                    );
+                }
+            }
+            let mut json = serde_json::to_value(&q).expect("plain");
+            json["by_detector"] = serde_json::to_value(&quality_by_detector).expect("plain");
             let path = side_file(output, "alignment-quality.json");
             artifacts::write_atomic(
                 &path,
-                serde_json::to_string_pretty(&q).expect("plain").as_bytes(),
+                serde_json::to_string_pretty(&json)
+                    .expect("plain")
+                    .as_bytes(),
             )?;
             Some(q)
         }
@@ -691,9 +821,14 @@ pub fn run(
         reasons,
         per_class,
         multiple_faces: multiple,
+        found_by: by_detector
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len()))
+            .collect(),
         seconds,
         images_per_second: candidates.len() as f64 / seconds,
         quality,
+        quality_by_detector,
         rejects_file,
         montage_file,
     })

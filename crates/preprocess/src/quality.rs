@@ -46,15 +46,27 @@ fn spread(points: &[[f32; 2]]) -> f64 {
 /// The box the predictor starts from on a produced face: for aligned faces, the box in
 /// which the mean shape sits on the template; for crops, the whole crop (the detection box).
 pub fn measure(p: &ShapePredictor, faces: &Faces, mode: Mode, template: &[[f32; 2]]) -> Quality {
+    let all: Vec<usize> = (0..faces.len()).collect();
+    measure_some(p, faces, mode, template, &all)
+}
+
+/// [`measure`] over some of the faces (those of one detector, say).
+pub fn measure_some(
+    p: &ShapePredictor,
+    faces: &Faces,
+    mode: Mode,
+    template: &[[f32; 2]],
+    which: &[usize],
+) -> Quality {
     let size = faces.width;
     let rect = match mode {
         Mode::CropOnly => [0.0, 0.0, size as f32 - 1.0, size as f32 - 1.0],
         Mode::Align | Mode::AsIs => box_from_landmarks(&p.initial_shape, template),
     };
     let to150 = 150.0 / size as f32;
-    let feats: Vec<[[f32; 2]; 4]> = (0..faces.len())
-        .into_par_iter()
-        .map(|i| {
+    let feats: Vec<[[f32; 2]; 4]> = which
+        .par_iter()
+        .map(|&i| {
             let gray = gray_like_dlib(faces.image(i));
             let lm = p.predict(&gray, size, size, rect);
             let s = |q: [f32; 2]| [q[0] * to150, q[1] * to150];
@@ -69,7 +81,7 @@ pub fn measure(p: &ShapePredictor, faces: &Faces, mode: Mode, template: &[[f32; 
     let col = |k: usize| feats.iter().map(|f| f[k]).collect::<Vec<_>>();
     let (l, r) = (spread(&col(0)), spread(&col(1)));
     Quality {
-        images: faces.len(),
+        images: which.len(),
         eye_left: l,
         eye_right: r,
         eye_centres: (l + r) / 2.0,
