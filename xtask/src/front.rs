@@ -46,6 +46,7 @@ pub fn index_html(s: &Value, out: &Path) -> String {
     h.push_str(&data_section(out));
     h.push_str(&results_section(s, out));
     h.push_str(&tsne_section(s, out));
+    h.push_str(&identity_section(s, out));
     h.push_str(&suspects_section(s, out));
     h.push_str(&settings_section(s));
     h.push_str("</body></html>\n");
@@ -147,6 +148,87 @@ fn tsne_section(s: &Value, out: &Path) -> String {
                 esc(&format!("{} {}", r["teacher"].as_str().unwrap_or(""), r["mode"].as_str().unwrap_or("")))
             ));
         }
+    }
+    h.push_str("</div>");
+    h
+}
+
+/// Dirty data by identity, from the best face-teacher model's report: counts of faces of
+/// another person, strangers and folders of two people, with links to the montages.
+fn identity_section(s: &Value, out: &Path) -> String {
+    let rows: Vec<&Value> = s["modes"].as_array().into_iter().flatten().collect();
+    let face: Vec<&&Value> = rows.iter().filter(|r| r["teacher"] == "face").collect();
+    let Some(r) = face
+        .iter()
+        .find(|r| r["best"] == Value::Bool(true))
+        .or(face.first())
+    else {
+        return String::new();
+    };
+    let dir = rel(r["eval_dir"].as_str().unwrap_or(""), out);
+    let Some(id) = read_json(&out.join(&dir).join("report.json")).map(|r| r["identity"].clone())
+    else {
+        return String::new();
+    };
+    if id.is_null() {
+        return String::new();
+    }
+    let count = |k: &str| id[k].as_u64().unwrap_or(0);
+    let splits: Vec<&Value> = id["split_folders"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut h = format!(
+        "<h2 id=\"identity\">Dirty data by identity</h2><p>By dlib's face descriptor (same person below distance 0.6; <a href=\"{0}/report.json\">scores</a>, <a href=\"{0}/report.html\">table</a>): <b>{1}</b> faces look like another person of the data, <b>{2}</b> are strangers (someone else, a drawing, a crop that is not a face), <b>{3}</b> folders hold two people{4}.</p><div class=\"grid\">",
+        esc(&dir),
+        count("other_person"),
+        count("strangers"),
+        splits.len(),
+        if splits.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({})",
+                splits
+                    .iter()
+                    .map(|f| format!(
+                        "{}: {}",
+                        esc(f["class"].as_str().unwrap_or("")),
+                        f["sizes"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|v| v.to_string())
+                            .collect::<Vec<_>>()
+                            .join(" / ")
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        }
+    );
+    let mut files: Vec<String> = std::fs::read_dir(out.join(&dir))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|f| {
+            (f.starts_with("split-") || f.starts_with("identity-suspects-")) && f.ends_with(".png")
+        })
+        .collect();
+    // The split folders first.
+    files.sort_by_key(|f| (!f.starts_with("split-"), f.clone()));
+    for f in files {
+        let name = f
+            .trim_start_matches("identity-suspects-")
+            .trim_end_matches(".png");
+        h.push_str(&format!(
+            "<figure><a href=\"{0}/{1}\"><img src=\"{0}/{1}\" alt=\"{2}\"></a><figcaption>{2}</figcaption></figure>",
+            esc(&dir),
+            esc(&f),
+            esc(name)
+        ));
     }
     h.push_str("</div>");
     h
@@ -281,7 +363,18 @@ mod tests {
             ] {
                 std::fs::write(e.join(f), b"x").unwrap();
             }
-            std::fs::write(e.join("report.json"), r#"{"suspects":[{},{}]}"#).unwrap();
+            std::fs::write(
+                e.join("report.json"),
+                r#"{"suspects":[{},{}],"identity":{"other_person":3,"strangers":4,"split_folders":[{"class":"bob","sizes":[9,5]}]}}"#,
+            )
+            .unwrap();
+            for f in [
+                "split-bob-1.png",
+                "split-bob-2.png",
+                "identity-suspects-alice.png",
+            ] {
+                std::fs::write(e.join(f), b"x").unwrap();
+            }
             rows.push(json!({
                 "teacher": t, "mode": m, "val_top1": 0.8, "test_top1": 0.7, "test_macro_f1": 0.6,
                 "train_seconds": 12.0, "suspects": 2,
@@ -303,6 +396,7 @@ mod tests {
             "id=\"results\"",
             "id=\"tsne\"",
             "id=\"suspects\"",
+            "id=\"identity\"",
             "id=\"settings\"",
         ] {
             assert!(page.contains(section), "missing {section}");
@@ -313,6 +407,9 @@ mod tests {
         );
         assert!(page.contains("class=\"best\""));
         assert!(page.contains("eval-face-cosine/suspects-bob.png"));
+        assert!(page.contains("<b>3</b> faces look like another person"));
+        assert!(page.contains("bob: 9 / 5"));
+        assert!(page.contains("eval-face-cosine/split-bob-2.png"));
         assert_eq!(broken_links(&page, out), Vec::<String>::new());
         // A missing image is reported.
         std::fs::remove_file(out.join("eval-face-cosine/tsne.png")).unwrap();

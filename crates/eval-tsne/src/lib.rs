@@ -2,6 +2,7 @@
 //! the student's bottleneck embeddings, t-SNE maps of student and teacher, PNG plots, a
 //! self-contained HTML report, and dirty-data suspects.
 
+pub mod identity;
 pub mod metrics;
 pub mod plots;
 pub mod report;
@@ -67,6 +68,10 @@ pub struct Report {
     pub tsne_kl_student: f64,
     pub tsne_kl_teacher: Option<f64>,
     pub suspects: Vec<suspects::Suspect>,
+    /// With a face-identity teacher: faces far from their folder's person (another person
+    /// of the data, or a stranger) and folders that hold two people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<identity::IdentityReport>,
     pub files: Vec<String>,
 }
 
@@ -258,6 +263,98 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
         .map_err(EvalError::Plot)?;
         suspect_images.push(p);
     }
+    // Identity suspects and split folders, when the teacher knows identities.
+    let identity = teacher
+        .as_ref()
+        .filter(|b| b.teacher.starts_with("dlib-face:"))
+        .map(|b| {
+            identity::analyse(
+                &b.features,
+                b.dim,
+                &faces.labels,
+                &faces.class_names,
+                &faces.sources,
+                &identity::IdentityConfig::default(),
+            )
+        });
+    let mut identity_images = Vec::new();
+    if let Some(id) = &identity {
+        let tile = |i: usize, caption: String| plots::Tile {
+            pixels: faces.image(i),
+            caption: vec![
+                faces.sources[i]
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or(&faces.sources[i])
+                    .to_string(),
+                caption,
+            ],
+        };
+        for (c, name) in faces.class_names.iter().enumerate() {
+            let tiles: Vec<plots::Tile> = id
+                .suspects
+                .iter()
+                .filter(|s| faces.labels[s.index] as usize == c)
+                .take(40)
+                .map(|s| {
+                    let says = match &s.verdict {
+                        identity::Verdict::OtherPerson { class } => format!("looks like {class}"),
+                        identity::Verdict::Stranger => "stranger".into(),
+                    };
+                    tile(s.index, format!("{says} {:.2}", s.own_distance))
+                })
+                .collect();
+            if tiles.is_empty() {
+                continue;
+            }
+            let p = cfg
+                .out
+                .join(format!("identity-suspects-{}.png", sanitize(name)));
+            plots::montage_png(
+                &p,
+                &format!("{name}: faces far from the folder's person (distance to it)"),
+                &tiles,
+                faces.width,
+                96,
+                10,
+            )
+            .map_err(EvalError::Plot)?;
+            identity_images.push(p);
+        }
+        for f in &id.split_folders {
+            for (k, members) in f.members.iter().enumerate() {
+                let tiles: Vec<plots::Tile> = members
+                    .iter()
+                    .take(30)
+                    .map(|&i| tile(i, format!("cluster {}", k + 1)))
+                    .collect();
+                let p = cfg
+                    .out
+                    .join(format!("split-{}-{}.png", sanitize(&f.class), k + 1));
+                plots::montage_png(
+                    &p,
+                    &format!(
+                        "{}: person {} of {} ({} faces{})",
+                        f.class,
+                        k + 1,
+                        f.sizes.len(),
+                        members.len(),
+                        if k == 0 {
+                            ", taken as the folder's"
+                        } else {
+                            ""
+                        }
+                    ),
+                    &tiles,
+                    faces.width,
+                    96,
+                    10,
+                )
+                .map_err(EvalError::Plot)?;
+                identity_images.push(p);
+            }
+        }
+    }
     let mode = ck.train_state["config"]["mode"]
         .as_str()
         .unwrap_or("unknown")
@@ -270,9 +367,11 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
         tsne_kl_student: student_map.kl,
         tsne_kl_teacher: teacher_map.as_ref().map(|m| m.kl),
         suspects: sus.clone(),
+        identity: identity.clone(),
         files: std::iter::once(emb_path.clone())
             .chain(images.iter().map(|(_, p)| p.clone()))
             .chain(suspect_images.iter().cloned())
+            .chain(identity_images.iter().cloned())
             .map(|p| p.display().to_string())
             .collect(),
     };
@@ -319,6 +418,8 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
         images,
         suspects: &sus,
         suspect_images,
+        identity: identity.as_ref(),
+        identity_images,
     };
     report::write(&cfg.out.join("report.html"), &page).map_err(EvalError::Plot)?;
     Ok(report)

@@ -60,6 +60,8 @@ pub struct Page<'a> {
     pub images: Vec<(String, std::path::PathBuf)>,
     pub suspects: &'a [Suspect],
     pub suspect_images: Vec<std::path::PathBuf>,
+    pub identity: Option<&'a crate::identity::IdentityReport>,
+    pub identity_images: Vec<std::path::PathBuf>,
 }
 
 pub fn write(path: &Path, page: &Page) -> Result<(), String> {
@@ -77,6 +79,53 @@ pub fn write(path: &Path, page: &Page) -> Result<(), String> {
     }
     if let Some(m) = page.val {
         h.push_str(&metrics_table("Validation split", m));
+    }
+    if let Some(id) = page.identity {
+        // The identity teacher's findings come first: they are what a data scientist acts on.
+        h.push_str(&format!(
+            "<h2>Dirty data by identity: {} faces of another person of the data, {} strangers, {} folders of two people</h2><p>Each folder's person is its largest cluster of face descriptors (Chinese whispers, pairs closer than {:.2}); a face farther than {:.2} (dlib's same-person distance) from its folder's person is flagged: as another person when it lies near another folder's person, as a stranger (someone else, a drawing, a crop that is not a face) when it lies near none.</p>",
+            id.other_person,
+            id.strangers,
+            id.split_folders.len(),
+            id.config.map(|c| c.link).unwrap_or(0.5),
+            id.config.map(|c| c.same_person).unwrap_or(0.6),
+        ));
+        if !id.split_folders.is_empty() {
+            h.push_str("<table><tr><th>folder</th><th>cluster sizes (first: taken as the folder's person)</th><th>distance between the two largest</th></tr>");
+            for f in &id.split_folders {
+                h.push_str(&format!(
+                    "<tr><td>{}</td><td>{}</td><td>{:.2}</td></tr>",
+                    esc(&f.class),
+                    f.sizes
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" / "),
+                    f.centre_distance
+                ));
+            }
+            h.push_str("</table>");
+        }
+        h.push_str("<table><tr><th>image</th><th>label</th><th>verdict</th><th>distance to its folder's person</th><th>nearest other folder</th><th>distance</th></tr>");
+        for s in id.suspects.iter().take(300) {
+            let verdict = match &s.verdict {
+                crate::identity::Verdict::OtherPerson { class } => format!("looks like {class}"),
+                crate::identity::Verdict::Stranger => "stranger".into(),
+            };
+            h.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td><td>{:.2}</td></tr>",
+                esc(&s.source),
+                esc(&s.label),
+                esc(&verdict),
+                s.own_distance,
+                esc(&s.nearest_class),
+                s.nearest_distance
+            ));
+        }
+        h.push_str("</table>");
+        for p in &page.identity_images {
+            h.push_str(&img(p));
+        }
     }
     for (title, p) in &page.images {
         h.push_str(&format!("<h2>{}</h2>{}", esc(title), img(p)));
