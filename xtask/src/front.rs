@@ -231,6 +231,15 @@ fn identity_section(s: &Value, out: &Path) -> String {
         ));
     }
     h.push_str("</div>");
+    if out.join("flags.csv").is_file() {
+        h.push_str("<p>The cleaning loop: <a href=\"flags.csv\">flags.csv</a> lists every flagged face, ranked, with an <code>action</code> column (<code>drop</code> prefilled). Set <code>keep</code> for the faces that are right, save it as <code>exclusions.csv</code> here, and run the pipeline again: the faces marked <code>drop</code> leave training and evaluation (the photos stay where they are).</p>");
+    }
+    if let Some(e) = s["exclusions"].as_str() {
+        h.push_str(&format!(
+            "<p>This run left out the faces marked <code>drop</code> in <code>{}</code>.</p>",
+            esc(e)
+        ));
+    }
     h
 }
 

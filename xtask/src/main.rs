@@ -21,6 +21,8 @@ commands:
                --teacher-grid G (1: average the layer over a GxG grid of face regions)
                --face-teacher dlib-face|FILE.dat  --teachers inception,face
                --cnn-model FILE (dlib's CNN face detector for preprocess; else looked up)
+               --exclusions FILE (the cleaning loop: flags.csv edited; default
+               <out>/exclusions.csv when present: faces marked drop leave training and eval)
                --modes base,two-step,cosine,probe  --device auto|cpu|cuda  --seed N (42)
                --config pipeline.toml  --features cuda  --install-deps
                --download-lfw (when data/raw is missing: fetch LFW, people with >= 20

@@ -24,6 +24,8 @@ pub struct Options {
     pub teachers: Vec<String>,
     /// dlib's CNN face detector for preprocess (else preprocess looks for it itself).
     pub cnn_model: Option<PathBuf>,
+    /// The cleaning loop's CSV (else `<out>/exclusions.csv` when present).
+    pub exclusions: Option<PathBuf>,
     pub teacher_layer: String,
     /// Side of the pooling grid over the teacher layer (1 = global average pool).
     pub teacher_grid: usize,
@@ -44,6 +46,7 @@ impl Options {
             "--teacher",
             "--face-teacher",
             "--cnn-model",
+            "--exclusions",
             "--teachers",
             "--teacher-layer",
             "--teacher-grid",
@@ -95,6 +98,7 @@ impl Options {
             face_teacher: flag_value(args, "--face-teacher").unwrap_or_else(|| "dlib-face".into()),
             teachers,
             cnn_model: flag_value(args, "--cnn-model").map(PathBuf::from),
+            exclusions: flag_value(args, "--exclusions").map(PathBuf::from),
             teacher_layer: flag_value(args, "--teacher-layer").unwrap_or_else(|| "pool".into()),
             teacher_grid: flag_value(args, "--teacher-grid")
                 .map(|s| s.parse())
@@ -291,6 +295,25 @@ pub fn run(o: &Options) -> Result<Value> {
             }
         }
     }
+    // The cleaning loop: `--exclusions FILE`, else `<out>/exclusions.csv` when a person
+    // has made one (from the `flags.csv` a face-teacher run writes, edited).
+    let exclusions = o
+        .exclusions
+        .clone()
+        .or_else(|| Some(out("exclusions.csv")).filter(|p| p.is_file()));
+    if let Some(p) = &exclusions {
+        if !p.is_file() {
+            bail!("--exclusions {}: no such file", p.display());
+        }
+        println!(
+            "exclusions: faces marked drop in {} are left out",
+            p.display()
+        );
+    }
+    let excl_args: Vec<std::ffi::OsString> = exclusions
+        .iter()
+        .flat_map(|p| ["--exclusions".into(), p.clone().into_os_string()])
+        .collect();
     let mut rows = Vec::new();
     for (teacher, mode, bottlenecks) in runs {
         let tag = match teacher {
@@ -315,6 +338,7 @@ pub fn run(o: &Options) -> Result<Value> {
                 .arg(&bottlenecks)
                 .arg("--output")
                 .arg(&ck)
+                .args(&excl_args)
                 .args(extra_args(&o.config, "train")?),
             &mut skipped,
             &mut ran,
@@ -339,6 +363,7 @@ pub fn run(o: &Options) -> Result<Value> {
                 .arg(&bottlenecks)
                 .arg("--out")
                 .arg(&eval_dir)
+                .args(&excl_args)
                 .args(extra_args(&o.config, "eval")?),
             &mut skipped,
             &mut ran,
@@ -375,6 +400,19 @@ pub fn run(o: &Options) -> Result<Value> {
     if let Some(i) = best {
         rows[i]["best"] = json!(true);
     }
+    // The flags to review: the best face-teacher model's, at the top of the output.
+    let face_rows: Vec<&Value> = rows.iter().filter(|r| r["teacher"] == "face").collect();
+    let flag_row = face_rows
+        .iter()
+        .find(|r| r["best"] == json!(true))
+        .or(face_rows.first());
+    if let Some(r) = flag_row {
+        let src = PathBuf::from(r["eval_dir"].as_str().unwrap_or("")).join("flags.csv");
+        if src.is_file() {
+            std::fs::copy(&src, out("flags.csv"))
+                .with_context(|| format!("copying {}", src.display()))?;
+        }
+    }
     let faces_meta = read_header(&faces)?;
     let classes = faces_meta["extra"]["class_names"]
         .as_array()
@@ -388,6 +426,7 @@ pub fn run(o: &Options) -> Result<Value> {
         "teacher": o.teacher,
         "face_teacher": o.face_teacher,
         "teachers": teachers.iter().map(|t| t.0).collect::<Vec<_>>(),
+        "exclusions": exclusions.as_ref().map(|p| p.display().to_string()),
         "best": best.map(|i| rows[i].clone()),
         "timings": stage_timings(&timings, &skipped, &out("summary.json")),
         "teacher_layer": o.teacher_layer,
@@ -608,6 +647,7 @@ fn ci_steps(args: &[String], steps: &mut Steps) -> Result<()> {
             .to_string(),
         teachers: TEACHERS.iter().map(|s| s.to_string()).collect(),
         cnn_model: Some(shared.join("models/dlib/mmod_human_face_detector.dat")),
+        exclusions: None,
         teacher_layer: "Mixed_6c".into(),
         teacher_grid: 2,
         modes: MODES.iter().map(|s| s.to_string()).collect(),

@@ -11,6 +11,7 @@ mod checkpoint;
 pub mod cpu;
 pub mod device;
 mod embeddings;
+pub mod exclusions;
 mod faces;
 mod io;
 pub mod nhwc;
@@ -66,6 +67,9 @@ pub enum ArtifactError {
     BadMeta { path: PathBuf, problem: String },
     #[error("cannot write {path}: {problem}")]
     Invalid { path: PathBuf, problem: String },
+    /// A text file a person edits (the exclusions CSV) that does not parse.
+    #[error("{path}: {problem}")]
+    BadFile { path: PathBuf, problem: String },
 }
 
 pub type Result<T, E = ArtifactError> = std::result::Result<T, E>;

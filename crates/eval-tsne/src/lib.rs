@@ -41,6 +41,9 @@ pub struct EvalConfig {
     pub font: PathBuf,
     pub device: DeviceChoice,
     pub suspects: suspects::SuspectConfig,
+    /// The cleaning loop's CSV: faces marked `drop` count in no metric.
+    #[serde(default)]
+    pub exclusions: Option<PathBuf>,
 }
 
 impl Default for EvalConfig {
@@ -54,6 +57,7 @@ impl Default for EvalConfig {
             font: plots::DEFAULT_FONT.into(),
             device: DeviceChoice::Auto,
             suspects: suspects::SuspectConfig::default(),
+            exclusions: None,
         }
     }
 }
@@ -67,6 +71,9 @@ pub struct Report {
     pub val: Option<metrics::Metrics>,
     pub tsne_kl_student: f64,
     pub tsne_kl_teacher: Option<f64>,
+    /// Faces left out of the metrics by the exclusions file.
+    #[serde(default)]
+    pub excluded: usize,
     pub suspects: Vec<suspects::Suspect>,
     /// With a face-identity teacher: faces far from their folder's person (another person
     /// of the data, or a stranger) and folders that hold two people.
@@ -112,8 +119,18 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
     let all: Vec<usize> = (0..n).collect();
     let pred = predictor.predict(&faces, teacher.as_ref(), &all, &device)?;
     let predicted = pred.argmax();
+    let dropped = match &cfg.exclusions {
+        Some(p) => artifacts::exclusions::dropped(p)?,
+        None => Default::default(),
+    };
+    let excluded = faces
+        .sources
+        .iter()
+        .filter(|s| dropped.contains(*s))
+        .count();
     let split_metrics = |split: Split| -> Option<metrics::Metrics> {
-        let idx = faces.indices(split);
+        let mut idx = faces.indices(split);
+        idx.retain(|&i| !dropped.contains(&faces.sources[i]));
         if idx.is_empty() {
             return None;
         }
@@ -279,6 +296,27 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
         });
     let mut identity_images = Vec::new();
     if let Some(id) = &identity {
+        // The cleaning loop's file: every flag, ranked, `drop` prefilled; a person edits it
+        // and passes it back as `--exclusions`.
+        let flags: Vec<artifacts::exclusions::Flag> = id
+            .suspects
+            .iter()
+            .map(|s| artifacts::exclusions::Flag {
+                drop: true,
+                source: s.source.clone(),
+                label: s.label.clone(),
+                verdict: match &s.verdict {
+                    identity::Verdict::OtherPerson { .. } => "other person".into(),
+                    identity::Verdict::Stranger => "stranger".into(),
+                },
+                looks_like: match &s.verdict {
+                    identity::Verdict::OtherPerson { class } => class.clone(),
+                    identity::Verdict::Stranger => String::new(),
+                },
+                distance: s.own_distance,
+            })
+            .collect();
+        artifacts::exclusions::write(&cfg.out.join("flags.csv"), &flags)?;
         let tile = |i: usize, caption: String| plots::Tile {
             pixels: faces.image(i),
             caption: vec![
@@ -366,6 +404,7 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
         val: val.clone(),
         tsne_kl_student: student_map.kl,
         tsne_kl_teacher: teacher_map.as_ref().map(|m| m.kl),
+        excluded,
         suspects: sus.clone(),
         identity: identity.clone(),
         files: std::iter::once(emb_path.clone())
@@ -438,6 +477,9 @@ fn provenance_inputs(cfg: &EvalConfig) -> Option<std::collections::BTreeMap<Stri
     );
     if let Some(p) = cfg.bottlenecks.as_ref().filter(|p| p.exists()) {
         m.insert("bottlenecks".to_string(), artifacts::digest_file(p).ok()?);
+    }
+    if let Some(p) = &cfg.exclusions {
+        m.insert("exclusions".to_string(), artifacts::digest_file(p).ok()?);
     }
     Some(m)
 }

@@ -43,6 +43,9 @@ struct Cli {
     /// Threads [default: all cores].
     #[arg(long)]
     jobs: Option<usize>,
+    /// The cleaning loop's CSV (flags.csv, edited): faces marked `drop` count in no metric.
+    #[arg(long, value_name = "CSV")]
+    exclusions: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -72,6 +75,7 @@ fn run(cli: Cli) -> Result<()> {
         },
         font: cli.font,
         device: cli.device,
+        exclusions: cli.exclusions,
         ..Default::default()
     };
     if cli.skip_if_fresh && eval_tsne::up_to_date(&cfg) {
@@ -98,7 +102,19 @@ fn run(cli: Cli) -> Result<()> {
             .map(|k| format!(", teacher {k:.4}"))
             .unwrap_or_default()
     );
+    if r.excluded > 0 {
+        println!("exclusions: {} faces left out of the metrics", r.excluded);
+    }
     println!("dirty-data suspects: {}", r.suspects.len());
+    if let Some(id) = &r.identity {
+        println!(
+            "by identity: {} faces of another person, {} strangers, {} folders of two people; flags.csv: {}",
+            id.other_person,
+            id.strangers,
+            id.split_folders.len(),
+            out.join("flags.csv").display()
+        );
+    }
     println!("report: {}", out.join("report.html").display());
     Ok(())
 }

@@ -57,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         teacher: Some(teacher),
         faces_digest: String::new(),
         bottlenecks_digest: None,
+        exclusions_digest: None,
     };
     let part = Partition {
         train: (0..n).collect(),

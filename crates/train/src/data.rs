@@ -11,6 +11,8 @@ pub struct Dataset {
     pub teacher: Option<Bottlenecks>,
     pub faces_digest: String,
     pub bottlenecks_digest: Option<String>,
+    /// Digest of the exclusions file the run honours (recorded in the checkpoint).
+    pub exclusions_digest: Option<String>,
 }
 
 impl Dataset {
@@ -52,7 +54,25 @@ impl Dataset {
             teacher,
             faces_digest,
             bottlenecks_digest,
+            exclusions_digest: None,
         })
+    }
+
+    /// Leaves the faces marked `drop` in an exclusions file (`artifacts::exclusions`) out
+    /// of every split of `part`; returns how many it left out.
+    pub fn exclude(
+        &mut self,
+        part: &mut crate::Partition,
+        path: &Path,
+    ) -> Result<usize, TrainError> {
+        let dropped = artifacts::exclusions::dropped(path)?;
+        let keep = |i: &usize| !dropped.contains(&self.faces.sources[*i]);
+        let before = part.train.len() + part.val.len() + part.test.len();
+        part.train.retain(keep);
+        part.val.retain(keep);
+        part.test.retain(keep);
+        self.exclusions_digest = Some(artifacts::digest_file(path)?);
+        Ok(before - part.train.len() - part.val.len() - part.test.len())
     }
 
     pub fn num_classes(&self) -> usize {

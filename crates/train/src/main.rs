@@ -99,6 +99,10 @@ struct Cli {
     /// Do nothing when the checkpoint was made with the same settings from the same inputs.
     #[arg(long)]
     skip_if_fresh: bool,
+    /// The cleaning loop's CSV (eval-tsne's flags.csv, edited): faces marked `drop` are
+    /// left out of training, validation and test; recorded in the checkpoint.
+    #[arg(long, value_name = "CSV")]
+    exclusions: Option<PathBuf>,
     /// Threads for the CPU backend [default: all cores].
     #[arg(long)]
     jobs: Option<usize>,
@@ -186,6 +190,9 @@ fn run(cli: Cli) -> Result<()> {
                 artifacts::digest_file(&cli.bottlenecks)?,
             );
         }
+        if let Some(p) = &cli.exclusions {
+            inputs.insert("exclusions".to_string(), artifacts::digest_file(p)?);
+        }
         if artifacts::up_to_date(
             &output,
             artifacts::CHECKPOINT_SCHEMA,
@@ -200,7 +207,7 @@ fn run(cli: Cli) -> Result<()> {
             return Ok(());
         }
     }
-    let data = Dataset::load(
+    let mut data = Dataset::load(
         &cli.faces,
         mode.needs_teacher().then_some(cli.bottlenecks.as_path()),
     )?;
@@ -225,7 +232,14 @@ fn run(cli: Cli) -> Result<()> {
     }
     let mut files = RunFiles::beside(&output);
     files.resume = cli.resume;
-    let part = train::stored_partition(&data);
+    let mut part = train::stored_partition(&data);
+    if let Some(p) = &cli.exclusions {
+        let n = data.exclude(&mut part, p)?;
+        println!(
+            "exclusions: {n} faces marked drop in {} left out",
+            p.display()
+        );
+    }
     let out = train::train(&data, &cfg, &part, &files)?;
     let summary = output.with_extension("summary.json");
     artifacts::write_atomic(&summary, serde_json::to_string_pretty(&out)?.as_bytes())?;

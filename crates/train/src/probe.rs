@@ -139,9 +139,15 @@ pub fn train(
             mean_image: NamedTensor { shape: vec![f.height, f.width, 3], data: data.mean_image(&part.train) },
             model_config: serde_json::json!({ "kind": "probe", "dim": b.dim, "num_classes": classes, "class_names": f.class_names }),
             train_state: serde_json::json!({ "config": cfg, "best_epoch": best.1, "final": true }),
-            provenance: Provenance::new(env!("CARGO_PKG_NAME"), artifacts::build_version(), serde_json::to_value(cfg).expect("plain"))
-                .with_input("faces", data.faces_digest.clone())
-                .with_input("bottlenecks", data.bottlenecks_digest.clone().unwrap_or_default()),
+            provenance: {
+                let p = Provenance::new(env!("CARGO_PKG_NAME"), artifacts::build_version(), serde_json::to_value(cfg).expect("plain"))
+                    .with_input("faces", data.faces_digest.clone())
+                    .with_input("bottlenecks", data.bottlenecks_digest.clone().unwrap_or_default());
+                match &data.exclusions_digest {
+                    Some(d) => p.with_input("exclusions", d.clone()),
+                    None => p,
+                }
+            },
         }
         .write(out)?;
     }

@@ -836,6 +836,9 @@ impl<'a> Trainer<'a> {
         if let Some(d) = &self.data.bottlenecks_digest {
             prov = prov.with_input("bottlenecks", d.clone());
         }
+        if let Some(d) = &self.data.exclusions_digest {
+            prov = prov.with_input("exclusions", d.clone());
+        }
         Ok(Checkpoint {
             weights: weights_of(varmap)?,
             optimizer,

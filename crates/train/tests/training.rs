@@ -298,3 +298,44 @@ fn flipped_images_get_the_mirrored_targets() {
     assert!(!used);
     assert_eq!(w_plain_noaug, w_other_noaug);
 }
+
+#[test]
+fn excluded_faces_leave_every_split_and_the_checkpoint_says_so() {
+    let mut data = dataset(10);
+    let mut part = train::stored_partition(&data);
+    let (tr, te) = (part.train[0], part.test[0]);
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("exclusions.csv");
+    let flag = |i: usize, drop: bool| artifacts::exclusions::Flag {
+        drop,
+        source: data.faces.sources[i].clone(),
+        label: String::new(),
+        verdict: "stranger".into(),
+        looks_like: String::new(),
+        distance: 0.8,
+    };
+    artifacts::exclusions::write(
+        &csv,
+        &[flag(tr, true), flag(te, true), flag(part.val[0], false)],
+    )
+    .unwrap();
+    let before = part.train.len() + part.val.len() + part.test.len();
+    assert_eq!(data.exclude(&mut part, &csv).unwrap(), 2);
+    assert_eq!(
+        part.train.len() + part.val.len() + part.test.len(),
+        before - 2
+    );
+    assert!(!part.train.contains(&tr) && !part.test.contains(&te));
+    train::train(
+        &data,
+        &cfg(TrainMode::Probe),
+        &part,
+        &files(dir.path(), "p"),
+    )
+    .unwrap();
+    let ck = Checkpoint::read(&dir.path().join("p.safetensors")).unwrap();
+    assert_eq!(
+        ck.provenance.inputs.get("exclusions"),
+        Some(&artifacts::digest_file(&csv).unwrap())
+    );
+}

@@ -75,5 +75,6 @@ pub fn dataset(n_per: usize) -> Dataset {
         teacher: Some(teacher),
         faces_digest: "sha256:faces".into(),
         bottlenecks_digest: Some("sha256:b".into()),
+        exclusions_digest: None,
     }
 }
