@@ -11,6 +11,10 @@
 pub struct IdentityConfig {
     /// Same person below this Euclidean distance (dlib's 0.6).
     pub same_person: f32,
+    /// A flagged face is called another folder's person when it lies this close to that
+    /// folder's centre (a centre is nearer its faces than they are to each other, so this
+    /// is under `same_person`; measured on msceleb-samples with planted errors and strangers).
+    pub other_person: f32,
     /// Pairs closer than this are linked for clustering: the same-person distance (dlib's
     /// clustering example uses 0.5, which on msceleb-samples breaks m.0qfnmpt's second and
     /// third person into clusters too small to report).
@@ -25,6 +29,7 @@ impl Default for IdentityConfig {
     fn default() -> Self {
         IdentityConfig {
             same_person: 0.6,
+            other_person: 0.5,
             link: 0.6,
             min_cluster: 5,
             min_share: 0.1,
@@ -241,7 +246,7 @@ pub fn analyse(
             .filter_map(|(c, m)| m.as_ref().map(|m| (c, dist(row(i), m))))
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .unwrap_or((own, f32::INFINITY));
-        let verdict = if near_d < cfg.same_person && near_d < own_d {
+        let verdict = if near_d < cfg.other_person && near_d < own_d {
             Verdict::OtherPerson {
                 class: class_names[near].clone(),
             }
