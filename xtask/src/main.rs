@@ -29,7 +29,8 @@ commands:
                photos, checksum verified; asked interactively without the flag)
   ci           fmt, clippy, tests (with ../shared: including ignored ones, except the 5-seed
                sweep), a pipeline run on ../shared/data/msceleb-samples with both teachers;
-               prints the time of each part (also in target/ci-times.json)
+               prints the time of each part (also in target/ci-times.json);
+               --pipeline-only skips fmt, clippy and the tests
   bench [preprocess|bottleneck|train|tsne|all]
                throughput benchmarks (release, 2 threads), JSON in target/bench/
   deps         check the Debian packages the build and the stages need; --install

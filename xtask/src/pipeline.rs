@@ -590,6 +590,14 @@ pub fn ci(args: &[String]) -> Result<()> {
 }
 
 fn ci_steps(args: &[String], steps: &mut Steps) -> Result<()> {
+    // `--pipeline-only`: the pipeline run and its checks, without fmt, clippy and tests.
+    if !has_flag(args, "--pipeline-only") {
+        ci_tests(steps)?;
+    }
+    ci_pipeline(args, steps)
+}
+
+fn ci_tests(steps: &mut Steps) -> Result<()> {
     steps.time("fmt --check", || {
         sh(cargo().args(["fmt", "--all", "--", "--check"]))
     })?;
@@ -623,7 +631,11 @@ fn ci_steps(args: &[String], steps: &mut Steps) -> Result<()> {
         eprintln!("../shared not found: the tests that need it stay ignored");
     }
     steps.time("run tests", || sh(&mut test))?;
-    let Some(shared) = shared else {
+    Ok(())
+}
+
+fn ci_pipeline(args: &[String], steps: &mut Steps) -> Result<()> {
+    let Some(shared) = shared_dir() else {
         eprintln!("../shared not found: skipping the pipeline run on the study's photos");
         return Ok(());
     };
@@ -684,6 +696,9 @@ fn ci_steps(args: &[String], steps: &mut Steps) -> Result<()> {
     if !broken.is_empty() {
         bail!("index.html has links that do not resolve: {broken:?}");
     }
+    steps.time("planted label errors and strangers", || {
+        planted_checks(&out, &shared)
+    })?;
     // A second run must skip every stage.
     let again = steps.time("pipeline again (all cached)", || run(&o))?;
     let ran = again["stages_run"].as_array().map(|a| a.len()).unwrap_or(1);
@@ -695,6 +710,83 @@ fn ci_steps(args: &[String], steps: &mut Steps) -> Result<()> {
         summary["seconds"].as_f64().unwrap_or(0.0),
         again["seconds"].as_f64().unwrap_or(0.0)
     );
+    Ok(())
+}
+
+/// The identity analysis on the pipeline's face descriptors (#19's aims): 5% of the faces
+/// moved into another folder must be found (recall >= 0.9, precision >= 0.8 among the new
+/// flags), and the study's 4x20 crops (four people not in the data) spread over the
+/// folders must be called strangers (>= 0.9).
+fn planted_checks(out: &Path, shared: &Path) -> Result<()> {
+    let faces = out.join("faces.safetensors");
+    let desc = out.join("bottlenecks-face.safetensors");
+    let example = |name: &str, args: &[std::ffi::OsString]| -> Result<Value> {
+        let o = run_capture(
+            cargo()
+                .args([
+                    "run",
+                    "--release",
+                    "-q",
+                    "-p",
+                    "eval-tsne",
+                    "--example",
+                    name,
+                    "--",
+                ])
+                .args(args),
+        )?;
+        let line = o.lines().rfind(|l| l.starts_with('{')).unwrap_or("{}");
+        Ok(serde_json::from_str(line)?)
+    };
+    let r = example(
+        "plant_errors",
+        &[
+            faces.clone().into(),
+            desc.clone().into(),
+            "0.05".into(),
+            "42".into(),
+        ],
+    )?;
+    println!("ci: planted label errors: {r}");
+    let (recall, precision) = (
+        r["recall"].as_f64().unwrap_or(0.0),
+        r["precision_new"].as_f64().unwrap_or(0.0),
+    );
+    if recall < 0.9 || precision < 0.8 {
+        bail!(
+            "planted label errors: recall {recall:.3} (>= 0.9), precision {precision:.3} (>= 0.8)"
+        );
+    }
+    // The strangers: preprocessed and described like the data.
+    let dir = out.join("planted-strangers");
+    std::fs::create_dir_all(&dir)?;
+    let sfaces = dir.join("faces.safetensors");
+    let sdesc = dir.join("bottlenecks-face.safetensors");
+    sh(Command::new(bin("preprocess"))
+        .args(["--skip-if-fresh", "--device", "cpu", "--input"])
+        .arg(shared.join("data/seed-4x20/crop_4_20/corpus"))
+        .arg("--output")
+        .arg(&sfaces)
+        .arg("--cnn-model")
+        .arg(shared.join("models/dlib/mmod_human_face_detector.dat")))?;
+    sh(Command::new(bin("inception-bottleneck"))
+        .args(["--skip-if-fresh", "--device", "cpu", "--teacher"])
+        .arg(shared.join("models/dlib/dlib_face_recognition_resnet_model_v1.dat"))
+        .arg("--faces")
+        .arg(&sfaces)
+        .arg("--output")
+        .arg(&sdesc)
+        .arg("--cache-dir")
+        .arg(dir.join("cache")))?;
+    let r = example(
+        "plant_strangers",
+        &[faces.into(), desc.into(), sfaces.into(), sdesc.into()],
+    )?;
+    println!("ci: planted strangers: {r}");
+    let share = r["share_strangers"].as_f64().unwrap_or(0.0);
+    if share < 0.9 {
+        bail!("planted strangers: {share:.3} called strangers (>= 0.9)");
+    }
     Ok(())
 }
 

@@ -390,6 +390,39 @@ fn tiled_to_image(rects: &[Rect], r: DRect) -> DRect {
     }
 }
 
+/// `loss_mmod::to_label` before suppression: each output above `threshold` is the window
+/// (`w x h`) centred over input position `p * scale + offset`, mapped back through the
+/// tiling to photo coordinates, with the output as its confidence.
+pub fn decode(
+    scan: &Scan,
+    scale: f64,
+    offset: f64,
+    window: (f64, f64),
+    threshold: f64,
+) -> Vec<Detection> {
+    let mut out = Vec::new();
+    let (hw, hh) = ((window.0 - 1.0) / 2.0, (window.1 - 1.0) / 2.0);
+    for r in 0..scan.map_height {
+        for c in 0..scan.map_width {
+            let score = scan.map[r * scan.map_width + c] as f64;
+            if score > threshold {
+                let (px, py) = (c as f64 * scale + offset, r as f64 * scale + offset);
+                let rect = DRect {
+                    l: px - hw,
+                    t: py - hh,
+                    r: px + hw,
+                    b: py + hh,
+                };
+                out.push(Detection {
+                    rect: tiled_to_image(&scan.layout.rects, rect).round(),
+                    confidence: score,
+                });
+            }
+        }
+    }
+    out
+}
+
 /// dlib's `pyramid_up` with `pyramid_down<2>`: the image doubled (plus dlib's extra row
 /// and columns: `rect_up` of the image's rectangle), bilinear.
 pub fn pyramid_up2(img: &RgbImage) -> RgbImage<'static> {
@@ -668,30 +701,7 @@ impl FaceDetector {
     /// Every window scoring above `threshold` (dlib's `adjust_threshold`, 0 by default),
     /// in photo coordinates, before suppression.
     pub fn candidates(&self, scan: &Scan, threshold: f64) -> Vec<Detection> {
-        let mut out = Vec::new();
-        for r in 0..scan.map_height {
-            for c in 0..scan.map_width {
-                let score = scan.map[r * scan.map_width + c] as f64;
-                if score > threshold {
-                    let (px, py) = (
-                        c as f64 * self.scale + self.offset,
-                        r as f64 * self.scale + self.offset,
-                    );
-                    let (hw, hh) = ((self.window.0 - 1.0) / 2.0, (self.window.1 - 1.0) / 2.0);
-                    let rect = DRect {
-                        l: px - hw,
-                        t: py - hh,
-                        r: px + hw,
-                        b: py + hh,
-                    };
-                    out.push(Detection {
-                        rect: tiled_to_image(&scan.layout.rects, rect).round(),
-                        confidence: score,
-                    });
-                }
-            }
-        }
-        out
+        decode(scan, self.scale, self.offset, self.window, threshold)
     }
 
     /// Faces in `img` as dlib's `cnn_face_detection_model_v1(img, upsample)`: the photo
@@ -856,6 +866,54 @@ mod tests {
         };
         let m = tiled_to_image(&l.rects, r);
         assert!((m.l - 12.3).abs() < 1e-9 && (m.b - (99.0 * 1.2 + 0.3)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn decoding_a_hand_made_output_map() {
+        // 300x300 photo: level 0 at (11, 11). Output (c, r) lies over input 8c + 14.
+        let layout = pyramid_layout(300, 300, 10, 11);
+        let (mh, mw) = (20, 10);
+        let mut map = vec![-1.0f32; mh * mw];
+        map[3 * mw + 4] = 0.9; // input (46, 38): level 0
+        map[3 * mw + 5] = 0.2; // its neighbour, suppressed
+        map[2 * mw] = 0.0; // not above the threshold
+        let scan = Scan {
+            layout: layout.clone(),
+            map,
+            map_height: mh,
+            map_width: mw,
+        };
+        let c = decode(&scan, 8.0, 14.0, (80.0, 80.0), 0.0);
+        assert_eq!(c.len(), 2);
+        // Centre (46, 38) -> (35, 27) in the photo; corners at +-39.5, rounded half away
+        // from zero (dlib's lround): -4.5 -> -5, 74.5 -> 75.
+        assert_eq!(c[0].rect, Rect::new(-5, -13, 75, 67));
+        assert_eq!(c[0].confidence as f32, 0.9);
+        let o = BoxOverlap {
+            iou: 0.338,
+            percent_covered: 1.0,
+        };
+        let kept = nms(c, &o);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].confidence as f32, 0.9);
+        // A window centred on level 1 comes back scaled by 6/5.
+        let l1 = layout.rects[1];
+        let mut map = vec![-1.0f32; 200 * 60];
+        let (c1, r1) = (
+            ((l1.left + 40 - 14) / 8) as usize,
+            ((l1.top + 40 - 14) / 8) as usize,
+        );
+        map[r1 * 60 + c1] = 1.0;
+        let scan = Scan {
+            layout,
+            map,
+            map_height: 200,
+            map_width: 60,
+        };
+        let d = decode(&scan, 8.0, 14.0, (80.0, 80.0), 0.0);
+        assert_eq!(d.len(), 1);
+        // 79 px between the corners, times 6/5: 94.8.
+        assert!((95..=96).contains(&d[0].rect.width()), "{:?}", d[0].rect);
     }
 
     #[test]
