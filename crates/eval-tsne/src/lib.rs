@@ -280,19 +280,37 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
         .map_err(EvalError::Plot)?;
         suspect_images.push(p);
     }
-    // Identity suspects and split folders, when the teacher knows identities.
+    // Identity suspects and split folders, when the teacher knows identities; over the
+    // faces the exclusions keep, so a person who drops a folder's largest cluster makes
+    // the next one its person.
     let identity = teacher
         .as_ref()
         .filter(|b| b.teacher.starts_with("dlib-face:"))
         .map(|b| {
-            identity::analyse(
-                &b.features,
+            let kept: Vec<usize> = (0..n)
+                .filter(|&i| !dropped.contains(&faces.sources[i]))
+                .collect();
+            let feats: Vec<f32> = kept
+                .iter()
+                .flat_map(|&i| b.features[i * b.dim..(i + 1) * b.dim].iter().copied())
+                .collect();
+            let labels: Vec<u32> = kept.iter().map(|&i| faces.labels[i]).collect();
+            let sources: Vec<String> = kept.iter().map(|&i| faces.sources[i].clone()).collect();
+            let mut r = identity::analyse(
+                &feats,
                 b.dim,
-                &faces.labels,
+                &labels,
                 &faces.class_names,
-                &faces.sources,
+                &sources,
                 &identity::IdentityConfig::default(),
-            )
+            );
+            // Back to the faces artifact's indices.
+            r.suspects.iter_mut().for_each(|s| s.index = kept[s.index]);
+            r.split_folders
+                .iter_mut()
+                .flat_map(|f| f.members.iter_mut().flatten())
+                .for_each(|i| *i = kept[*i]);
+            r
         });
     let mut identity_images = Vec::new();
     if let Some(id) = &identity {
