@@ -265,25 +265,45 @@ pub fn pyramid_layout_levels(
     }
 }
 
-/// dlib's bilinear `resize_image` of one float plane (the 4-lane f32 path and its f64
-/// tail, as the CPU build of `tt::resize_bilinear` runs it), within a tiled plane.
-fn resize_plane(plane: &mut [f32], stride: usize, src: Rect, dst: Rect) {
-    let (snc, snr) = (src.width(), src.height());
-    let (dnc, dnr) = (dst.width(), dst.height());
-    if snc == 0 || snr == 0 || dnc == 0 || dnr == 0 {
+/// Where one output pixel of dlib's bilinear `resize_image` samples, as its two code paths
+/// compute it (both the float-plane and the RGB versions run this scheme).
+enum Tap {
+    /// The 4-lane f32 path: corners `(top | bottom, left | left + 1)`, weights `[tl, tr,
+    /// bl, br]` in f32.
+    Lane {
+        top: i64,
+        bottom: i64,
+        left: i64,
+        w: [f32; 4],
+    },
+    /// The scalar tail: corners `(top | bottom, left | right)`, fractions in f64.
+    Tail {
+        top: i64,
+        bottom: i64,
+        left: i64,
+        right: i64,
+        tb: f64,
+        lr: f64,
+    },
+}
+
+/// Visits every output pixel `(row, column)` of a `sw x sh -> dw x dh` resize in dlib's
+/// order: positions step in f64 by rows; along a row four f32 lanes step together
+/// (truncated to columns) until the fourth lane's right neighbour leaves the image, then
+/// the rest of the row in f64.
+fn bilinear_taps(sw: i64, sh: i64, dw: i64, dh: i64, mut visit: impl FnMut(i64, i64, Tap)) {
+    if sw == 0 || sh == 0 || dw == 0 || dh == 0 {
         return;
     }
-    let x_scale = (snc - 1) as f64 / (dnc - 1).max(1) as f64;
-    let y_scale = (snr - 1) as f64 / (dnr - 1).max(1) as f64;
-    let at = |r: i64, c: i64| (src.top + r) as usize * stride + (src.left + c) as usize;
+    let x_scale = (sw - 1) as f64 / (dw - 1).max(1) as f64;
+    let y_scale = (sh - 1) as f64 / (dh - 1).max(1) as f64;
     let mut y = -y_scale;
-    for r in 0..dnr {
+    for r in 0..dh {
         y += y_scale;
         let top = y.floor() as i64;
-        let bottom = (top + 1).min(snr - 1);
+        let bottom = (top + 1).min(sh - 1);
         let tb = y - top as f64;
         let (tb_f, inv_tb_f) = (tb as f32, (1.0 - tb) as f32);
-        let out_row = (dst.top + r) as usize * stride + dst.left as usize;
         let x0 = -4.0 * x_scale;
         let step = (4.0 * x_scale) as f32;
         let mut lanes = [
@@ -301,35 +321,94 @@ fn resize_plane(plane: &mut [f32], stride: usize, src: Rect, dst: Rect) {
                 left[k] = lanes[k] as i32 as i64;
                 lr[k] = lanes[k] - left[k] as i32 as f32;
             }
-            if left[3] + 1 >= snc {
+            if left[3] + 1 >= sw {
                 break;
             }
             for k in 0..4 {
                 let inv_lr = 1.0 - lr[k];
-                let (tlf, trf) = (inv_tb_f * inv_lr, inv_tb_f * lr[k]);
-                let (blf, brf) = (tb_f * inv_lr, tb_f * lr[k]);
-                let v = tlf * plane[at(top, left[k])]
-                    + trf * plane[at(top, left[k] + 1)]
-                    + blf * plane[at(bottom, left[k])]
-                    + brf * plane[at(bottom, left[k] + 1)];
-                plane[out_row + (c + k as i64) as usize] = v;
+                let w = [
+                    inv_tb_f * inv_lr,
+                    inv_tb_f * lr[k],
+                    tb_f * inv_lr,
+                    tb_f * lr[k],
+                ];
+                visit(
+                    r,
+                    c + k as i64,
+                    Tap::Lane {
+                        top,
+                        bottom,
+                        left: left[k],
+                        w,
+                    },
+                );
             }
             c += 4;
         }
         let mut x = -x_scale + c as f64 * x_scale;
-        while c < dnc {
+        while c < dw {
             x += x_scale;
             let left = x.floor() as i64;
-            let right = (left + 1).min(snc - 1);
-            let lr = (x - left as f64) as f32;
-            let (tl, tr) = (plane[at(top, left)], plane[at(top, right)]);
-            let (bl, br) = (plane[at(bottom, left)], plane[at(bottom, right)]);
-            let v = (1.0 - tb) * ((1.0 - lr) * tl + lr * tr) as f64
-                + tb * ((1.0 - lr) * bl + lr * br) as f64;
-            plane[out_row + c as usize] = v as f32;
+            let right = (left + 1).min(sw - 1);
+            let lr = x - left as f64;
+            visit(
+                r,
+                c,
+                Tap::Tail {
+                    top,
+                    bottom,
+                    left,
+                    right,
+                    tb,
+                    lr,
+                },
+            );
             c += 1;
         }
     }
+}
+
+/// dlib's bilinear `resize_image` of one float plane (as the CPU build of
+/// `tt::resize_bilinear` runs it), within a tiled plane: lane sums in f32; the tail takes
+/// its column fraction in f32 and its row fraction in f64, as dlib's mixed arithmetic does.
+fn resize_plane(plane: &mut [f32], stride: usize, src: Rect, dst: Rect) {
+    let at = |r: i64, c: i64| (src.top + r) as usize * stride + (src.left + c) as usize;
+    let out = |r: i64, c: i64| (dst.top + r) as usize * stride + (dst.left + c) as usize;
+    bilinear_taps(
+        src.width(),
+        src.height(),
+        dst.width(),
+        dst.height(),
+        |r, c, tap| {
+            plane[out(r, c)] = match tap {
+                Tap::Lane {
+                    top,
+                    bottom,
+                    left,
+                    w,
+                } => {
+                    w[0] * plane[at(top, left)]
+                        + w[1] * plane[at(top, left + 1)]
+                        + w[2] * plane[at(bottom, left)]
+                        + w[3] * plane[at(bottom, left + 1)]
+                }
+                Tap::Tail {
+                    top,
+                    bottom,
+                    left,
+                    right,
+                    tb,
+                    lr,
+                } => {
+                    let lr = lr as f32;
+                    let (tl, tr) = (plane[at(top, left)], plane[at(top, right)]);
+                    let (bl, br) = (plane[at(bottom, left)], plane[at(bottom, right)]);
+                    ((1.0 - tb) * ((1.0 - lr) * tl + lr * tr) as f64
+                        + tb * ((1.0 - lr) * bl + lr * br) as f64) as f32
+                }
+            };
+        },
+    );
 }
 
 /// The network's input for one photo, planar `[3, H, W]`: `(pixel - avg) / 256` at level
@@ -446,77 +525,43 @@ fn rect_down2(r: Rect, levels: usize) -> Rect {
     DRect { l, t, r: rr, b }.round()
 }
 
-/// dlib's bilinear `resize_image` for RGB bytes (4-lane f32 path, truncating; f64 tail).
+/// dlib's bilinear `resize_image` for RGB bytes: lane sums in f32, the tail in f64, both
+/// truncated.
 pub fn resize_rgb(img: &RgbImage, w: usize, h: usize) -> RgbImage<'static> {
     let mut out = vec![0u8; w * h * 3];
-    let (snc, snr) = (img.width as i64, img.height as i64);
-    if w == 0 || h == 0 || snc == 0 || snr == 0 {
-        return RgbImage {
-            data: out.into(),
-            width: w,
-            height: h,
-        };
-    }
-    let x_scale = (snc - 1) as f64 / (w as i64 - 1).max(1) as f64;
-    let y_scale = (snr - 1) as f64 / (h as i64 - 1).max(1) as f64;
+    let snc = img.width as i64;
     let px = |r: i64, c: i64, ch: usize| img.data[((r * snc + c) * 3) as usize + ch];
-    let mut y = -y_scale;
-    for r in 0..h {
-        y += y_scale;
-        let top = y.floor() as i64;
-        let bottom = (top + 1).min(snr - 1);
-        let tb = y - top as f64;
-        let (tb_f, inv_tb_f) = (tb as f32, (1.0 - tb) as f32);
-        let x0 = -4.0 * x_scale;
-        let step = (4.0 * x_scale) as f32;
-        let mut lanes = [
-            x0 as f32,
-            (x0 + x_scale) as f32,
-            (x0 + 2.0 * x_scale) as f32,
-            (x0 + 3.0 * x_scale) as f32,
-        ];
-        let mut c = 0usize;
-        loop {
-            let mut left = [0i64; 4];
-            let mut lr = [0f32; 4];
-            for k in 0..4 {
-                lanes[k] += step;
-                left[k] = lanes[k] as i32 as i64;
-                lr[k] = lanes[k] - left[k] as i32 as f32;
-            }
-            if left[3] + 1 >= snc {
-                break;
-            }
-            for k in 0..4 {
-                let inv_lr = 1.0 - lr[k];
-                let (tlf, trf) = (inv_tb_f * inv_lr, inv_tb_f * lr[k]);
-                let (blf, brf) = (tb_f * inv_lr, tb_f * lr[k]);
-                for ch in 0..3 {
-                    let v = tlf * px(top, left[k], ch) as f32
-                        + trf * px(top, left[k] + 1, ch) as f32
-                        + blf * px(bottom, left[k], ch) as f32
-                        + brf * px(bottom, left[k] + 1, ch) as f32;
-                    out[(r * w + c + k) * 3 + ch] = v as i32 as u8;
+    bilinear_taps(snc, img.height as i64, w as i64, h as i64, |r, c, tap| {
+        let o = (r as usize * w + c as usize) * 3;
+        for ch in 0..3 {
+            out[o + ch] = match tap {
+                Tap::Lane {
+                    top,
+                    bottom,
+                    left,
+                    w,
+                } => {
+                    (w[0] * px(top, left, ch) as f32
+                        + w[1] * px(top, left + 1, ch) as f32
+                        + w[2] * px(bottom, left, ch) as f32
+                        + w[3] * px(bottom, left + 1, ch) as f32) as i32 as u8
                 }
-            }
-            c += 4;
+                Tap::Tail {
+                    top,
+                    bottom,
+                    left,
+                    right,
+                    tb,
+                    lr,
+                } => {
+                    ((1.0 - tb)
+                        * ((1.0 - lr) * px(top, left, ch) as f64 + lr * px(top, right, ch) as f64)
+                        + tb * ((1.0 - lr) * px(bottom, left, ch) as f64
+                            + lr * px(bottom, right, ch) as f64)) as u8
+                }
+            };
         }
-        let mut x = -x_scale + c as f64 * x_scale;
-        while c < w {
-            x += x_scale;
-            let left = x.floor() as i64;
-            let right = (left + 1).min(snc - 1);
-            let lr = x - left as f64;
-            for ch in 0..3 {
-                let v = (1.0 - tb)
-                    * ((1.0 - lr) * px(top, left, ch) as f64 + lr * px(top, right, ch) as f64)
-                    + tb * ((1.0 - lr) * px(bottom, left, ch) as f64
-                        + lr * px(bottom, right, ch) as f64);
-                out[(r * w + c) * 3 + ch] = v as u8;
-            }
-            c += 1;
-        }
-    }
+    });
     RgbImage {
         data: out.into(),
         width: w,
