@@ -119,10 +119,8 @@ impl FaceDescriptor {
         device: &Device,
         dtype: DType,
     ) -> Result<FaceDescriptor, Error> {
-        let net = Net::open(path)?;
-        FaceDescriptor::from_net(&net, kernels, device, dtype).map_err(|what| Error::Network {
-            path: path.to_path_buf(),
-            what,
+        crate::open_net(path, |net| {
+            FaceDescriptor::from_net(net, kernels, device, dtype)
         })
     }
 

@@ -46,3 +46,16 @@ pub fn read_file(path: &Path) -> Result<memmap2::Mmap, Error> {
     // SAFETY: a read-only mapping of a model file we only read.
     unsafe { memmap2::Mmap::map(&file) }.map_err(io)
 }
+
+/// Reads a network file and builds one of dlib's networks from it, naming the file in
+/// every error.
+pub(crate) fn open_net<T>(
+    path: &Path,
+    build: impl FnOnce(&Net) -> Result<T, String>,
+) -> Result<T, Error> {
+    let net = Net::open(path)?;
+    build(&net).map_err(|what| Error::Network {
+        path: path.to_path_buf(),
+        what,
+    })
+}

@@ -676,10 +676,8 @@ impl FaceDetector {
         device: &Device,
         dtype: DType,
     ) -> Result<FaceDetector, Error> {
-        let net = Net::open(path)?;
-        FaceDetector::from_net(&net, kernels, device, dtype).map_err(|what| Error::Network {
-            path: path.to_path_buf(),
-            what,
+        crate::open_net(path, |net| {
+            FaceDetector::from_net(net, kernels, device, dtype)
         })
     }
 

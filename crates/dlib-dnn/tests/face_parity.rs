@@ -3,20 +3,9 @@
 use candle_core::{DType, Device};
 use dlib_dnn::{FaceDescriptor, Kernels};
 use safetensors::SafeTensors;
-use std::path::PathBuf;
 
-fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
-}
-
-fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
-    st.tensor(name)
-        .unwrap()
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
+mod common;
+use common::{f32s, f64s, shared};
 
 fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -51,15 +40,6 @@ fn descriptors_match_dlib() {
             assert!(err <= 1e-4, "{kernels:?} {input}: max abs error {err}");
         }
     }
-}
-
-fn f64s(st: &SafeTensors, name: &str) -> Vec<f64> {
-    st.tensor(name)
-        .unwrap()
-        .data()
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-        .collect()
 }
 
 /// The fixture's photos, decoded to RGB.

@@ -6,20 +6,9 @@ use dlib_dnn::chip::RgbImage;
 use dlib_dnn::mmod::{Detection, Rect};
 use dlib_dnn::{FaceDetector, Kernels};
 use safetensors::SafeTensors;
-use std::path::PathBuf;
 
-fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
-}
-
-fn f64s(st: &SafeTensors, name: &str) -> Vec<f64> {
-    st.tensor(name)
-        .unwrap()
-        .data()
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
+mod common;
+use common::{f64s, shared};
 
 /// Plain intersection over union of dlib's inclusive boxes.
 fn iou_plain(a: &Rect, b: &Rect) -> f64 {

@@ -47,6 +47,32 @@ pub enum Verdict {
     Stranger,
 }
 
+impl Verdict {
+    /// `other person` or `stranger` (the flags file's column).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Verdict::OtherPerson { .. } => "other person",
+            Verdict::Stranger => "stranger",
+        }
+    }
+
+    /// The folder it looks like, if any.
+    pub fn looks_like(&self) -> Option<&str> {
+        match self {
+            Verdict::OtherPerson { class } => Some(class),
+            Verdict::Stranger => None,
+        }
+    }
+
+    /// `looks like <class>` or `stranger`, for captions and tables.
+    pub fn describe(&self) -> String {
+        match self.looks_like() {
+            Some(c) => format!("looks like {c}"),
+            None => "stranger".into(),
+        }
+    }
+}
+
 /// A flagged face.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct IdentitySuspect {

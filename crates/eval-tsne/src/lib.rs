@@ -323,14 +323,8 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
                 drop: true,
                 source: s.source.clone(),
                 label: s.label.clone(),
-                verdict: match &s.verdict {
-                    identity::Verdict::OtherPerson { .. } => "other person".into(),
-                    identity::Verdict::Stranger => "stranger".into(),
-                },
-                looks_like: match &s.verdict {
-                    identity::Verdict::OtherPerson { class } => class.clone(),
-                    identity::Verdict::Stranger => String::new(),
-                },
+                verdict: s.verdict.kind().into(),
+                looks_like: s.verdict.looks_like().unwrap_or_default().into(),
                 distance: s.own_distance,
             })
             .collect();
@@ -353,11 +347,10 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
                 .filter(|s| faces.labels[s.index] as usize == c)
                 .take(40)
                 .map(|s| {
-                    let says = match &s.verdict {
-                        identity::Verdict::OtherPerson { class } => format!("looks like {class}"),
-                        identity::Verdict::Stranger => "stranger".into(),
-                    };
-                    tile(s.index, format!("{says} {:.2}", s.own_distance))
+                    tile(
+                        s.index,
+                        format!("{} {:.2}", s.verdict.describe(), s.own_distance),
+                    )
                 })
                 .collect();
             if tiles.is_empty() {

@@ -108,10 +108,7 @@ pub fn write(path: &Path, page: &Page) -> Result<(), String> {
         }
         h.push_str("<table><tr><th>image</th><th>label</th><th>verdict</th><th>distance to its folder's person</th><th>nearest other folder</th><th>distance</th></tr>");
         for s in id.suspects.iter().take(300) {
-            let verdict = match &s.verdict {
-                crate::identity::Verdict::OtherPerson { class } => format!("looks like {class}"),
-                crate::identity::Verdict::Stranger => "stranger".into(),
-            };
+            let verdict = s.verdict.describe();
             h.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td><td>{:.2}</td></tr>",
                 esc(&s.source),
