@@ -19,6 +19,9 @@ pub struct Rgb {
     /// Rows above this hold decoded pixels; below it a truncated JPEG's decoder filled in
     /// a flat colour. `height` for a complete file.
     pub valid_rows: usize,
+    /// The photo's side (after EXIF orientation) over the decoded side: 1 unless the photo
+    /// was scaled down to [`MAX_SIDE`]; maps boxes back to the photo's own pixels.
+    pub scale: f32,
 }
 
 /// Why a photo could not be decoded; each becomes a reject reason.
@@ -133,6 +136,7 @@ fn to_rgb_bounded(img: DynamicImage) -> Rgb {
         height,
         data: rgb.into_raw(),
         valid_rows: height,
+        scale: w.max(h) as f32 / width.max(height) as f32,
     }
 }
 
@@ -166,5 +170,7 @@ fn decode_reduced_jpeg(path: &Path, w: u32, h: u32) -> Result<Rgb, DecodeError> 
         .to_vec();
     let img = image::RgbImage::from_raw(cols, rows, data)
         .ok_or_else(|| DecodeError::Corrupt("bad buffer".into()))?;
-    Ok(to_rgb_bounded(DynamicImage::ImageRgb8(img)))
+    let mut rgb = to_rgb_bounded(DynamicImage::ImageRgb8(img));
+    rgb.scale = w.max(h) as f32 / rgb.width.max(rgb.height) as f32;
+    Ok(rgb)
 }

@@ -217,14 +217,13 @@ pub fn rgb_mat(rgb: &[u8], width: usize, height: usize) -> opencv::Result<Mat> {
     Ok(m)
 }
 
-/// Detects faces in a grey image with the cascade and keeps the one a user meant
-/// ([`pick_face`]).
-pub fn detect(
+/// Every face the cascade finds in a grey image, `[x, y, w, h]`.
+pub fn haar_boxes(
     gray: &[u8],
     width: usize,
     height: usize,
     cfg: &DetectorConfig,
-) -> opencv::Result<Option<Detection>> {
+) -> opencv::Result<Vec<[f32; 4]>> {
     let src = gray_mat(gray, width, height)?;
     let mut eq = Mat::default();
     opencv::imgproc::equalize_hist(&src, &mut eq)?;
@@ -247,15 +246,37 @@ pub fn detect(
             Size::new(0, 0),
         )
     })?;
-    let boxes: Vec<[f32; 4]> = faces
+    Ok(faces
         .iter()
         .map(|r| [r.x as f32, r.y as f32, r.width as f32, r.height as f32])
-        .collect();
+        .collect())
+}
+
+/// Detects faces in a grey image with the cascade and keeps the one a user meant
+/// ([`pick_face`]).
+pub fn detect(
+    gray: &[u8],
+    width: usize,
+    height: usize,
+    cfg: &DetectorConfig,
+) -> opencv::Result<Option<Detection>> {
+    let boxes = haar_boxes(gray, width, height, cfg)?;
     Ok(pick_face(&boxes, width, height).map(|i| Detection {
         rect: boxes[i],
         faces_found: boxes.len(),
         found_by: "haar",
     }))
+}
+
+/// Intersection over union of two `[x, y, w, h]` boxes.
+pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let ix = (a[0] + a[2]).min(b[0] + b[2]) - a[0].max(b[0]);
+    let iy = (a[1] + a[3]).min(b[1] + b[3]) - a[1].max(b[1]);
+    if ix <= 0.0 || iy <= 0.0 {
+        return 0.0;
+    }
+    let inter = ix * iy;
+    inter / (a[2] * a[3] + b[2] * b[3] - inter)
 }
 
 /// Warps an RGB image with a 2x3 affine matrix into a `size x size` frame (bilinear,
@@ -316,5 +337,13 @@ mod tests {
         assert_eq!(pick_face(&boxes, 200, 200), Some(1));
         assert_eq!(pick_face(&boxes[..1], 200, 200), Some(0));
         assert_eq!(pick_face(&[], 200, 200), None);
+    }
+
+    #[test]
+    fn overlap_of_boxes() {
+        let a = [0.0, 0.0, 10.0, 10.0];
+        assert_eq!(iou(a, a), 1.0);
+        assert_eq!(iou(a, [20.0, 0.0, 10.0, 10.0]), 0.0);
+        assert!((iou(a, [5.0, 0.0, 10.0, 10.0]) - 50.0 / 150.0).abs() < 1e-6);
     }
 }

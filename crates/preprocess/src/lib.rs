@@ -5,6 +5,7 @@
 //! landmarks (our own evaluator of dlib's model file) -> similarity alignment of faceswap's
 //! `ALIGN_POINTS` onto a canonical template -> bilinear warp -> gaussian mask.
 
+pub mod aligner;
 pub mod decode;
 pub mod detect;
 pub mod dlib;
@@ -15,4 +16,5 @@ pub mod pipeline;
 pub mod quality;
 pub mod split;
 
+pub use aligner::{AlignedFace, Aligner};
 pub use pipeline::{run, PreprocessConfig, Reject, RunSummary};

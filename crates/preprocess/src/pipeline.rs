@@ -1,18 +1,12 @@
 //! The preprocessing run: walk the input folder, process photos in parallel, assign
 //! splits, write the artifact, `rejects.json`, a montage and the alignment-quality report.
 
-use crate::decode::{decode, Rgb};
-use crate::detect::{self, DetectorConfig, DetectorKind};
-use crate::dlib::{gray_like_dlib, ShapePredictor};
-use crate::geometry::{
-    align_weights, centre, template, weighted_similarity_fit, Similarity, ALIGN_POINTS,
-    EYE_IMAGE_LEFT, EYE_IMAGE_RIGHT, MOUTH,
-};
-use crate::mask::{apply_mask, gaussian_mask};
+use crate::aligner::{AlignedFace, Aligner};
+use crate::detect::{DetectorConfig, DetectorKind};
+use crate::dlib::ShapePredictor;
 use crate::split::{assign, read_split_file, SplitFractions};
 use artifacts::CHIP_SIZE;
 use artifacts::{FaceGeometry, Faces, Provenance, Split};
-use dlib_dnn::chip::{extract_chip, face_chip_details, RgbImage};
 use indicatif::ParallelProgressIterator;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -148,20 +142,6 @@ struct Candidate {
     path: PathBuf,
 }
 
-/// One processed face.
-struct Processed {
-    pixels: Vec<u8>,
-    /// dlib's 150x150 face chip, cut from the photo with our landmarks (the face
-    /// descriptor's input); black for `--as-is` inputs, which have no landmarks.
-    chip: Vec<u8>,
-    rect: [f32; 4],
-    landmarks: Vec<[f32; 2]>,
-    transform: [f32; 6],
-    faces_found: usize,
-    /// Whose box the face came from: `haar` or `cnn` (`as-is` inputs: `none`).
-    found_by: &'static str,
-}
-
 /// Lists `<root>/<class>/<file>`; unreadable entries become rejects.
 fn list_inputs(root: &Path) -> Result<(Vec<Candidate>, Vec<Reject>), PreprocessError> {
     if !root.is_dir() {
@@ -248,229 +228,6 @@ fn list_inputs(root: &Path) -> Result<(Vec<Candidate>, Vec<Reject>), PreprocessE
         }
     }
     Ok((out, rejects))
-}
-
-/// The box `[l, t, r, b]` in which the predictor's mean shape best matches `landmarks`
-/// (least squares per axis): where dlib's own detector would have put the face.
-pub fn box_from_landmarks(mean: &[f32], landmarks: &[[f32; 2]]) -> [f32; 4] {
-    let fit = |axis: usize| {
-        let n = landmarks.len() as f64;
-        let (mut sm, mut sp, mut smm, mut smp) = (0f64, 0f64, 0f64, 0f64);
-        for (i, p) in landmarks.iter().enumerate() {
-            let m = mean[2 * i + axis] as f64;
-            let v = p[axis] as f64;
-            sm += m;
-            sp += v;
-            smm += m * m;
-            smp += m * v;
-        }
-        let scale = (n * smp - sm * sp) / (n * smm - sm * sm);
-        let off = (sp - scale * sm) / n;
-        (off as f32, (off + scale) as f32)
-    };
-    let (l, r) = fit(0);
-    let (t, b) = fit(1);
-    [l, t, r, b]
-}
-
-/// Sanity of a landmark fit: eyes apart by a face-like share of the box, the mouth below
-/// the eyes at a face-like distance.
-fn plausible(lm: &[[f32; 2]], box_w: f32) -> Result<(), String> {
-    if lm.iter().any(|p| !p[0].is_finite() || !p[1].is_finite()) {
-        return Err("landmark fit failed: non-finite points".into());
-    }
-    let le = centre(lm, EYE_IMAGE_LEFT);
-    let re = centre(lm, EYE_IMAGE_RIGHT);
-    let mo = centre(lm, MOUTH);
-    let (ex, ey) = (re[0] - le[0], re[1] - le[1]);
-    let d = ex.hypot(ey);
-    if d < 0.15 * box_w || d > 0.9 * box_w {
-        return Err(format!(
-            "landmark fit failed: eye distance {d:.0}px for a {box_w:.0}px face"
-        ));
-    }
-    let mid = [(le[0] + re[0]) / 2.0, (le[1] + re[1]) / 2.0];
-    let (mx, my) = (mo[0] - mid[0], mo[1] - mid[1]);
-    // Signed distance of the mouth below the eye line (image y grows downwards).
-    let below = (ex * my - ey * mx) / d;
-    if below < 0.5 * d || below > 2.0 * d {
-        return Err("landmark fit failed: mouth not below the eyes".into());
-    }
-    Ok(())
-}
-
-struct Worker<'a> {
-    cfg: &'a PreprocessConfig,
-    predictor: Option<&'a ShapePredictor>,
-    cnn: Option<&'a dlib_dnn::FaceDetector>,
-    template: Vec<[f32; 2]>,
-    weights: Vec<f32>,
-    mask: Option<Vec<f32>>,
-}
-
-impl Worker<'_> {
-    fn process(&self, c: &Candidate) -> Result<Processed, String> {
-        let img = decode(&c.path).map_err(|e| e.to_string())?;
-        match self.cfg.mode {
-            Mode::AsIs => self.as_is(img),
-            Mode::Align | Mode::CropOnly => self.detect_and_align(img),
-        }
-    }
-
-    fn as_is(&self, img: Rgb) -> Result<Processed, String> {
-        if img.valid_rows < img.height {
-            return Err(
-                "truncated file (an --as-is image is used whole, missing rows and all)".into(),
-            );
-        }
-        let s = self.cfg.size as u32;
-        let src = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data)
-            .ok_or("bad buffer")?;
-        let mut pixels =
-            image::imageops::resize(&src, s, s, image::imageops::FilterType::Triangle).into_raw();
-        if let Some(m) = &self.mask {
-            apply_mask(&mut pixels, m);
-        }
-        let (sx, sy) = (s as f32 / img.width as f32, s as f32 / img.height as f32);
-        Ok(Processed {
-            pixels,
-            chip: vec![0; CHIP_SIZE * CHIP_SIZE * 3],
-            rect: [0.0, 0.0, img.width as f32, img.height as f32],
-            landmarks: vec![[0.0, 0.0]; 68],
-            transform: [sx, 0.0, 0.0, 0.0, sy, 0.0],
-            faces_found: 0,
-            found_by: "none",
-        })
-    }
-
-    fn detect_and_align(&self, img: Rgb) -> Result<Processed, String> {
-        let predictor = self.predictor.expect("loaded for detection modes");
-        let gray = gray_like_dlib(&img.data);
-        let det = self.find_face(&img, &gray)?;
-        let [x, y, w, h] = det.rect;
-        let mut rect = [x, y, x + w - 1.0, y + h - 1.0];
-        let mut lm = predictor.predict(&gray, img.width, img.height, rect);
-        if self.cfg.refine {
-            rect = box_from_landmarks(&predictor.initial_shape, &lm);
-            lm = predictor.predict(&gray, img.width, img.height, rect);
-        }
-        plausible(&lm, rect[2] - rect[0])?;
-        if img.valid_rows < img.height {
-            // A truncated JPEG: keep it only when the face (and the chin below the last
-            // landmark) lies in the rows that were decoded.
-            let (top, bottom) = lm
-                .iter()
-                .fold((f32::MAX, f32::MIN), |(t, b), p| (t.min(p[1]), b.max(p[1])));
-            if bottom + 0.3 * (bottom - top) >= img.valid_rows as f32 {
-                return Err(
-                    "truncated file (the face reaches the part of the photo that is missing)"
-                        .into(),
-                );
-            }
-            tracing::info!("kept a truncated photo: its face lies in the decoded rows");
-        }
-        let size = self.cfg.size;
-        let (transform, mut pixels) = match self.cfg.mode {
-            Mode::Align => {
-                let t = weighted_similarity_fit(
-                    &lm[ALIGN_POINTS],
-                    &self.template[ALIGN_POINTS],
-                    &self.weights,
-                );
-                let m = t.matrix();
-                (
-                    m,
-                    detect::warp(&img.data, img.width, img.height, m, size)
-                        .map_err(|e| format!("warp failed: {e}"))?,
-                )
-            }
-            _ => {
-                // Crop the detection box: a scale + translation.
-                let s = size as f32 / w;
-                let t = Similarity {
-                    a: s,
-                    b: 0.0,
-                    tx: -x * s,
-                    ty: -y * (size as f32 / h),
-                };
-                let m = [t.a, 0.0, t.tx, 0.0, size as f32 / h, t.ty];
-                (
-                    m,
-                    detect::warp(&img.data, img.width, img.height, m, size)
-                        .map_err(|e| format!("crop failed: {e}"))?,
-                )
-            }
-        };
-        if let Some(mask) = &self.mask {
-            apply_mask(&mut pixels, mask);
-        }
-        let chip = dlib_chip(&img, &lm)?;
-        Ok(Processed {
-            pixels,
-            chip,
-            rect: det.rect,
-            landmarks: lm,
-            transform,
-            faces_found: det.faces_found,
-            found_by: det.found_by,
-        })
-    }
-
-    /// The face to align, by the configured detector.
-    fn find_face(&self, img: &Rgb, gray: &[u8]) -> Result<detect::Detection, String> {
-        let cfg = &self.cfg.detector;
-        let rgb = RgbImage {
-            data: img.data.as_slice().into(),
-            width: img.width,
-            height: img.height,
-        };
-        let cnn_err = |e: candle_core::Error| format!("CNN face detection failed: {e}");
-        let cnn_pick = |cnn: &dlib_dnn::FaceDetector| -> Result<Option<detect::Detection>, String> {
-            let boxes = detect::cnn_faces(cnn, &rgb, cfg.upsample).map_err(cnn_err)?;
-            Ok(
-                detect::pick_face(&boxes, img.width, img.height).map(|i| detect::Detection {
-                    rect: boxes[i],
-                    faces_found: boxes.len(),
-                    found_by: "cnn",
-                }),
-            )
-        };
-        let haar = || {
-            detect::detect(gray, img.width, img.height, cfg)
-                .map_err(|e| format!("face detection failed: {e}"))
-        };
-        match (cfg.kind, self.cnn) {
-            (DetectorKind::Cnn, Some(cnn)) => cnn_pick(cnn)?.ok_or_else(|| "no face found".into()),
-            (DetectorKind::HaarCnn, Some(cnn)) => match haar()? {
-                Some(d) if !cfg.confirm => Ok(d),
-                Some(d) => {
-                    if detect::cnn_confirms(cnn, &rgb, d.rect).map_err(cnn_err)? {
-                        return Ok(d);
-                    }
-                    // The cascade's box is not a face: a face the CNN finds elsewhere in
-                    // the photo still counts.
-                    cnn_pick(cnn)?.ok_or_else(|| {
-                        "not confirmed as a face (the CNN finds no face on the Haar box or elsewhere)"
-                            .into()
-                    })
-                }
-                None => cnn_pick(cnn)?.ok_or_else(|| "no face found".into()),
-            },
-            _ => haar()?.ok_or_else(|| "no face found".into()),
-        }
-    }
-}
-
-/// dlib's face chip (`get_face_chip_details(shape, 150, 0.25)`, `extract_image_chip`).
-fn dlib_chip(img: &Rgb, landmarks: &[[f32; 2]]) -> Result<Vec<u8>, String> {
-    let d = face_chip_details(landmarks, CHIP_SIZE, 0.25)
-        .ok_or("landmarks give no face chip (degenerate shape)")?;
-    let src = RgbImage {
-        data: img.data.as_slice().into(),
-        width: img.width,
-        height: img.height,
-    };
-    Ok(extract_chip(&src, &d))
 }
 
 /// What a run did.
@@ -609,69 +366,30 @@ pub fn run(
 ) -> Result<RunSummary, PreprocessError> {
     let start = std::time::Instant::now();
     let cfg = &cfg.resolved()?;
-    if cfg.size < 16 {
-        return Err(PreprocessError::Config("--size must be at least 16".into()));
-    }
     let (candidates, mut rejects) = list_inputs(input)?;
     if candidates.is_empty() {
         return Err(PreprocessError::NoImages(input.to_path_buf()));
-    }
-    if cfg.mode != Mode::AsIs {
-        detect::check_cascade(&cfg.detector.cascade).map_err(PreprocessError::Config)?;
     }
     let split_file = match &cfg.split_file {
         Some(p) => Some(read_split_file(p).map_err(PreprocessError::Config)?),
         None => None,
     };
-    let predictor = load_predictor(cfg)?;
-    let cnn = match &cfg.detector.cnn_model {
-        Some(path) if cfg.mode != Mode::AsIs => {
-            let device = artifacts::device::pick(cfg.device)
-                .map_err(|e| PreprocessError::Config(e.to_string()))?;
-            let kernels = if device.is_cpu() {
-                dlib_dnn::Kernels::CpuNhwc
-            } else {
-                dlib_dnn::Kernels::Candle
-            };
-            Some(
-                dlib_dnn::FaceDetector::open(path, kernels, &device, candle_core::DType::F32)
-                    .map_err(|e| PreprocessError::Config(e.to_string()))?,
-            )
-        }
-        _ => None,
-    };
-    let worker = Worker {
-        cfg,
-        predictor: predictor.as_ref(),
-        cnn: cnn.as_ref(),
-        template: predictor
-            .as_ref()
-            .map(|p| template(&p.initial_shape, cfg.size))
-            .unwrap_or_default(),
-        weights: align_weights(cfg.eye_weight),
-        mask: cfg.mask.then(|| gaussian_mask(cfg.size, cfg.sigma)),
-    };
+    let aligner = Aligner::new(cfg)?;
     let bar = indicatif::ProgressBar::new(candidates.len() as u64).with_style(
         indicatif::ProgressStyle::with_template(
             "preprocess {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec}",
         )
         .expect("valid template"),
     );
-    let results: Vec<Result<Processed, String>> = candidates
+    let results: Vec<Result<AlignedFace, String>> = candidates
         .par_iter()
         .progress_with(bar.clone())
-        .map(|c| {
-            // A panic inside a codec must not end the run: it becomes a reject.
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.process(c)))
-                .unwrap_or_else(|_| {
-                    Err("internal error while decoding (the photo is likely corrupt)".into())
-                })
-        })
+        .map(|c| aligner.process_file(&c.path))
         .collect();
     bar.finish_and_clear();
 
     // Keep the faces; classes are the folders that kept at least one face.
-    let mut kept: Vec<(usize, Processed)> = Vec::new();
+    let mut kept: Vec<(usize, AlignedFace)> = Vec::new();
     for (i, r) in results.into_iter().enumerate() {
         let c = &candidates[i];
         let r = r.and_then(|p| match &split_file {
@@ -784,14 +502,20 @@ pub fn run(
         tracing::warn!("montage not written: {e}");
     }
     let mut quality_by_detector = BTreeMap::new();
-    let quality = match &predictor {
+    let quality = match aligner.predictor() {
         Some(p) => {
-            let q = crate::quality::measure(p, &faces, cfg.mode, &worker.template);
+            let q = crate::quality::measure(p, &faces, cfg.mode, aligner.template());
             if by_detector.len() > 1 {
                 for (name, which) in &by_detector {
                     quality_by_detector.insert(
                         name.clone(),
-                        crate::quality::measure_some(p, &faces, cfg.mode, &worker.template, which),
+                        crate::quality::measure_some(
+                            p,
+                            &faces,
+                            cfg.mode,
+                            aligner.template(),
+                            which,
+                        ),
                     );
                 }
             }

@@ -45,7 +45,7 @@ pub fn student_from_weights(
         let extra: Vec<&String> = ck
             .weights
             .keys()
-            .filter(|k| !data.contains_key(*k))
+            .filter(|k| !data.contains_key(*k) && !k.starts_with(crate::open_set::PREFIX))
             .collect();
         if !missing.is_empty() || !extra.is_empty() {
             return Err(TrainError::Data(format!(

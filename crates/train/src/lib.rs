@@ -7,6 +7,7 @@
 pub mod cv;
 pub mod data;
 pub mod inference;
+pub mod open_set;
 pub mod optim;
 pub mod probe;
 pub mod training;
@@ -49,15 +50,20 @@ pub fn stored_partition(data: &Dataset) -> Partition {
     }
 }
 
-/// Trains one mode on one partition.
+/// Trains one mode on one partition; the checkpoint written (if any) gets the recipe of
+/// its inputs and the open-set rule ([`open_set::seal`]).
 pub fn train(
     data: &Dataset,
     cfg: &TrainConfig,
     part: &Partition,
     files: &RunFiles,
 ) -> Result<Outcome, TrainError> {
-    match cfg.mode {
-        TrainMode::Probe => probe::train(data, cfg, part, files),
-        _ => Trainer::new(data, cfg, part)?.run(part, files),
+    let out = match cfg.mode {
+        TrainMode::Probe => probe::train(data, cfg, part, files)?,
+        _ => Trainer::new(data, cfg, part)?.run(part, files)?,
+    };
+    if let Some(path) = &files.output {
+        open_set::seal(data, part, cfg.unknown_rate, path)?;
     }
+    Ok(out)
 }

@@ -103,6 +103,11 @@ struct Cli {
     /// left out of training, validation and test; recorded in the checkpoint.
     #[arg(long, value_name = "CSV")]
     exclusions: Option<PathBuf>,
+    /// The open-set rule stored with the checkpoint for `predict`: at most this share of
+    /// the validation faces the model names correctly is called "unknown" (the threshold
+    /// is chosen so).
+    #[arg(long, default_value_t = train::open_set::DEFAULT_RATE, value_name = "SHARE")]
+    unknown_rate: f64,
     /// Threads for the CPU backend [default: all cores].
     #[arg(long)]
     jobs: Option<usize>,
@@ -174,6 +179,7 @@ fn run(cli: Cli) -> Result<()> {
         seed: cli.seed,
         device: cli.device,
         student: student_config(&cli)?,
+        unknown_rate: cli.unknown_rate,
     };
     let output = cli.output.clone().unwrap_or_else(|| {
         PathBuf::from(format!(

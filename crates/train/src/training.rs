@@ -100,6 +100,14 @@ pub struct TrainConfig {
     pub device: DeviceChoice,
     /// Student architecture (image size, classes and bottleneck width come from the data).
     pub student: StudentConfig,
+    /// Share of the correctly named validation faces the open-set rule may call unknown
+    /// ([`crate::open_set`]).
+    #[serde(default = "default_unknown_rate")]
+    pub unknown_rate: f64,
+}
+
+fn default_unknown_rate() -> f64 {
+    crate::open_set::DEFAULT_RATE
 }
 
 impl Default for TrainConfig {
@@ -121,6 +129,7 @@ impl Default for TrainConfig {
             seed: 42,
             device: DeviceChoice::Auto,
             student: StudentConfig::default(),
+            unknown_rate: crate::open_set::DEFAULT_RATE,
         }
     }
 }

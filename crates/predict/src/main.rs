@@ -1,0 +1,187 @@
+use anyhow::{bail, Context, Result};
+use artifacts::device::DeviceChoice;
+use clap::Parser;
+use predict::output::{self, Format};
+use predict::{Model, ModelOptions, UnknownRule};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Name the people in photos with a trained model: every face of every photo, its box, the
+/// person (or "unknown" for a stranger), the probability and the top 3.
+///
+/// The photos are preprocessed exactly as the model's training faces were (detector,
+/// landmarks, alignment, mask, mean image, and the teacher for a probe or a face-teacher
+/// model), from the settings recorded in the checkpoint, never re-typed here.
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about,
+    long_about,
+    after_help = "Exit codes: 0 every photo was read (with or without faces); 1 an error \
+(model, settings, output); 2 a usage error; 3 some photos could not be read (the others \
+are still reported)."
+)]
+struct Cli {
+    /// Photos, and folders searched recursively for photos.
+    #[arg(required = true, value_name = "PHOTO|FOLDER")]
+    photos: Vec<PathBuf>,
+    /// A checkpoint made by `train` (a student or a probe) [default: the best model of the
+    /// last `cargo xtask pipeline` by validation accuracy, from <PIPELINE>/summary.json].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The pipeline's output folder, for the default model.
+    #[arg(long, default_value = "data/artifacts")]
+    pipeline: PathBuf,
+    /// How to print the results.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+    /// Write the results to this file (atomically) instead of standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Write a copy of every photo with its faces boxed and named into this folder.
+    #[arg(long, value_name = "DIR")]
+    annotate: Option<PathBuf>,
+    /// Call a face unknown above this score instead of the checkpoint's threshold (the
+    /// score is the face descriptor's distance to the nearest known person's centre for
+    /// face-teacher models, else 1 - the top probability).
+    #[arg(long, value_name = "SCORE", conflicts_with = "closed_set")]
+    unknown_threshold: Option<f32>,
+    /// Name every face: no "unknown".
+    #[arg(long)]
+    closed_set: bool,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// TTF font for --annotate.
+    #[arg(long, default_value = eval_tsne::plots::DEFAULT_FONT)]
+    font: PathBuf,
+    /// Write where the time went (per stage) as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    timings: Option<PathBuf>,
+    /// Worker threads [default: all cores].
+    #[arg(long)]
+    jobs: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    artifacts::runtime::init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    if let Some(j) = cli.jobs {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(j)
+            .build_global()
+            .context("--jobs")?;
+    }
+    if let Some(t) = cli.unknown_threshold {
+        if !t.is_finite() {
+            bail!("--unknown-threshold must be a number");
+        }
+    }
+    let photos = predict::list_photos(&cli.photos)?;
+    if photos.is_empty() {
+        bail!("no photos found in {:?}", cli.photos);
+    }
+    let model_path = match &cli.model {
+        Some(p) => p.clone(),
+        None => predict::best_of_pipeline(&cli.pipeline)?,
+    };
+    if cli.annotate.is_some() {
+        eval_tsne::plots::load_font(&cli.font).map_err(anyhow::Error::msg)?;
+    }
+    let opts = ModelOptions {
+        device: cli.device,
+        unknown: match (cli.closed_set, cli.unknown_threshold) {
+            (true, _) => UnknownRule::Off,
+            (false, Some(t)) => UnknownRule::Threshold(t),
+            (false, None) => UnknownRule::Stored,
+        },
+    };
+    let model = Model::open(&model_path, &opts)?;
+    let about = predict::describe(&model);
+    tracing::info!(
+        "model {} ({}, {} people){}",
+        model_path.display(),
+        model.kind,
+        model.class_names.len(),
+        match &model.rule {
+            Some(r) => format!(
+                "; unknown above {:.3} ({}, from the {})",
+                r.threshold,
+                r.score.describe(),
+                r.source
+            ),
+            None => "; closed set".into(),
+        }
+    );
+    let bar = indicatif::ProgressBar::new(photos.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "predict {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec}",
+        )
+        .expect("valid template"),
+    );
+    let paths: Vec<PathBuf> = photos.iter().map(|p| p.path.clone()).collect();
+    let mut k = 0;
+    let mut annotate_failed = 0;
+    let (results, timings) = predict::predict_photos(&model, &paths, |photo, img| {
+        if let (Some(dir), Some(img)) = (&cli.annotate, img) {
+            let out = predict::annotate::annotated_path(dir, &photos[k].relative);
+            if let Err(e) = predict::annotate::annotate(img, photo, &out) {
+                tracing::warn!("{}: no annotated copy: {e}", photo.path.display());
+                annotate_failed += 1;
+            }
+        }
+        k += 1;
+        bar.inc(1);
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    let text = match cli.format {
+        Format::Table => output::table(&results),
+        Format::Csv => output::csv(&results),
+        Format::Json => output::json(&results, &about),
+    };
+    match &cli.output {
+        Some(p) => artifacts::write_atomic(p, text.as_bytes())?,
+        None => print!("{text}"),
+    }
+    if let Some(p) = &cli.timings {
+        let mut v = serde_json::to_value(&timings)?;
+        v["photos_per_second"] = timings.photos_per_second().into();
+        v["dominant"] = timings.dominant().0.into();
+        v["model"] = about.clone();
+        artifacts::write_atomic(p, serde_json::to_string_pretty(&v)?.as_bytes())?;
+    }
+    let unreadable = results.iter().filter(|r| r.error.is_some()).count();
+    let faces: usize = results.iter().map(|r| r.faces.len()).sum();
+    let unknown = results
+        .iter()
+        .flat_map(|r| &r.faces)
+        .filter(|f| f.unknown)
+        .count();
+    let faceless = results
+        .iter()
+        .filter(|r| r.error.is_none() && r.faces.is_empty())
+        .count();
+    tracing::info!(
+        "{} photos: {faces} faces ({unknown} unknown), {faceless} without a face, {unreadable} unreadable; {:.1} photos/s",
+        results.len(),
+        timings.photos_per_second()
+    );
+    if annotate_failed > 0 {
+        bail!("{annotate_failed} annotated copies could not be written");
+    }
+    Ok(if unreadable > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

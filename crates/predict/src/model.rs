@@ -1,0 +1,300 @@
+//! A trained checkpoint with everything it needs to see new photos as it saw its faces:
+//! the preprocessing, the teacher, the mean image and the open-set rule, all read from what
+//! `train` recorded (`train::open_set::recipe`), none re-typed on the command line.
+
+use crate::PredictError;
+use artifacts::device::DeviceChoice;
+use artifacts::Checkpoint;
+use candle_core::Device;
+use inception_bottleneck::{ExtractConfig, Teacher};
+use preprocess::{Aligner, PreprocessConfig};
+use std::path::{Path, PathBuf};
+use train::inference::Predictor;
+use train::open_set::{OpenSet, ScoreKind, CENTRES_KEY};
+
+/// How `predict` decides "unknown".
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum UnknownRule {
+    /// The threshold stored with the checkpoint.
+    Stored,
+    /// This threshold on the checkpoint's score.
+    Threshold(f32),
+    /// Name every face (closed set).
+    Off,
+}
+
+/// What the user chose beyond the model.
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    pub device: DeviceChoice,
+    pub unknown: UnknownRule,
+}
+
+/// The open-set rule in force.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub score: ScoreKind,
+    pub threshold: f32,
+    /// Where the threshold came from: `checkpoint` or `--unknown-threshold`.
+    pub source: &'static str,
+    /// The calibration stored with the checkpoint, if any.
+    pub stored: Option<OpenSet>,
+}
+
+/// A loaded model, ready for photos.
+pub struct Model {
+    pub path: PathBuf,
+    pub kind: String,
+    pub class_names: Vec<String>,
+    pub predictor: Predictor,
+    pub aligner: Aligner,
+    /// The teacher, when the model reads its features (a probe) or the rule scores by it.
+    pub teacher: Option<Teacher>,
+    pub teacher_identity: Option<String>,
+    /// [classes, dim] centres of the descriptor score.
+    pub centres: Option<Vec<f32>>,
+    pub rule: Option<Rule>,
+    pub face_size: usize,
+    pub device: Device,
+}
+
+fn bad(path: &Path, problem: impl Into<String>) -> PredictError {
+    PredictError::Model {
+        path: path.to_path_buf(),
+        problem: problem.into(),
+    }
+}
+
+/// The workspace version of a `producer_version` (`0.1.0+exe.<digest>`).
+fn release_of(producer_version: &str) -> &str {
+    producer_version
+        .split('+')
+        .next()
+        .unwrap_or(producer_version)
+}
+
+impl Model {
+    pub fn open(path: &Path, opts: &ModelOptions) -> Result<Model, PredictError> {
+        let device = artifacts::device::pick(opts.device)
+            .map_err(|e| PredictError::Config(e.to_string()))?;
+        let ck = Checkpoint::read(path).map_err(|e| bad(path, e.to_string()))?;
+        let ours = env!("CARGO_PKG_VERSION");
+        if ck.provenance.producer != "train" {
+            return Err(bad(
+                path,
+                format!("made by `{}`, not by `train`", ck.provenance.producer),
+            ));
+        }
+        let theirs = release_of(&ck.provenance.producer_version);
+        if theirs != ours {
+            return Err(bad(
+                path,
+                format!("made by celeb-transfer {theirs}; this is {ours}: retrain the model with this release or predict with that one"),
+            ));
+        }
+        let recipe = &ck.model_config["recipe"];
+        if recipe.is_null() {
+            return Err(bad(
+                path,
+                "records no preprocessing (a checkpoint from before `predict`, or a resume file): retrain it",
+            ));
+        }
+        let kind = ck.model_config["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let class_names: Vec<String> =
+            serde_json::from_value(ck.model_config["class_names"].clone())
+                .map_err(|e| bad(path, format!("class names: {e}")))?;
+        let (predictor, _) =
+            Predictor::load(path, &device).map_err(|e| bad(path, e.to_string()))?;
+        let aligner = aligner_from(path, &recipe["faces"], opts.device)?;
+        let face_size = aligner.config().size;
+        let stored: Option<OpenSet> = match &ck.model_config["open_set"] {
+            serde_json::Value::Null => None,
+            v => Some(
+                serde_json::from_value(v.clone())
+                    .map_err(|e| bad(path, format!("open-set rule: {e}")))?,
+            ),
+        };
+        let rule = match (opts.unknown, &stored) {
+            (UnknownRule::Off, _) => None,
+            (UnknownRule::Threshold(t), Some(s)) => Some(Rule {
+                score: s.score,
+                threshold: t,
+                source: "--unknown-threshold",
+                stored: stored.clone(),
+            }),
+            (UnknownRule::Threshold(t), None) => Some(Rule {
+                score: ScoreKind::Probability,
+                threshold: t,
+                source: "--unknown-threshold",
+                stored: None,
+            }),
+            (UnknownRule::Stored, Some(s)) => Some(Rule {
+                score: s.score,
+                threshold: s.threshold,
+                source: "checkpoint",
+                stored: stored.clone(),
+            }),
+            (UnknownRule::Stored, None) => {
+                tracing::warn!(
+                    "{}: no unknown-face threshold stored (no validation faces); every face gets a name",
+                    path.display()
+                );
+                None
+            }
+        };
+        let by_descriptor = rule
+            .as_ref()
+            .is_some_and(|r| r.score == ScoreKind::DescriptorDistance);
+        let centres = if by_descriptor {
+            let c = ck
+                .weights
+                .get(CENTRES_KEY)
+                .ok_or_else(|| bad(path, format!("the open-set rule lacks `{CENTRES_KEY}`")))?;
+            if c.shape.first() != Some(&class_names.len()) {
+                return Err(bad(
+                    path,
+                    format!("`{CENTRES_KEY}` has shape {:?}", c.shape),
+                ));
+            }
+            Some(c.data.clone())
+        } else {
+            None
+        };
+        let needs_teacher = predictor.needs_teacher() || by_descriptor;
+        let (teacher, teacher_identity) = if needs_teacher {
+            let t = &recipe["teacher"];
+            if t.is_null() {
+                return Err(bad(path, "needs a teacher but records none"));
+            }
+            let (teacher, id) = teacher_from(path, t, opts.device)?;
+            (Some(teacher), Some(id))
+        } else {
+            (None, None)
+        };
+        Ok(Model {
+            path: path.to_path_buf(),
+            kind,
+            class_names,
+            predictor,
+            aligner,
+            teacher,
+            teacher_identity,
+            centres,
+            rule,
+            face_size,
+            device,
+        })
+    }
+}
+
+/// The preprocessing the faces were made with, checked against what it recorded: the same
+/// landmark model (path and size) and CNN detector (digest); a file that moved or changed
+/// is an error, not a silent other preprocessing.
+fn aligner_from(
+    path: &Path,
+    faces: &serde_json::Value,
+    device: DeviceChoice,
+) -> Result<Aligner, PredictError> {
+    if faces["producer"].as_str() != Some("preprocess") {
+        return Err(bad(path, "its faces were not made by `preprocess`"));
+    }
+    let mut cfg: PreprocessConfig =
+        serde_json::from_value(faces["config"].clone()).map_err(|e| {
+            bad(
+                path,
+                format!("recorded preprocessing does not parse here: {e}"),
+            )
+        })?;
+    cfg.device = device;
+    let inputs = &faces["inputs"];
+    if cfg.mode != preprocess::pipeline::Mode::AsIs {
+        if let Some(want) = inputs["landmarks"].as_str() {
+            let len = std::fs::metadata(&cfg.landmarks).map(|m| m.len()).ok();
+            let have = len.map(|l| format!("{}:{l}", cfg.landmarks.display()));
+            if have.as_deref() != Some(want) {
+                return Err(bad(
+                    path,
+                    format!(
+                        "trained on faces aligned with the landmark model {want} (path:size); {} is {}",
+                        cfg.landmarks.display(),
+                        if len.is_some() { "another file" } else { "missing" }
+                    ),
+                ));
+            }
+        }
+        if let Some(model) = &cfg.detector.cnn_model {
+            let want = inputs["cnn_model"].as_str().unwrap_or_default();
+            let have = artifacts::digest_file(model).map_err(|e| {
+                bad(
+                    path,
+                    format!(
+                        "its faces were found by the CNN detector {}: {e}",
+                        model.display()
+                    ),
+                )
+            })?;
+            if have != want {
+                return Err(bad(
+                    path,
+                    format!(
+                        "{} is not the CNN detector its faces were found with ({want})",
+                        model.display()
+                    ),
+                ));
+            }
+        }
+    }
+    Aligner::new(&cfg).map_err(|e| bad(path, format!("its preprocessing cannot run here: {e}")))
+}
+
+/// The teacher of the recipe, checked to be the same network (identity).
+fn teacher_from(
+    path: &Path,
+    t: &serde_json::Value,
+    device: DeviceChoice,
+) -> Result<(Teacher, String), PredictError> {
+    let mut cfg: ExtractConfig = serde_json::from_value(t["config"].clone()).map_err(|e| {
+        bad(
+            path,
+            format!("recorded teacher settings do not parse here: {e}"),
+        )
+    })?;
+    cfg.cache_dir = None;
+    cfg.device = device;
+    let want = t["identity"].as_str().unwrap_or_default().to_string();
+    let teacher = Teacher::load(&cfg).map_err(|e| {
+        bad(
+            path,
+            format!("its teacher {} cannot be loaded: {e}", cfg.teacher),
+        )
+    })?;
+    if teacher.resolved.identity != want {
+        return Err(bad(
+            path,
+            format!(
+                "trained with teacher {want}, but {} is {}",
+                cfg.teacher, teacher.resolved.identity
+            ),
+        ));
+    }
+    if t["layer"].as_str() != Some(teacher.layer_name().as_str()) {
+        return Err(bad(
+            path,
+            format!(
+                "trained on the teacher's layer {}, not {}",
+                t["layer"],
+                teacher.layer_name()
+            ),
+        ));
+    }
+    if t["dim"].as_u64() != Some(teacher.dim() as u64) {
+        return Err(bad(
+            path,
+            "the teacher's width differs from the recorded one",
+        ));
+    }
+    Ok((teacher, want))
+}
