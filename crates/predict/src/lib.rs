@@ -5,6 +5,7 @@
 //! [`run`] takes photos through them; [`output`] prints; [`annotate`] draws.
 
 pub mod annotate;
+pub mod measure;
 pub mod model;
 pub mod output;
 pub mod run;

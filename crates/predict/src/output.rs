@@ -230,6 +230,7 @@ mod tests {
                 height: 80,
                 faces: vec![face(Some("alice"), "alice", 0.9), face(None, "bob", 0.6)],
                 error: None,
+                decoded_scale: 1.0,
             },
             PhotoResult {
                 path: PathBuf::from("empty.jpg"),
@@ -237,6 +238,7 @@ mod tests {
                 height: 80,
                 faces: vec![],
                 error: None,
+                decoded_scale: 1.0,
             },
             PhotoResult {
                 path: PathBuf::from("bad.jpg"),
@@ -244,6 +246,7 @@ mod tests {
                 height: 0,
                 faces: vec![],
                 error: Some("not an image or unsupported format: x".into()),
+                decoded_scale: 1.0,
             },
         ]
     }

@@ -48,6 +48,10 @@ pub struct PhotoResult {
     pub faces: Vec<FaceResult>,
     /// Why the photo could not be read (the same reasons as preprocess's rejects).
     pub error: Option<String>,
+    /// Photo pixels per decoded pixel (photos are decoded to at most 1600 px a side):
+    /// maps boxes back to the ones a faces artifact records.
+    #[serde(skip)]
+    pub decoded_scale: f32,
 }
 
 impl PhotoResult {
@@ -149,6 +153,7 @@ fn align_photo(model: &Model, path: &PathBuf) -> Aligned {
         height: 0,
         faces: Vec::new(),
         error: None,
+        decoded_scale: 1.0,
     };
     let aligner = &model.aligner;
     let result = preprocess::aligner::guarded(|| {
@@ -186,6 +191,7 @@ fn align_photo(model: &Model, path: &PathBuf) -> Aligned {
     match result {
         Ok((img, faces)) => {
             let s = img.scale;
+            photo.decoded_scale = s;
             photo.width = (img.width as f32 * s).round() as usize;
             photo.height = (img.height as f32 * s).round() as usize;
             let scaled = |r: [f32; 4]| r.map(|v| v * s);

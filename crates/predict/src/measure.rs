@@ -1,0 +1,298 @@
+//! The measurements behind predict's claims: agreement with eval-tsne's labels on the
+//! faces artifact's own photos, and the open-set rule on people the model never saw
+//! (their folders left out of training). Used by the tests and the `strangers` example.
+
+use crate::model::{Model, ModelOptions, UnknownRule};
+use crate::run::{predict_photos, FaceResult, PhotoResult};
+use crate::PredictError;
+use artifacts::{Bottlenecks, Faces, Split};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The face of `photo` whose box is the one a faces artifact recorded (`[x, y, w, h]` in
+/// decoded pixels): the best overlap, at least 0.5 IoU.
+pub fn matching_face(photo: &PhotoResult, recorded: [f32; 4]) -> Option<&FaceResult> {
+    let r = recorded.map(|v| v * photo.decoded_scale);
+    photo
+        .faces
+        .iter()
+        .map(|f| (f, preprocess::detect::iou(f.rect, r)))
+        .filter(|(_, o)| *o >= 0.5)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(f, _)| f)
+}
+
+/// Writes `faces` without the classes `leave_out` (labels renumbered) and the rows of `b`
+/// that remain, as artifacts in `dir`: training data in which those people never were.
+pub fn write_without(
+    faces: &Faces,
+    b: &Bottlenecks,
+    leave_out: &[String],
+    dir: &Path,
+) -> Result<(PathBuf, PathBuf), PredictError> {
+    for c in leave_out {
+        if !faces.class_names.contains(c) {
+            return Err(PredictError::Config(format!("no class `{c}` to leave out")));
+        }
+    }
+    let keep_class: Vec<bool> = faces
+        .class_names
+        .iter()
+        .map(|c| !leave_out.contains(c))
+        .collect();
+    let mut new_label = vec![u32::MAX; faces.class_names.len()];
+    let mut names = Vec::new();
+    for (c, name) in faces.class_names.iter().enumerate() {
+        if keep_class[c] {
+            new_label[c] = names.len() as u32;
+            names.push(name.clone());
+        }
+    }
+    let rows: Vec<usize> = (0..faces.len())
+        .filter(|&i| keep_class[faces.labels[i] as usize])
+        .collect();
+    let px = faces.height * faces.width * 3;
+    let mut sub = Faces {
+        height: faces.height,
+        width: faces.width,
+        images: Vec::with_capacity(rows.len() * px),
+        labels: rows
+            .iter()
+            .map(|&i| new_label[faces.labels[i] as usize])
+            .collect(),
+        splits: rows.iter().map(|&i| faces.splits[i]).collect(),
+        class_names: names,
+        sources: rows.iter().map(|&i| faces.sources[i].clone()).collect(),
+        geometry: None,
+        provenance: faces.provenance.clone(),
+    };
+    for &i in &rows {
+        sub.images.extend_from_slice(faces.image(i));
+    }
+    if let Some(g) = &faces.geometry {
+        sub.geometry = Some(artifacts::FaceGeometry {
+            boxes: rows.iter().map(|&i| g.boxes[i]).collect(),
+            landmarks: rows
+                .iter()
+                .flat_map(|&i| g.landmarks[i * 136..(i + 1) * 136].iter().copied())
+                .collect(),
+            transforms: rows
+                .iter()
+                .flat_map(|&i| g.transforms[i * 6..(i + 1) * 6].iter().copied())
+                .collect(),
+            chips: g.chips.as_ref().map(|_| {
+                rows.iter()
+                    .flat_map(|&i| g.chip(i).expect("present").iter().copied())
+                    .collect()
+            }),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(|e| PredictError::Io(dir.to_path_buf(), e))?;
+    let fp = dir.join("faces.safetensors");
+    sub.write(&fp)
+        .map_err(|e| PredictError::Output(e.to_string()))?;
+    let sb = Bottlenecks {
+        dim: b.dim,
+        features: rows
+            .iter()
+            .flat_map(|&i| b.row(i).iter().copied())
+            .collect(),
+        mirrored: None,
+        teacher: b.teacher.clone(),
+        layer: b.layer.clone(),
+        faces_digest: artifacts::digest_file(&fp)
+            .map_err(|e| PredictError::Output(e.to_string()))?,
+        provenance: b.provenance.clone(),
+    };
+    let bp = dir.join("bottlenecks.safetensors");
+    sb.write(&bp)
+        .map_err(|e| PredictError::Output(e.to_string()))?;
+    Ok((fp, bp))
+}
+
+/// The open-set rule on strangers and on known people's test photos.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct OpenSetFigures {
+    pub left_out: Vec<String>,
+    pub threshold: Option<f32>,
+    pub strangers_photos: usize,
+    /// Every face found in the strangers' photos (aligned ones).
+    pub strangers_faces: usize,
+    pub strangers_unknown: usize,
+    /// The strangers' main faces (the ones preprocess kept from their photos).
+    pub strangers_main_faces: usize,
+    pub strangers_main_unknown: usize,
+    /// Known people's test faces (the faces artifact's test split), and how many of them
+    /// predict did not find again (counted as errors below).
+    pub known_faces: usize,
+    pub known_not_found: usize,
+    pub known_correct_closed: usize,
+    pub known_correct_open: usize,
+    pub known_unknown: usize,
+}
+
+impl OpenSetFigures {
+    pub fn strangers_rejected(&self) -> f64 {
+        self.strangers_unknown as f64 / self.strangers_faces.max(1) as f64
+    }
+    pub fn accuracy_closed(&self) -> f64 {
+        self.known_correct_closed as f64 / self.known_faces.max(1) as f64
+    }
+    pub fn accuracy_open(&self) -> f64 {
+        self.known_correct_open as f64 / self.known_faces.max(1) as f64
+    }
+    pub fn summary(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("plain");
+        v["strangers_rejected"] = self.strangers_rejected().into();
+        v["strangers_main_rejected"] =
+            (self.strangers_main_unknown as f64 / self.strangers_main_faces.max(1) as f64).into();
+        v["known_accuracy_closed"] = self.accuracy_closed().into();
+        v["known_accuracy_open"] = self.accuracy_open().into();
+        v["known_accuracy_drop_points"] =
+            (100.0 * (self.accuracy_closed() - self.accuracy_open())).into();
+        v
+    }
+}
+
+/// A leave-people-out run: `faces`/`b` (all people, from `data`'s photos), the classes to
+/// leave out, how to train, where to work.
+pub struct LeaveOut<'a> {
+    pub faces: &'a Faces,
+    pub bottlenecks: &'a Bottlenecks,
+    pub data: &'a Path,
+    pub leave_out: Vec<String>,
+    pub train: train::TrainConfig,
+    pub dir: PathBuf,
+}
+
+/// Trains without the left-out people, then predicts their photos and the known people's
+/// test photos from the raw files.
+pub fn leave_out(run: &LeaveOut) -> Result<OpenSetFigures, PredictError> {
+    let (fp, bp) = write_without(run.faces, run.bottlenecks, &run.leave_out, &run.dir)?;
+    let teacher = run.train.mode.needs_teacher().then_some(bp.as_path());
+    let data =
+        train::Dataset::load(&fp, teacher).map_err(|e| PredictError::Config(e.to_string()))?;
+    let ck = run
+        .dir
+        .join(format!("student-{}.safetensors", run.train.mode.name()));
+    let mut files = train::RunFiles::beside(&ck);
+    files.progress = false;
+    train::train(&data, &run.train, &train::stored_partition(&data), &files)
+        .map_err(|e| PredictError::Config(format!("training: {e}")))?;
+    let model = Model::open(
+        &ck,
+        &ModelOptions {
+            device: artifacts::device::DeviceChoice::Cpu,
+            unknown: UnknownRule::Stored,
+        },
+    )?;
+    let f = run.faces;
+    let boxes = &f
+        .geometry
+        .as_ref()
+        .ok_or_else(|| PredictError::Config("the faces artifact records no boxes".into()))?
+        .boxes;
+    let by_source: BTreeMap<&str, usize> = f
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.as_str(), i))
+        .collect();
+    // The strangers' photos: every file of their folders, faces kept by preprocess or not.
+    let mut stranger_photos = Vec::new();
+    for c in &run.leave_out {
+        let dir = run.data.join(c);
+        stranger_photos.extend(
+            crate::list_photos(std::slice::from_ref(&dir))?
+                .into_iter()
+                .map(|i| i.path),
+        );
+    }
+    let known: Vec<usize> = (0..f.len())
+        .filter(|&i| {
+            f.splits[i] == Split::Test
+                && !run.leave_out.contains(&f.class_names[f.labels[i] as usize])
+        })
+        .collect();
+    let known_photos: Vec<PathBuf> = known
+        .iter()
+        .map(|&i| run.data.join(&f.sources[i]))
+        .collect();
+    let (strangers, _) = predict_photos(&model, &stranger_photos, |_, _| Ok(()))?;
+    let (known_res, _) = predict_photos(&model, &known_photos, |_, _| Ok(()))?;
+    let mut fig = OpenSetFigures {
+        left_out: run.leave_out.clone(),
+        threshold: model.rule.as_ref().map(|r| r.threshold),
+        strangers_photos: strangers.len(),
+        ..Default::default()
+    };
+    for p in &strangers {
+        for face in p.faces.iter().filter(|x| x.error.is_none()) {
+            fig.strangers_faces += 1;
+            fig.strangers_unknown += usize::from(face.unknown);
+        }
+        let rel = p
+            .path
+            .strip_prefix(run.data)
+            .unwrap_or(&p.path)
+            .to_string_lossy()
+            .into_owned();
+        if let Some(&i) = by_source.get(rel.as_str()) {
+            if let Some(face) = matching_face(p, boxes[i]) {
+                fig.strangers_main_faces += 1;
+                fig.strangers_main_unknown += usize::from(face.unknown);
+            }
+        }
+    }
+    for (p, &i) in known_res.iter().zip(&known) {
+        fig.known_faces += 1;
+        let truth = &f.class_names[f.labels[i] as usize];
+        match matching_face(p, boxes[i]) {
+            None => fig.known_not_found += 1,
+            Some(face) => {
+                let best = face.best.as_ref().map(|b| &b.person);
+                fig.known_correct_closed += usize::from(best == Some(truth));
+                fig.known_correct_open += usize::from(face.person.as_ref() == Some(truth));
+                fig.known_unknown += usize::from(face.unknown);
+            }
+        }
+    }
+    Ok(fig)
+}
+
+/// Labels of predict on the photos of `faces`' faces `idx` against `expected` (class per
+/// face, e.g. eval-tsne's `predictions`): (agreeing, compared, the disagreements).
+pub fn agreement(
+    model: &Model,
+    faces: &Faces,
+    data: &Path,
+    idx: &[usize],
+    expected: &[u32],
+) -> Result<(usize, usize, Vec<String>), PredictError> {
+    let boxes = &faces
+        .geometry
+        .as_ref()
+        .ok_or_else(|| PredictError::Config("the faces artifact records no boxes".into()))?
+        .boxes;
+    let photos: Vec<PathBuf> = idx.iter().map(|&i| data.join(&faces.sources[i])).collect();
+    let (res, _) = predict_photos(model, &photos, |_, _| Ok(()))?;
+    let mut agree = 0;
+    let mut differ = Vec::new();
+    for (p, &i) in res.iter().zip(idx) {
+        let want = &model.class_names[expected[i] as usize];
+        match matching_face(p, boxes[i]).and_then(|f| f.best.as_ref()) {
+            Some(b) if &b.person == want => agree += 1,
+            Some(b) => differ.push(format!(
+                "{}: predict {} ({:.3}), eval {want}",
+                faces.sources[i], b.person, b.probability
+            )),
+            None => differ.push(format!(
+                "{}: the recorded face was not found again ({} faces: {:?})",
+                faces.sources[i],
+                p.faces.len(),
+                p.faces.iter().map(|f| f.rect).collect::<Vec<_>>()
+            )),
+        }
+    }
+    Ok((agree, idx.len(), differ))
+}
