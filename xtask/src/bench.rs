@@ -1,4 +1,4 @@
-//! `cargo xtask bench [preprocess|bottleneck|train|tsne|all]`: release builds, 2 threads,
+//! `cargo xtask bench [preprocess|bottleneck|train|tsne|predict|all]`: release builds, 2 threads,
 //! one table, JSON in `target/bench/`. Python peers (torchvision, PyTorch, openTSNE) run in
 //! the same invocation on the same data when they are importable.
 
@@ -116,6 +116,139 @@ for up in map(int, sys.argv[2].split(',')):
     print(json.dumps({"upsample": up, "photos": len(imgs), "photos_per_second": len(imgs) / s, "photos_with_a_face": found}))
 "#;
 
+/// face_recognition's recipe in dlib's Python module, as its CLI runs it per photo: HOG
+/// detector (upsample 1), 68 landmarks, the 128-d descriptor of every face, then the
+/// distance to each known face (here 800 random ones, as cheap as it is).
+const DLIB_RECOGNISE: &str = r#"
+import sys, time, json, numpy as np, dlib
+det = dlib.get_frontal_face_detector()
+sp = dlib.shape_predictor(sys.argv[1]); net = dlib.face_recognition_model_v1(sys.argv[2])
+known = np.random.default_rng(0).normal(size=(800, 128)).astype(np.float32)
+paths = sys.argv[3:]
+t = time.time(); faces = 0; tl = 0
+for p in paths:
+    t0 = time.time(); im = dlib.load_rgb_image(p); tl += time.time() - t0
+    for r in det(im, 1):
+        d = np.array(net.compute_face_descriptor(im, sp(im, r)), dtype=np.float32)
+        np.linalg.norm(known - d, axis=1).min(); faces += 1
+s = time.time() - t
+print(json.dumps({"photos": len(paths), "faces": faces, "seconds": s, "photos_per_second": len(paths) / s, "decode_seconds": tl}))
+"#;
+
+/// `bench predict`: photos/s end to end for a student and a probe, trained here (short)
+/// on a pipeline run's faces and face descriptors, on every 7th msceleb photo.
+fn bench_predict(
+    args: &[String],
+    dir: &std::path::Path,
+    table: &mut Vec<(String, String, String, String)>,
+) -> Result<Value> {
+    let shared = shared_dir().context("bench predict needs ../shared/data/msceleb-samples")?;
+    let pipeline = crate::util::flag_value(args, "--pipeline")
+        .map(PathBuf::from)
+        .or_else(|| {
+            ["target/ci-pipeline", "data/artifacts"]
+                .map(PathBuf::from)
+                .into_iter()
+                .find(|d| d.join("bottlenecks-face.safetensors").exists())
+        })
+        .context("bench predict needs a pipeline run with the face teacher (--pipeline DIR: faces.safetensors, bottlenecks-face.safetensors)")?;
+    let faces = pipeline.join("faces.safetensors");
+    let desc = pipeline.join("bottlenecks-face.safetensors");
+    run_capture(cargo().args(["build", "--release", "-q", "-p", "train", "-p", "predict"]))?;
+    let work = dir.join("predict");
+    std::fs::create_dir_all(&work)?;
+    let mut photos: Vec<PathBuf> = Vec::new();
+    let data = shared.join("data/msceleb-samples");
+    for class in std::fs::read_dir(&data)?.flatten() {
+        for f in std::fs::read_dir(class.path())?.flatten() {
+            photos.push(f.path());
+        }
+    }
+    photos.sort();
+    let sample: Vec<String> = photos
+        .iter()
+        .step_by(7)
+        .map(|p| p.display().to_string())
+        .collect();
+    let mut runs = Vec::new();
+    for (label, mode, extra) in [
+        ("student (base, no teacher)", "base", &["--epochs", "2"][..]),
+        (
+            "student (face cosine; teacher for the unknown rule)",
+            "cosine",
+            &["--epochs", "2"][..],
+        ),
+        ("probe (face teacher)", "probe", &["--epochs", "8"][..]),
+    ] {
+        let ck = work.join(format!("{mode}.safetensors"));
+        run_capture(
+            Command::new("target/release/train")
+                .arg(format!("--{mode}"))
+                .arg("--faces")
+                .arg(&faces)
+                .arg("--bottlenecks")
+                .arg(&desc)
+                .args(["--min-steps", "0", "--device", "cpu", "--jobs", THREADS])
+                .args(extra)
+                .arg("--output")
+                .arg(&ck),
+        )?;
+        let timings = work.join(format!("{mode}.timings.json"));
+        run_capture(
+            Command::new("target/release/predict")
+                .arg("--model")
+                .arg(&ck)
+                .args([
+                    "--device", "cpu", "--jobs", THREADS, "--format", "json", "--output",
+                ])
+                .arg(work.join(format!("{mode}.json")))
+                .arg("--timings")
+                .arg(&timings)
+                .args(&sample),
+        )?;
+        let t: Value = serde_json::from_str(&std::fs::read_to_string(&timings)?)?;
+        table.push((
+            format!("predict, {label} ({} photos)", sample.len()),
+            format!(
+                "{:.1} photos/s",
+                t["photos_per_second"].as_f64().unwrap_or(0.0)
+            ),
+            format!("most time: {}", t["dominant"].as_str().unwrap_or("?")),
+            "-".into(),
+        ));
+        runs.push(json!({"model": label, "timings": t}));
+    }
+    let peer = if python_has("dlib, numpy") {
+        let mut a = vec![
+            "/usr/share/dlib/shape_predictor_68_face_landmarks.dat".to_string(),
+            shared
+                .join("models/dlib/dlib_face_recognition_resnet_model_v1.dat")
+                .display()
+                .to_string(),
+        ];
+        a.extend(sample.clone());
+        python(DLIB_RECOGNISE, &a)?.into_iter().next()
+    } else {
+        eprintln!("bench: `import dlib` fails (pip install dlib-bin): no peer for predict");
+        None
+    };
+    if let (Some(p), Some(probe)) = (&peer, runs.last()) {
+        let ours = probe["timings"]["photos_per_second"]
+            .as_f64()
+            .unwrap_or(0.0);
+        let theirs = p["photos_per_second"].as_f64().unwrap_or(1.0);
+        table.push((
+            "  probe vs face_recognition's recipe".into(),
+            format!("{ours:.1} photos/s"),
+            format!("dlib HOG+68+descriptor {theirs:.1} photos/s"),
+            ratio(ours, theirs),
+        ));
+    }
+    Ok(
+        json!({"pipeline": pipeline, "photos": sample.len(), "runs": runs, "dlib_face_recognition_recipe": peer}),
+    )
+}
+
 /// Median of a few runs (the upper middle one for an even count).
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
@@ -130,8 +263,17 @@ fn ratio(ours: f64, peer: f64) -> String {
 pub fn run(args: &[String]) -> Result<()> {
     let what = args.first().map(String::as_str).unwrap_or("all");
     let all = what == "all";
-    if !["preprocess", "bottleneck", "train", "tsne", "all"].contains(&what) {
-        bail!("bench what? preprocess, bottleneck, train, tsne or all");
+    if ![
+        "preprocess",
+        "bottleneck",
+        "train",
+        "tsne",
+        "predict",
+        "all",
+    ]
+    .contains(&what)
+    {
+        bail!("bench what? preprocess, bottleneck, train, tsne, predict or all");
     }
     let dir = PathBuf::from("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -420,6 +562,9 @@ pub fn run(args: &[String]) -> Result<()> {
             rows.push(json!({"ours": o, "opentsne": peer}));
         }
         results["tsne"] = json!(rows);
+    }
+    if all || what == "predict" {
+        results["predict"] = bench_predict(args, &dir, &mut table)?;
     }
     println!(
         "

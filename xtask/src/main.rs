@@ -31,7 +31,7 @@ commands:
                sweep), a pipeline run on ../shared/data/msceleb-samples with both teachers;
                prints the time of each part (also in target/ci-times.json);
                --pipeline-only skips fmt, clippy and the tests
-  bench [preprocess|bottleneck|train|tsne|all]
+  bench [preprocess|bottleneck|train|tsne|predict|all] [--pipeline DIR]
                throughput benchmarks (release, 2 threads), JSON in target/bench/
   deps         check the Debian packages the build and the stages need; --install
                installs the missing ones (root, or through sudo)

@@ -200,11 +200,13 @@ pub fn run(o: &Options) -> Result<Value> {
         "train",
         "-p",
         "eval-tsne",
+        "-p",
+        "predict",
     ]);
     if o.cuda {
         build.args([
             "--features",
-            "preprocess/cuda,inception-bottleneck/cuda,train/cuda,eval-tsne/cuda",
+            "preprocess/cuda,inception-bottleneck/cuda,train/cuda,eval-tsne/cuda,predict/cuda",
         ]);
     }
     sh(&mut build)?;
@@ -482,6 +484,12 @@ pub fn run(o: &Options) -> Result<Value> {
         out("summary.json").display(),
         out("index.html").display()
     );
+    if best.is_some() {
+        println!(
+            "name the people in new photos with the best model: cargo run --release -p predict -- --pipeline {} PHOTO|FOLDER ...",
+            o.out.display()
+        );
+    }
     Ok(summary)
 }
 
@@ -580,7 +588,15 @@ impl Steps {
 
 /// Tests that reproduce a README figure by repeating a training many times: run by
 /// `cargo test --release -p train --test seed_4x20 -- --ignored`, not by CI (about 10 min).
-const CI_SKIPS: &[&str] = &["five_seeds"];
+/// Tests the main run skips: the README's 5-seed sweep (its own command), and predict's
+/// msceleb checks, run after the pipeline on its faces and models instead (they would
+/// otherwise preprocess the photos again).
+const CI_SKIPS: &[&str] = &[
+    "five_seeds",
+    "predict_agrees_with_eval",
+    "strangers_are_called_unknown",
+    "a_photo_with_two_faces",
+];
 
 pub fn ci(args: &[String]) -> Result<()> {
     let mut steps = Steps { done: Vec::new() };
@@ -698,6 +714,25 @@ fn ci_pipeline(args: &[String], steps: &mut Steps) -> Result<()> {
     }
     steps.time("planted label errors and strangers", || {
         planted_checks(&out, &shared)
+    })?;
+    // predict on the pipeline's models (#18): eval's labels again from the raw photos,
+    // strangers left out of training called unknown, a two-face photo.
+    steps.time("predict checks (msceleb)", || {
+        sh(cargo()
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "predict",
+                "--test",
+                "shared_data",
+                "--",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env("CELEB_PIPELINE_OUT", std::fs::canonicalize(&out)?))
     })?;
     // A second run must skip every stage.
     let again = steps.time("pipeline again (all cached)", || run(&o))?;

@@ -42,8 +42,8 @@ struct Cli {
     #[arg(long, value_name = "DIR")]
     annotate: Option<PathBuf>,
     /// Call a face unknown above this score instead of the checkpoint's threshold (the
-    /// score is the face descriptor's distance to the nearest known person's centre for
-    /// face-teacher models, else 1 - the top probability).
+    /// score is, for face-teacher models, the face descriptor's mean distance to the
+    /// closest known person's 5 nearest training faces; else 1 - the top probability).
     #[arg(long, value_name = "SCORE", conflicts_with = "closed_set")]
     unknown_threshold: Option<f32>,
     /// Name every face: no "unknown".

@@ -129,6 +129,14 @@ pub struct OpenSetFigures {
     pub known_correct_closed: usize,
     pub known_correct_open: usize,
     pub known_unknown: usize,
+    /// The same over the faces the identity analysis (eval-tsne's, on all the data's
+    /// descriptors) takes as their folder's person: the labels there are right, so a face
+    /// called unknown is a loss, not a stranger in a dirty folder caught.
+    pub clean_known_faces: usize,
+    pub clean_known_correct_closed: usize,
+    pub clean_known_correct_open: usize,
+    pub clean_strangers_faces: usize,
+    pub clean_strangers_unknown: usize,
 }
 
 impl OpenSetFigures {
@@ -150,6 +158,16 @@ impl OpenSetFigures {
         v["known_accuracy_open"] = self.accuracy_open().into();
         v["known_accuracy_drop_points"] =
             (100.0 * (self.accuracy_closed() - self.accuracy_open())).into();
+        let share = |a: usize, b: usize| a as f64 / b.max(1) as f64;
+        let (c, o) = (
+            share(self.clean_known_correct_closed, self.clean_known_faces),
+            share(self.clean_known_correct_open, self.clean_known_faces),
+        );
+        v["clean_known_accuracy_closed"] = c.into();
+        v["clean_known_accuracy_open"] = o.into();
+        v["clean_known_accuracy_drop_points"] = (100.0 * (c - o)).into();
+        v["clean_strangers_rejected"] =
+            share(self.clean_strangers_unknown, self.clean_strangers_faces).into();
         v
     }
 }
@@ -220,6 +238,18 @@ pub fn leave_out(run: &LeaveOut) -> Result<OpenSetFigures, PredictError> {
         .collect();
     let (strangers, _) = predict_photos(&model, &stranger_photos, |_, _| Ok(()))?;
     let (known_res, _) = predict_photos(&model, &known_photos, |_, _| Ok(()))?;
+    let flagged: std::collections::HashSet<usize> = eval_tsne::identity::analyse(
+        &run.bottlenecks.features,
+        run.bottlenecks.dim,
+        &f.labels,
+        &f.class_names,
+        &f.sources,
+        &eval_tsne::identity::IdentityConfig::default(),
+    )
+    .suspects
+    .iter()
+    .map(|s| s.index)
+    .collect();
     let mut fig = OpenSetFigures {
         left_out: run.leave_out.clone(),
         threshold: model.rule.as_ref().map(|r| r.threshold),
@@ -241,19 +271,30 @@ pub fn leave_out(run: &LeaveOut) -> Result<OpenSetFigures, PredictError> {
             if let Some(face) = matching_face(p, boxes[i]) {
                 fig.strangers_main_faces += 1;
                 fig.strangers_main_unknown += usize::from(face.unknown);
+                if !flagged.contains(&i) {
+                    fig.clean_strangers_faces += 1;
+                    fig.clean_strangers_unknown += usize::from(face.unknown);
+                }
             }
         }
     }
     for (p, &i) in known_res.iter().zip(&known) {
         fig.known_faces += 1;
         let truth = &f.class_names[f.labels[i] as usize];
+        let clean = !flagged.contains(&i);
+        fig.clean_known_faces += usize::from(clean);
         match matching_face(p, boxes[i]) {
             None => fig.known_not_found += 1,
             Some(face) => {
                 let best = face.best.as_ref().map(|b| &b.person);
-                fig.known_correct_closed += usize::from(best == Some(truth));
-                fig.known_correct_open += usize::from(face.person.as_ref() == Some(truth));
+                let (closed, open) = (best == Some(truth), face.person.as_ref() == Some(truth));
+                fig.known_correct_closed += usize::from(closed);
+                fig.known_correct_open += usize::from(open);
                 fig.known_unknown += usize::from(face.unknown);
+                if clean {
+                    fig.clean_known_correct_closed += usize::from(closed);
+                    fig.clean_known_correct_open += usize::from(open);
+                }
             }
         }
     }

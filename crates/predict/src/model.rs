@@ -10,7 +10,7 @@ use inception_bottleneck::{ExtractConfig, Teacher};
 use preprocess::{Aligner, PreprocessConfig};
 use std::path::{Path, PathBuf};
 use train::inference::Predictor;
-use train::open_set::{OpenSet, ScoreKind, CENTRES_KEY};
+use train::open_set::{Gallery, OpenSet, ScoreKind, GALLERY_KEY, GALLERY_LABELS_KEY};
 
 /// How `predict` decides "unknown".
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -51,8 +51,8 @@ pub struct Model {
     /// The teacher, when the model reads its features (a probe) or the rule scores by it.
     pub teacher: Option<Teacher>,
     pub teacher_identity: Option<String>,
-    /// [classes, dim] centres of the descriptor score.
-    pub centres: Option<Vec<f32>>,
+    /// The known faces of the descriptor score.
+    pub gallery: Option<Gallery>,
     pub rule: Option<Rule>,
     pub face_size: usize,
     pub device: Device,
@@ -147,19 +147,32 @@ impl Model {
         };
         let by_descriptor = rule
             .as_ref()
-            .is_some_and(|r| r.score == ScoreKind::DescriptorDistance);
-        let centres = if by_descriptor {
-            let c = ck
-                .weights
-                .get(CENTRES_KEY)
-                .ok_or_else(|| bad(path, format!("the open-set rule lacks `{CENTRES_KEY}`")))?;
-            if c.shape.first() != Some(&class_names.len()) {
+            .is_some_and(|r| r.score == ScoreKind::GalleryDistance);
+        let gallery = if by_descriptor {
+            let get = |k: &str| {
+                ck.weights
+                    .get(k)
+                    .ok_or_else(|| bad(path, format!("the open-set rule lacks `{k}`")))
+            };
+            let (f, l) = (get(GALLERY_KEY)?, get(GALLERY_LABELS_KEY)?);
+            let ok = f.shape.len() == 2
+                && l.shape == [f.shape[0]]
+                && l.data
+                    .iter()
+                    .all(|&c| c >= 0.0 && (c as usize) < class_names.len());
+            if !ok {
                 return Err(bad(
                     path,
-                    format!("`{CENTRES_KEY}` has shape {:?}", c.shape),
+                    format!("gallery shapes {:?} / {:?} do not fit", f.shape, l.shape),
                 ));
             }
-            Some(c.data.clone())
+            Some(Gallery {
+                dim: f.shape[1],
+                features: f.data.clone(),
+                labels: l.data.iter().map(|&c| c as u32).collect(),
+                classes: class_names.len(),
+                members: Vec::new(),
+            })
         } else {
             None
         };
@@ -182,7 +195,7 @@ impl Model {
             aligner,
             teacher,
             teacher_identity,
-            centres,
+            gallery,
             rule,
             face_size,
             device,

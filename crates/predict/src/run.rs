@@ -9,7 +9,7 @@ use preprocess::AlignedFace;
 use rayon::prelude::*;
 use std::path::PathBuf;
 use std::time::Instant;
-use train::open_set::{nearest_centre, ScoreKind};
+use train::open_set::ScoreKind;
 
 /// A class and its probability.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -329,10 +329,10 @@ fn classify(model: &Model, step: &mut [Aligned], t: &mut Timings) -> Result<(), 
         };
         let best = guess(order[0]);
         let score = model.rule.as_ref().map(|r| match r.score {
-            ScoreKind::DescriptorDistance => {
+            ScoreKind::GalleryDistance => {
                 let (dim, rows) = descriptors.as_ref().expect("loaded for the rule");
-                let centres = model.centres.as_ref().expect("loaded for the rule");
-                nearest_centre(&rows[j * dim..(j + 1) * dim], centres).1
+                let gallery = model.gallery.as_ref().expect("loaded for the rule");
+                gallery.score(&rows[j * dim..(j + 1) * dim]).1
             }
             ScoreKind::Probability => 1.0 - best.probability,
         });
