@@ -98,7 +98,11 @@ fn run(cli: Cli) -> Result<()> {
             .build_global()?;
     }
     let cfg = ExtractConfig {
-        teacher: cli.teacher,
+        // A path is recorded absolute: `predict` reloads the teacher from any folder.
+        teacher: match std::fs::canonicalize(&cli.teacher) {
+            Ok(p) if std::path::Path::new(&cli.teacher).is_relative() => p.display().to_string(),
+            _ => cli.teacher,
+        },
         revision: cli.revision,
         layer: cli.layer,
         grid: cli.grid,

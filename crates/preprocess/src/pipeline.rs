@@ -77,6 +77,13 @@ impl PreprocessConfig {
     /// cascade alone with a warning; an explicit `--cnn-model` that is missing is an error.
     pub fn resolved(&self) -> Result<PreprocessConfig, PreprocessError> {
         let mut cfg = self.clone();
+        // Model files are recorded absolute: `predict` re-runs this preprocessing from any
+        // folder.
+        for p in [&mut cfg.landmarks, &mut cfg.detector.cascade] {
+            if let Ok(abs) = std::fs::canonicalize(&*p) {
+                *p = abs;
+            }
+        }
         if cfg.mode == Mode::AsIs || !cfg.detector.kind.needs_cnn() {
             cfg.detector.cnn_model = None;
             return Ok(cfg);
@@ -85,7 +92,7 @@ impl PreprocessConfig {
             &dlib_dnn::models::FACE_DETECTOR,
             cfg.detector.cnn_model.as_deref(),
         ) {
-            Ok(p) => cfg.detector.cnn_model = Some(p),
+            Ok(p) => cfg.detector.cnn_model = Some(std::fs::canonicalize(&p).unwrap_or(p)),
             Err(e)
                 if cfg.detector.cnn_model.is_none()
                     && cfg.detector.kind == DetectorKind::HaarCnn =>
