@@ -137,6 +137,8 @@ pub struct OpenSetFigures {
     pub clean_known_correct_open: usize,
     pub clean_strangers_faces: usize,
     pub clean_strangers_unknown: usize,
+    /// Known test faces the model names right but the rule calls unknown (to look at).
+    pub known_rejected: Vec<String>,
 }
 
 impl OpenSetFigures {
@@ -291,6 +293,13 @@ pub fn leave_out(run: &LeaveOut) -> Result<OpenSetFigures, PredictError> {
                 fig.known_correct_closed += usize::from(closed);
                 fig.known_correct_open += usize::from(open);
                 fig.known_unknown += usize::from(face.unknown);
+                if closed && face.unknown {
+                    fig.known_rejected.push(format!(
+                        "{}{}",
+                        f.sources[i],
+                        if clean { "" } else { " (flagged)" }
+                    ));
+                }
                 if clean {
                     fig.clean_known_correct_closed += usize::from(closed);
                     fig.clean_known_correct_open += usize::from(open);

@@ -7,7 +7,7 @@ use artifacts::{Bottlenecks, Faces, Provenance, Split};
 use preprocess::decode::{decode, Rgb};
 use preprocess::AlignedFace;
 use rayon::prelude::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use train::open_set::ScoreKind;
 
@@ -145,10 +145,10 @@ pub fn predict_photos(
     Ok((out, t))
 }
 
-fn align_photo(model: &Model, path: &PathBuf) -> Aligned {
+fn align_photo(model: &Model, path: &Path) -> Aligned {
     let mut secs = [0f64; 3];
     let mut photo = PhotoResult {
-        path: path.clone(),
+        path: path.to_path_buf(),
         width: 0,
         height: 0,
         faces: Vec::new(),
