@@ -160,32 +160,9 @@ fn align_photo(model: &Model, path: &Path) -> Aligned {
         let t0 = Instant::now();
         let img = decode(path).map_err(|e| e.to_string())?;
         secs[0] = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        let faces = if aligner.config().mode == preprocess::pipeline::Mode::AsIs {
-            aligner.all_faces(&img)?
-        } else {
-            let gray = preprocess::dlib::gray_like_dlib(&img.data);
-            let dets = {
-                let mut d = aligner.find_faces(&img, &gray)?;
-                d.sort_by(|a, b| a.rect[0].total_cmp(&b.rect[0]));
-                d
-            };
-            secs[1] = t1.elapsed().as_secs_f64();
-            let t2 = Instant::now();
-            let f = dets
-                .into_iter()
-                .map(|d| {
-                    aligner.align(&img, &gray, d).map_err(|reason| {
-                        preprocess::aligner::FaceFailure {
-                            rect: d.rect,
-                            reason,
-                        }
-                    })
-                })
-                .collect();
-            secs[2] = t2.elapsed().as_secs_f64();
-            f
-        };
+        let (faces, t) = aligner.all_faces_timed(&img)?;
+        secs[1] = t[0];
+        secs[2] = t[1];
         Ok((img, faces))
     });
     match result {

@@ -114,7 +114,13 @@ impl Aligner {
     /// not be (its box kept). `Err` only when detection itself fails. `--as-is` configs
     /// take the photo as one face.
     pub fn all_faces(&self, img: &Rgb) -> Result<Vec<Result<AlignedFace, FaceFailure>>, String> {
+        self.all_faces_timed(img).map(|(faces, _)| faces)
+    }
+
+    /// [`Self::all_faces`] and the seconds spent detecting and aligning.
+    pub fn all_faces_timed(&self, img: &Rgb) -> Result<(AllFaces, [f64; 2]), String> {
         if self.cfg.mode == Mode::AsIs {
+            let t = std::time::Instant::now();
             let whole = [0.0, 0.0, img.width as f32, img.height as f32];
             let copy = Rgb {
                 width: img.width,
@@ -123,15 +129,19 @@ impl Aligner {
                 valid_rows: img.valid_rows,
                 scale: img.scale,
             };
-            return Ok(vec![self.as_is(copy).map_err(|reason| FaceFailure {
+            let face = self.as_is(copy).map_err(|reason| FaceFailure {
                 rect: whole,
                 reason,
-            })]);
+            });
+            return Ok((vec![face], [0.0, t.elapsed().as_secs_f64()]));
         }
+        let t = std::time::Instant::now();
         let gray = gray_like_dlib(&img.data);
         let mut dets = self.find_faces(img, &gray)?;
         dets.sort_by(|a, b| a.rect[0].total_cmp(&b.rect[0]));
-        Ok(dets
+        let detect = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let faces = dets
             .into_iter()
             .map(|d| {
                 self.align(img, &gray, d).map_err(|reason| FaceFailure {
@@ -139,7 +149,8 @@ impl Aligner {
                     reason,
                 })
             })
-            .collect())
+            .collect();
+        Ok((faces, [detect, t.elapsed().as_secs_f64()]))
     }
 
     fn as_is(&self, img: Rgb) -> Result<AlignedFace, String> {
@@ -333,6 +344,9 @@ impl Aligner {
             .collect())
     }
 }
+
+/// The faces of one photo, each aligned or the reason it could not be.
+pub type AllFaces = Vec<Result<AlignedFace, FaceFailure>>;
 
 /// A detected face that could not be aligned, and why.
 #[derive(Debug, Clone)]
