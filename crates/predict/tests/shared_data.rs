@@ -209,13 +209,26 @@ fn strangers_are_called_unknown() {
     let fig = predict::measure::leave_out(&run).unwrap();
     println!("{}", fig.summary());
     assert!(fig.strangers_faces > 150, "{fig:?}");
-    assert!(fig.strangers_rejected() >= 0.9, "{}", fig.summary());
+    let v = fig.summary();
+    assert!(fig.strangers_rejected() >= 0.9, "{v}");
     assert!(
-        fig.accuracy_closed() - fig.accuracy_open() <= 0.03,
-        "{}",
-        fig.summary()
+        v["clean_known_accuracy_drop_points"].as_f64().unwrap() <= 3.0,
+        "{v}"
     );
-    assert!(fig.accuracy_closed() >= 0.8, "{}", fig.summary());
+    assert!(
+        v["clean_known_accuracy_closed"].as_f64().unwrap() >= 0.95,
+        "{v}"
+    );
+    // The known faces the rule costs are, but for a few, faces the identity analysis flags.
+    let flagged = fig
+        .known_rejected
+        .iter()
+        .filter(|s| s.ends_with("(flagged)"))
+        .count();
+    assert!(
+        flagged as f64 >= 0.8 * fig.known_rejected.len() as f64,
+        "{v}"
+    );
 }
 
 /// Two people's photos side by side: both faces found, each named as in its own photo.
