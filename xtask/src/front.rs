@@ -125,13 +125,14 @@ fn results_section(s: &Value, out: &Path) -> String {
             out,
         );
         h.push_str(&format!(
-            "<h3>The best model</h3><p><code>{}</code> ({} {}, validation {}, test {}). Open it from Python:</p><pre>from safetensors import safe_open\nimport json\nf = safe_open(\"{}\", \"np\")\nmeta = json.loads(f.metadata()[\"celeb_transfer\"])\nprint(meta[\"config\"], list(f.keys())[:5])</pre>",
+            "<h3>The best model</h3><p><code>{}</code> ({} {}, validation {}, test {}). Open it from Python:</p><pre>from safetensors import safe_open\nimport json\nf = safe_open(\"{}\", \"np\")\nmeta = json.loads(f.metadata()[\"celeb_transfer\"])\nprint(meta[\"config\"], list(f.keys())[:5])</pre><p>Name the people in new photos with it (every face; <i>unknown</i> for a face too far from everyone it knows; <code>--annotate DIR</code> draws the names):</p><pre>cargo run --release -p predict -- --model {} PHOTO|FOLDER ...</pre>",
             esc(&ck),
             esc(b.get("teacher").and_then(|v| v.as_str()).unwrap_or("")),
             esc(b.get("mode").and_then(|v| v.as_str()).unwrap_or("")),
             fmt(b.get("val_top1").unwrap_or(&Value::Null), 3),
             fmt(b.get("test_top1").unwrap_or(&Value::Null), 3),
             esc(&ck),
+            esc(b.get("checkpoint").and_then(|v| v.as_str()).unwrap_or("")),
         ));
     }
     h

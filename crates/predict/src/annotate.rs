@@ -1,6 +1,5 @@
 //! `--annotate`: a copy of each photo with its faces boxed and named.
 
-use crate::output::person_of;
 use crate::run::PhotoResult;
 use plotters::prelude::*;
 use preprocess::decode::Rgb;
@@ -37,9 +36,11 @@ pub fn annotate(img: &Rgb, photo: &PhotoResult, out: &Path) -> Result<(), String
                 ))
                 .map_err(|e| e.to_string())?;
             }
-            let label = match &f.best {
-                Some(b) if f.error.is_none() => format!("{} {:.2}", person_of(f), b.probability),
-                _ => person_of(f),
+            // Short, so that neighbouring faces' labels stay apart (the table has the rest).
+            let label = match (&f.best, &f.person, &f.error) {
+                (_, _, Some(_)) => "not aligned".to_string(),
+                (Some(b), Some(p), None) => format!("{p} {:.2}", b.probability),
+                _ => "unknown".to_string(),
             };
             let (tw, th) = root
                 .estimate_text_size(&label, &font)

@@ -292,9 +292,10 @@ impl Aligner {
     }
 
     /// Every face by the configured detector. `haar+cnn`: the cascade's boxes the CNN
-    /// confirms; and where the cascade's main face (the one [`Self::find_face`] would
-    /// keep) is missing or not confirmed, the CNN's faces on the whole photo that overlap
-    /// no kept box. So the face a preprocessing run keeps is among them.
+    /// confirms, and the CNN's faces on the whole photo that overlap none of them (the
+    /// cascade misses profiles and tilted faces; a group photo holds more than the one
+    /// face preprocess keeps). So the face a preprocessing run keeps is among them, with
+    /// the box it had.
     pub fn find_faces(&self, img: &Rgb, gray: &[u8]) -> Result<Vec<Detection>, String> {
         let cfg = &self.cfg.detector;
         let rgb = rgb_view(img);
@@ -309,20 +310,15 @@ impl Aligner {
             (DetectorKind::HaarCnn, Some(cnn)) => {
                 let found = haar(gray, img.width, img.height, cfg)
                     .map_err(|e| format!("face detection failed: {e}"))?;
-                let main = detect::pick_face(&found, img.width, img.height);
                 let mut kept = Vec::new();
-                let mut main_kept = false;
-                for (i, b) in found.iter().enumerate() {
+                for b in &found {
                     if !cfg.confirm || detect::cnn_confirms(cnn, &rgb, *b).map_err(cnn_err)? {
                         kept.push((*b, "haar"));
-                        main_kept |= Some(i) == main;
                     }
                 }
-                if !main_kept {
-                    for b in cnn_all(cnn)? {
-                        if kept.iter().all(|(k, _)| detect::iou(*k, b) < 0.3) {
-                            kept.push((b, "cnn"));
-                        }
+                for b in cnn_all(cnn)? {
+                    if kept.iter().all(|(k, _)| detect::iou(*k, b) < 0.3) {
+                        kept.push((b, "cnn"));
                     }
                 }
                 kept

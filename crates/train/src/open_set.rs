@@ -50,7 +50,7 @@ impl ScoreKind {
     pub fn describe(self) -> &'static str {
         match self {
             ScoreKind::GalleryDistance => {
-                "distance of the face descriptor to the nearest class centre"
+                "the face descriptor's mean distance to the closest person's 5 nearest known faces"
             }
             ScoreKind::Probability => "1 - the top class probability",
         }
