@@ -171,33 +171,54 @@ fn bench_predict(
         .map(|p| p.display().to_string())
         .collect();
     let mut runs = Vec::new();
-    for (label, mode, extra) in [
-        ("student (base, no teacher)", "base", &["--epochs", "2"][..]),
+    let mut trained = std::collections::BTreeSet::new();
+    for (label, mode, extra, predict_extra) in [
+        (
+            "student (base, no teacher)",
+            "base",
+            &["--epochs", "2"][..],
+            &[][..],
+        ),
         (
             "student (face cosine; teacher for the unknown rule)",
             "cosine",
             &["--epochs", "2"][..],
+            &[][..],
         ),
-        ("probe (face teacher)", "probe", &["--epochs", "8"][..]),
+        (
+            "probe (face teacher)",
+            "probe",
+            &["--epochs", "8"][..],
+            &[][..],
+        ),
+        (
+            "probe, --main-face",
+            "probe",
+            &["--epochs", "8"][..],
+            &["--main-face"][..],
+        ),
     ] {
         let ck = work.join(format!("{mode}.safetensors"));
-        run_capture(
-            Command::new("target/release/train")
-                .arg(format!("--{mode}"))
-                .arg("--faces")
-                .arg(&faces)
-                .arg("--bottlenecks")
-                .arg(&desc)
-                .args(["--min-steps", "0", "--device", "cpu", "--jobs", THREADS])
-                .args(extra)
-                .arg("--output")
-                .arg(&ck),
-        )?;
+        if trained.insert(mode) {
+            run_capture(
+                Command::new("target/release/train")
+                    .arg(format!("--{mode}"))
+                    .arg("--faces")
+                    .arg(&faces)
+                    .arg("--bottlenecks")
+                    .arg(&desc)
+                    .args(["--min-steps", "0", "--device", "cpu", "--jobs", THREADS])
+                    .args(extra)
+                    .arg("--output")
+                    .arg(&ck),
+            )?;
+        }
         let timings = work.join(format!("{mode}.timings.json"));
         run_capture(
             Command::new("target/release/predict")
                 .arg("--model")
                 .arg(&ck)
+                .args(predict_extra)
                 .args([
                     "--device", "cpu", "--jobs", THREADS, "--format", "json", "--output",
                 ])

@@ -49,6 +49,11 @@ struct Cli {
     /// Name every face: no "unknown".
     #[arg(long)]
     closed_set: bool,
+    /// Only the face preprocess would keep from each photo (the largest, most central),
+    /// not every face: faster on portraits (with `haar+cnn`, no CNN pass over the whole
+    /// photo when the cascade's face is confirmed).
+    #[arg(long)]
+    main_face: bool,
     /// auto, cpu or cuda.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
@@ -103,6 +108,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             (true, _) => UnknownRule::Off,
             (false, Some(t)) => UnknownRule::Threshold(t),
             (false, None) => UnknownRule::Stored,
+        },
+        faces: if cli.main_face {
+            preprocess::FaceSearch::Main
+        } else {
+            preprocess::FaceSearch::Every
         },
     };
     let model = Model::open(&model_path, &opts)?;

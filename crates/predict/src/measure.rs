@@ -204,6 +204,7 @@ pub fn leave_out(run: &LeaveOut) -> Result<OpenSetFigures, PredictError> {
         &ModelOptions {
             device: artifacts::device::DeviceChoice::Cpu,
             unknown: UnknownRule::Stored,
+            faces: preprocess::FaceSearch::Every,
         },
     )?;
     let f = run.faces;
@@ -311,38 +312,43 @@ pub fn leave_out(run: &LeaveOut) -> Result<OpenSetFigures, PredictError> {
 }
 
 /// Labels of predict on the photos of `faces`' faces `idx` against `expected` (class per
-/// face, e.g. eval-tsne's `predictions`): (agreeing, compared, the disagreements).
+/// face, e.g. eval-tsne's `predictions`), for each model with its expected labels (the
+/// photos are aligned once for all): (agreeing, compared, the disagreements) per model.
 pub fn agreement(
-    model: &Model,
+    checks: &[(&Model, &[u32])],
     faces: &Faces,
     data: &Path,
     idx: &[usize],
-    expected: &[u32],
-) -> Result<(usize, usize, Vec<String>), PredictError> {
+) -> Result<Vec<(usize, usize, Vec<String>)>, PredictError> {
     let boxes = &faces
         .geometry
         .as_ref()
         .ok_or_else(|| PredictError::Config("the faces artifact records no boxes".into()))?
         .boxes;
     let photos: Vec<PathBuf> = idx.iter().map(|&i| data.join(&faces.sources[i])).collect();
-    let (res, _) = predict_photos(model, &photos, |_, _| Ok(()))?;
-    let mut agree = 0;
-    let mut differ = Vec::new();
-    for (p, &i) in res.iter().zip(idx) {
-        let want = &model.class_names[expected[i] as usize];
-        match matching_face(p, boxes[i]).and_then(|f| f.best.as_ref()) {
-            Some(b) if &b.person == want => agree += 1,
-            Some(b) => differ.push(format!(
-                "{}: predict {} ({:.3}), eval {want}",
-                faces.sources[i], b.person, b.probability
-            )),
-            None => differ.push(format!(
-                "{}: the recorded face was not found again ({} faces: {:?})",
-                faces.sources[i],
-                p.faces.len(),
-                p.faces.iter().map(|f| f.rect).collect::<Vec<_>>()
-            )),
+    let models: Vec<&Model> = checks.iter().map(|(m, _)| *m).collect();
+    let results = crate::run::predict_photos_many(&models, &photos)?;
+    let mut out = Vec::new();
+    for ((model, expected), res) in checks.iter().zip(&results) {
+        let mut agree = 0;
+        let mut differ = Vec::new();
+        for (p, &i) in res.iter().zip(idx) {
+            let want = &model.class_names[expected[i] as usize];
+            match matching_face(p, boxes[i]).and_then(|f| f.best.as_ref()) {
+                Some(b) if &b.person == want => agree += 1,
+                Some(b) => differ.push(format!(
+                    "{}: predict {} ({:.3}), eval {want}",
+                    faces.sources[i], b.person, b.probability
+                )),
+                None => differ.push(format!(
+                    "{}: the recorded face was not found again ({} faces: {:?})",
+                    faces.sources[i],
+                    p.faces.len(),
+                    p.faces.iter().map(|f| f.rect).collect::<Vec<_>>()
+                )),
+            }
         }
+        out.push((agree, idx.len(), differ));
     }
-    Ok((agree, idx.len(), differ))
+    Ok(out)
 }

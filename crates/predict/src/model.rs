@@ -28,6 +28,8 @@ pub enum UnknownRule {
 pub struct ModelOptions {
     pub device: DeviceChoice,
     pub unknown: UnknownRule,
+    /// Every face of a photo, or only the one preprocess would keep.
+    pub faces: preprocess::FaceSearch,
 }
 
 /// The open-set rule in force.
@@ -56,6 +58,7 @@ pub struct Model {
     pub rule: Option<Rule>,
     pub face_size: usize,
     pub device: Device,
+    pub search: preprocess::FaceSearch,
 }
 
 fn bad(path: &Path, problem: impl Into<String>) -> PredictError {
@@ -199,6 +202,7 @@ impl Model {
             rule,
             face_size,
             device,
+            search: opts.faces,
         })
     }
 }

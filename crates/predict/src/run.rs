@@ -145,6 +145,47 @@ pub fn predict_photos(
     Ok((out, t))
 }
 
+/// Several models on the same photos, which are decoded, detected and aligned once: the
+/// models must share their preprocessing (as the models of one pipeline run do).
+/// Returns each model's results, in the order of `models`.
+pub fn predict_photos_many(
+    models: &[&Model],
+    photos: &[PathBuf],
+) -> Result<Vec<Vec<PhotoResult>>, PredictError> {
+    let Some(first) = models.first() else {
+        return Ok(Vec::new());
+    };
+    if let Some(other) = models
+        .iter()
+        .find(|m| m.aligner.config() != first.aligner.config())
+    {
+        return Err(PredictError::Config(format!(
+            "{} and {} were trained on faces preprocessed differently",
+            first.path.display(),
+            other.path.display()
+        )));
+    }
+    let mut out = vec![Vec::with_capacity(photos.len()); models.len()];
+    let mut t = Timings::default();
+    for chunk in photos.chunks(PHOTOS_PER_STEP) {
+        let aligned: Vec<Aligned> = chunk.par_iter().map(|p| align_photo(first, p)).collect();
+        for (m, model) in models.iter().enumerate() {
+            let mut mine: Vec<Aligned> = aligned
+                .iter()
+                .map(|a| Aligned {
+                    photo: a.photo.clone(),
+                    image: None,
+                    faces: a.faces.clone(),
+                    secs: a.secs,
+                })
+                .collect();
+            classify(model, &mut mine, &mut t)?;
+            out[m].extend(mine.into_iter().map(|a| a.photo));
+        }
+    }
+    Ok(out)
+}
+
 fn align_photo(model: &Model, path: &Path) -> Aligned {
     let mut secs = [0f64; 3];
     let mut photo = PhotoResult {
@@ -160,7 +201,7 @@ fn align_photo(model: &Model, path: &Path) -> Aligned {
         let t0 = Instant::now();
         let img = decode(path).map_err(|e| e.to_string())?;
         secs[0] = t0.elapsed().as_secs_f64();
-        let (faces, t) = aligner.all_faces_timed(&img)?;
+        let (faces, t) = aligner.faces_timed(&img, model.search)?;
         secs[1] = t[0];
         secs[2] = t[1];
         Ok((img, faces))

@@ -162,6 +162,18 @@ fn photos_are_named_in_every_format_and_bad_files_reported() {
         3
     );
 
+    // --main-face: the same faces here (an --as-is model takes the photo as its face).
+    let out = predict(&[
+        t.photos.join("red").as_os_str(),
+        os("--model"),
+        model,
+        os("--format"),
+        os("csv"),
+        os("--main-face"),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(csv_rows(&String::from_utf8_lossy(&out.stdout)).len(), 14);
+
     // A threshold of 0 on (1 - probability) calls every face unknown.
     let out = predict(&[
         t.photos.join("red").as_os_str(),

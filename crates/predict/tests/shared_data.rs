@@ -95,34 +95,47 @@ fn open(ck: &Path) -> predict::Model {
         &predict::ModelOptions {
             device: artifacts::device::DeviceChoice::Cpu,
             unknown: predict::UnknownRule::Stored,
+            faces: preprocess::FaceSearch::Every,
         },
     )
     .unwrap()
 }
 
-/// Checks predict against an eval-tsne run: the raw photos of the test split get the
-/// labels of `embeddings.safetensors` (>= 99%).
-fn agrees_with(ck: &Path, eval_dir: &Path, faces: &Faces) {
+/// Checks predict against eval-tsne runs: the raw photos of the test split get the labels
+/// of each evaluation's `embeddings.safetensors` (>= 99%).
+fn agree_with(runs: &[(PathBuf, PathBuf)], faces: &Faces) {
     let test = faces.indices(Split::Test);
-    let emb = artifacts::Embeddings::read(&eval_dir.join("embeddings.safetensors")).unwrap();
-    assert_eq!(
-        emb.sources,
-        faces.sources,
-        "{}: another faces file",
-        eval_dir.display()
-    );
-    let model = open(ck);
-    let (agree, n, differ) =
-        predict::measure::agreement(&model, faces, &msceleb(), &test, &emb.predictions).unwrap();
-    println!(
-        "{}: {agree} of {n} agree with eval-tsne; {differ:#?}",
-        ck.display()
-    );
-    assert!(
-        agree as f64 >= 0.99 * n as f64,
-        "{}: {agree} of {n}: {differ:#?}",
-        ck.display()
-    );
+    let models: Vec<predict::Model> = runs.iter().map(|(ck, _)| open(ck)).collect();
+    let expected: Vec<Vec<u32>> = runs
+        .iter()
+        .map(|(_, eval)| {
+            let e = artifacts::Embeddings::read(&eval.join("embeddings.safetensors")).unwrap();
+            assert_eq!(
+                e.sources,
+                faces.sources,
+                "{}: another faces file",
+                eval.display()
+            );
+            e.predictions
+        })
+        .collect();
+    let checks: Vec<(&predict::Model, &[u32])> = models
+        .iter()
+        .zip(&expected)
+        .map(|(m, e)| (m, e.as_slice()))
+        .collect();
+    let results = predict::measure::agreement(&checks, faces, &msceleb(), &test).unwrap();
+    for ((ck, _), (agree, n, differ)) in runs.iter().zip(&results) {
+        println!(
+            "{}: {agree} of {n} agree with eval-tsne; {differ:#?}",
+            ck.display()
+        );
+        assert!(
+            *agree as f64 >= 0.99 * *n as f64,
+            "{}: {agree} of {n}: {differ:#?}",
+            ck.display()
+        );
+    }
 }
 
 /// Predicting the raw photos of the test split gives eval-tsne's labels (>= 99%). With a
@@ -140,24 +153,30 @@ fn predict_agrees_with_eval_on_the_test_photos() {
                 .unwrap();
         let local =
             |p: &serde_json::Value| out.join(Path::new(p.as_str().unwrap()).file_name().unwrap());
-        let mut checked = 0;
-        for m in summary["modes"].as_array().unwrap() {
-            let kind = (m["teacher"].as_str().unwrap(), m["mode"].as_str().unwrap());
-            if matches!(
-                kind,
-                ("face", "probe") | ("inception", "probe") | ("face", "cosine") | ("none", "base")
-            ) {
-                agrees_with(&local(&m["checkpoint"]), &local(&m["eval_dir"]), &faces);
-                checked += 1;
-            }
-        }
+        let runs: Vec<(PathBuf, PathBuf)> = summary["modes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| {
+                matches!(
+                    (m["teacher"].as_str().unwrap(), m["mode"].as_str().unwrap()),
+                    ("face", "probe")
+                        | ("inception", "probe")
+                        | ("face", "cosine")
+                        | ("none", "base")
+                )
+            })
+            .map(|m| (local(&m["checkpoint"]), local(&m["eval_dir"])))
+            .collect();
         assert!(
-            checked >= 3,
+            runs.len() >= 3,
             "the pipeline run has too few models: {summary}"
         );
+        agree_with(&runs, &faces);
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    let mut runs = Vec::new();
     for (mode, epochs) in [(train::TrainMode::Probe, 8), (train::TrainMode::Base, 2)] {
         let ck = train_model(dir.path(), mode, epochs);
         let out = dir.path().join(format!("eval-{}", mode.name()));
@@ -174,8 +193,9 @@ fn predict_agrees_with_eval_on_the_test_photos() {
             ..Default::default()
         };
         eval_tsne::evaluate(&ecfg).unwrap();
-        agrees_with(&ck, &out, &faces);
+        runs.push((ck, out));
     }
+    agree_with(&runs, &faces);
 }
 
 /// #18's aim with the face teacher: two people left out of training entirely, >= 90% of

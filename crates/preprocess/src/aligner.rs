@@ -114,11 +114,17 @@ impl Aligner {
     /// not be (its box kept). `Err` only when detection itself fails. `--as-is` configs
     /// take the photo as one face.
     pub fn all_faces(&self, img: &Rgb) -> Result<Vec<Result<AlignedFace, FaceFailure>>, String> {
-        self.all_faces_timed(img).map(|(faces, _)| faces)
+        self.faces_timed(img, FaceSearch::Every)
+            .map(|(faces, _)| faces)
     }
 
-    /// [`Self::all_faces`] and the seconds spent detecting and aligning.
-    pub fn all_faces_timed(&self, img: &Rgb) -> Result<(AllFaces, [f64; 2]), String> {
+    /// [`Self::all_faces`] (or only the face preprocess keeps) and the seconds spent
+    /// detecting and aligning. A photo without a face gives no faces, not an error.
+    pub fn faces_timed(
+        &self,
+        img: &Rgb,
+        search: FaceSearch,
+    ) -> Result<(AllFaces, [f64; 2]), String> {
         if self.cfg.mode == Mode::AsIs {
             let t = std::time::Instant::now();
             let whole = [0.0, 0.0, img.width as f32, img.height as f32];
@@ -137,7 +143,15 @@ impl Aligner {
         }
         let t = std::time::Instant::now();
         let gray = gray_like_dlib(&img.data);
-        let mut dets = self.find_faces(img, &gray)?;
+        let mut dets = match search {
+            FaceSearch::Every => self.find_faces(img, &gray)?,
+            FaceSearch::Main => match self.find_face(img, &gray) {
+                Ok(d) => vec![d],
+                Err(e) if e == NO_FACE => Vec::new(),
+                Err(e) if e.starts_with("not confirmed") => Vec::new(),
+                Err(e) => return Err(e),
+            },
+        };
         dets.sort_by(|a, b| a.rect[0].total_cmp(&b.rect[0]));
         let detect = t.elapsed().as_secs_f64();
         let t = std::time::Instant::now();
@@ -271,7 +285,7 @@ impl Aligner {
                 .map_err(|e| format!("face detection failed: {e}"))
         };
         match (cfg.kind, self.cnn.as_ref()) {
-            (DetectorKind::Cnn, Some(cnn)) => cnn_pick(cnn)?.ok_or_else(|| "no face found".into()),
+            (DetectorKind::Cnn, Some(cnn)) => cnn_pick(cnn)?.ok_or_else(|| NO_FACE.into()),
             (DetectorKind::HaarCnn, Some(cnn)) => match haar()? {
                 Some(d) if !cfg.confirm => Ok(d),
                 Some(d) => {
@@ -285,9 +299,9 @@ impl Aligner {
                             .into()
                     })
                 }
-                None => cnn_pick(cnn)?.ok_or_else(|| "no face found".into()),
+                None => cnn_pick(cnn)?.ok_or_else(|| NO_FACE.into()),
             },
-            _ => haar()?.ok_or_else(|| "no face found".into()),
+            _ => haar()?.ok_or_else(|| NO_FACE.into()),
         }
     }
 
@@ -340,6 +354,20 @@ impl Aligner {
             .collect())
     }
 }
+
+/// Which faces of a photo to align.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FaceSearch {
+    /// Every face the detector finds.
+    #[default]
+    Every,
+    /// Only the one preprocess keeps (the largest, most central): no whole-photo CNN pass
+    /// where the cascade's face is confirmed, so faster on portraits.
+    Main,
+}
+
+/// `find_face`'s reason when there is none.
+const NO_FACE: &str = "no face found";
 
 /// The faces of one photo, each aligned or the reason it could not be.
 pub type AllFaces = Vec<Result<AlignedFace, FaceFailure>>;

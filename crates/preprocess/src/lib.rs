@@ -16,5 +16,5 @@ pub mod pipeline;
 pub mod quality;
 pub mod split;
 
-pub use aligner::{AlignedFace, Aligner};
+pub use aligner::{AlignedFace, Aligner, FaceSearch};
 pub use pipeline::{run, PreprocessConfig, Reject, RunSummary};
