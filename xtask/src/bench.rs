@@ -253,17 +253,21 @@ fn bench_predict(
         eprintln!("bench: `import dlib` fails (pip install dlib-bin): no peer for predict");
         None
     };
-    if let (Some(p), Some(probe)) = (&peer, runs.last()) {
-        let ours = probe["timings"]["photos_per_second"]
-            .as_f64()
-            .unwrap_or(0.0);
+    if let Some(p) = &peer {
         let theirs = p["photos_per_second"].as_f64().unwrap_or(1.0);
-        table.push((
-            "  probe vs face_recognition's recipe".into(),
-            format!("{ours:.1} photos/s"),
-            format!("dlib HOG+68+descriptor {theirs:.1} photos/s"),
-            ratio(ours, theirs),
-        ));
+        for r in &runs {
+            let model = r["model"].as_str().unwrap_or("");
+            if !model.starts_with("probe") {
+                continue;
+            }
+            let ours = r["timings"]["photos_per_second"].as_f64().unwrap_or(0.0);
+            table.push((
+                format!("  {model} vs face_recognition's recipe"),
+                format!("{ours:.1} photos/s"),
+                format!("dlib HOG+68+descriptor {theirs:.1} photos/s"),
+                ratio(ours, theirs),
+            ));
+        }
     }
     Ok(
         json!({"pipeline": pipeline, "photos": sample.len(), "runs": runs, "dlib_face_recognition_recipe": peer}),
