@@ -2,6 +2,8 @@
 //! here (`--as-is` preprocessing: the photo is the face, so no detector or landmark model is
 //! needed): formats, exit codes, the unknown rule, annotated copies, refused checkpoints.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -43,20 +45,7 @@ fn trained() -> Trained {
         ..Default::default()
     };
     preprocess::run(&photos, &faces, &cfg).unwrap();
-    let data = train::Dataset::load(&faces, None).unwrap();
-    let model = root.join("student-base.safetensors");
-    let tcfg = train::TrainConfig {
-        mode: train::TrainMode::Base,
-        epochs: 10,
-        min_steps: 0,
-        batch: 8,
-        patience: 0,
-        device: artifacts::device::DeviceChoice::Cpu,
-        ..Default::default()
-    };
-    let mut files = train::RunFiles::beside(&model);
-    files.progress = false;
-    train::train(&data, &tcfg, &train::stored_partition(&data), &files).unwrap();
+    let model = common::train_short(&faces, None, (train::TrainMode::Base, 10, 8), &root);
     Trained {
         _dir: dir,
         root,

@@ -6,6 +6,8 @@
 //! taken from a pipeline run when `CELEB_PIPELINE_OUT` names its folder (`cargo xtask ci`
 //! does, after its pipeline).
 
+mod common;
+
 use artifacts::{Bottlenecks, Faces, Split};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -68,37 +70,15 @@ fn fixture() -> &'static Fixture {
 
 fn train_model(dir: &Path, mode: train::TrainMode, epochs: usize) -> PathBuf {
     let f = fixture();
-    let data = train::Dataset::load(
-        &f.faces,
-        mode.needs_teacher().then_some(f.bottlenecks.as_path()),
-    )
-    .unwrap();
-    let ck = dir.join(format!("student-{}.safetensors", mode.name()));
-    let cfg = train::TrainConfig {
-        mode,
-        epochs,
-        phase1_epochs: 2,
-        min_steps: 0,
-        patience: 0,
-        device: artifacts::device::DeviceChoice::Cpu,
-        ..Default::default()
-    };
-    let mut files = train::RunFiles::beside(&ck);
-    files.progress = false;
-    train::train(&data, &cfg, &train::stored_partition(&data), &files).unwrap();
-    ck
+    common::train_short(&f.faces, Some(&f.bottlenecks), (mode, epochs, 16), dir)
 }
 
 fn open(ck: &Path) -> predict::Model {
-    predict::Model::open(
+    common::open(
         ck,
-        &predict::ModelOptions {
-            device: artifacts::device::DeviceChoice::Cpu,
-            unknown: predict::UnknownRule::Stored,
-            faces: preprocess::FaceSearch::Every,
-        },
+        predict::UnknownRule::Stored,
+        preprocess::FaceSearch::Every,
     )
-    .unwrap()
 }
 
 /// Checks predict against eval-tsne runs: the raw photos of the test split get the labels
@@ -216,14 +196,7 @@ fn strangers_are_called_unknown() {
         bottlenecks: &b,
         data: &msceleb(),
         leave_out: vec!["m.04mzx1q".into(), "m.06w2sn5".into()],
-        train: train::TrainConfig {
-            mode: train::TrainMode::Probe,
-            epochs: 8,
-            min_steps: 0,
-            patience: 0,
-            device: artifacts::device::DeviceChoice::Cpu,
-            ..Default::default()
-        },
+        train: common::short(train::TrainMode::Probe, 8),
         dir: dir.path().to_path_buf(),
     };
     let fig = predict::measure::leave_out(&run).unwrap();

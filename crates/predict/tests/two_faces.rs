@@ -6,6 +6,8 @@
 //! Needs the Debian packages `opencv-data` and `libdlib-data` (installed by `cargo xtask
 //! deps --install`), not ../shared.
 
+mod common;
+
 use image::{Rgb, RgbImage};
 use std::path::{Path, PathBuf};
 
@@ -125,20 +127,7 @@ fn a_photo_with_two_painted_faces_gets_both_named() {
         "the cascade took {:?} of 16 painted portraits each",
         summary.per_class
     );
-    let data = train::Dataset::load(&faces, None).unwrap();
-    let model = dir.path().join("student-base.safetensors");
-    let tcfg = train::TrainConfig {
-        mode: train::TrainMode::Base,
-        epochs: 8,
-        min_steps: 0,
-        batch: 8,
-        patience: 0,
-        device: artifacts::device::DeviceChoice::Cpu,
-        ..Default::default()
-    };
-    let mut files = train::RunFiles::beside(&model);
-    files.progress = false;
-    train::train(&data, &tcfg, &train::stored_partition(&data), &files).unwrap();
+    let model = common::train_short(&faces, None, (train::TrainMode::Base, 8, 8), dir.path());
 
     // Ann on the left, Bob on the right, in one photo: two of the portraits side by side.
     let mut both = RgbImage::new(600, 300);
@@ -150,15 +139,11 @@ fn a_photo_with_two_painted_faces_gets_both_named() {
     }
     let two = dir.path().join("two.png");
     both.save(&two).unwrap();
-    let m = predict::Model::open(
+    let m = common::open(
         &model,
-        &predict::ModelOptions {
-            device: artifacts::device::DeviceChoice::Cpu,
-            unknown: predict::UnknownRule::Off,
-            faces: preprocess::FaceSearch::Every,
-        },
-    )
-    .unwrap();
+        predict::UnknownRule::Off,
+        preprocess::FaceSearch::Every,
+    );
     let photos: Vec<PathBuf> = vec![two];
     let (res, _) = predict::predict_photos(&m, &photos, |_, _| Ok(())).unwrap();
     let f = &res[0].faces;
@@ -173,15 +158,11 @@ fn a_photo_with_two_painted_faces_gets_both_named() {
         .collect();
     assert_eq!(named, ["ann", "bob"], "{f:?}");
     // Only the main face with --main-face.
-    let m = predict::Model::open(
+    let m = common::open(
         &model,
-        &predict::ModelOptions {
-            device: artifacts::device::DeviceChoice::Cpu,
-            unknown: predict::UnknownRule::Off,
-            faces: preprocess::FaceSearch::Main,
-        },
-    )
-    .unwrap();
+        predict::UnknownRule::Off,
+        preprocess::FaceSearch::Main,
+    );
     let (res, _) = predict::predict_photos(&m, &photos, |_, _| Ok(())).unwrap();
     assert_eq!(res[0].faces.len(), 1, "{:?}", res[0].faces);
 }
