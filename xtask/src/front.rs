@@ -416,6 +416,7 @@ mod tests {
             "rejects by reason"
         );
         assert!(page.contains("class=\"best\""));
+        assert!(page.contains("cargo run --release -p predict -- --model "));
         assert!(page.contains("eval-face-cosine/suspects-bob.png"));
         assert!(page.contains("<b>3</b> faces look like another person"));
         assert!(page.contains("bob: 9 / 5"));
