@@ -181,23 +181,6 @@ pub fn chinese_whispers(points: &[&[f32]], link: f32, iterations: usize, seed: u
 }
 
 /// Per-dimension median: a centre that a few faces of another person do not pull.
-fn median(points: &[&[f32]], dim: usize) -> Vec<f32> {
-    (0..dim)
-        .map(|d| {
-            let mut v: Vec<f32> = points.iter().map(|p| p[d]).collect();
-            v.sort_by(f32::total_cmp);
-            let n = v.len();
-            if n == 0 {
-                0.0
-            } else if n % 2 == 1 {
-                v[n / 2]
-            } else {
-                (v[n / 2 - 1] + v[n / 2]) / 2.0
-            }
-        })
-        .collect()
-}
-
 fn mean(points: &[&[f32]], dim: usize) -> Vec<f32> {
     let mut m = vec![0f32; dim];
     for p in points {
@@ -235,7 +218,7 @@ pub fn analyse(
             groups[l].push(members[k]);
         }
         let largest: Vec<&[f32]> = groups[0].iter().map(|&i| row(i)).collect();
-        centres[c] = Some(median(&largest, dim));
+        centres[c] = Some(train::open_set::median(&largest, dim));
         let sizeable: Vec<Vec<usize>> = groups
             .into_iter()
             .filter(|g| {

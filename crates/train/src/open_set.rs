@@ -87,28 +87,35 @@ pub fn class_centres(
 ) -> Vec<f32> {
     let mut out = vec![f32::NAN; classes * dim];
     for c in 0..classes {
-        let rows: Vec<usize> = idx
+        let rows: Vec<&[f32]> = idx
             .iter()
-            .copied()
-            .filter(|&i| labels[i] as usize == c)
+            .filter(|&&i| labels[i] as usize == c)
+            .map(|&i| &features[i * dim..(i + 1) * dim])
             .collect();
-        if rows.is_empty() {
-            continue;
-        }
-        let mut col = Vec::with_capacity(rows.len());
-        for d in 0..dim {
-            col.clear();
-            col.extend(rows.iter().map(|&i| features[i * dim + d]));
-            col.sort_by(f32::total_cmp);
-            let m = col.len() / 2;
-            out[c * dim + d] = if col.len() % 2 == 1 {
-                col[m]
-            } else {
-                0.5 * (col[m - 1] + col[m])
-            };
+        if !rows.is_empty() {
+            out[c * dim..(c + 1) * dim].copy_from_slice(&median(&rows, dim));
         }
     }
     out
+}
+
+/// The per-dimension median of `points` (zeros for none); also the identity analysis's
+/// folder centre (`eval_tsne::identity`).
+pub fn median(points: &[&[f32]], dim: usize) -> Vec<f32> {
+    (0..dim)
+        .map(|d| {
+            let mut v: Vec<f32> = points.iter().map(|p| p[d]).collect();
+            v.sort_by(f32::total_cmp);
+            let n = v.len();
+            if n == 0 {
+                0.0
+            } else if n % 2 == 1 {
+                v[n / 2]
+            } else {
+                (v[n / 2 - 1] + v[n / 2]) / 2.0
+            }
+        })
+        .collect()
 }
 
 /// A person's known faces in descriptor space.
