@@ -134,11 +134,13 @@ pub fn predict_photos(
             t.detect_cpu_s += a.secs[1];
             t.align_cpu_s += a.secs[2];
         }
-        classify(model, &mut aligned, &mut t)?;
-        for a in aligned {
-            each(&a.photo, a.image.as_ref())?;
-            t.faces += a.photo.faces.len();
-            out.push(a.photo);
+        let faces: Vec<&[Option<AlignedFace>]> = aligned.iter().map(|a| &a.faces[..]).collect();
+        let mut named: Vec<PhotoResult> = aligned.iter().map(|a| a.photo.clone()).collect();
+        classify(model, &faces, &mut named, &mut t)?;
+        for (a, photo) in aligned.iter_mut().zip(named) {
+            each(&photo, a.image.as_ref())?;
+            t.faces += photo.faces.len();
+            out.push(photo);
         }
     }
     t.total_wall_s = start.elapsed().as_secs_f64();
@@ -169,18 +171,11 @@ pub fn predict_photos_many(
     let mut t = Timings::default();
     for chunk in photos.chunks(PHOTOS_PER_STEP) {
         let aligned: Vec<Aligned> = chunk.par_iter().map(|p| align_photo(first, p)).collect();
+        let faces: Vec<&[Option<AlignedFace>]> = aligned.iter().map(|a| &a.faces[..]).collect();
         for (m, model) in models.iter().enumerate() {
-            let mut mine: Vec<Aligned> = aligned
-                .iter()
-                .map(|a| Aligned {
-                    photo: a.photo.clone(),
-                    image: None,
-                    faces: a.faces.clone(),
-                    secs: a.secs,
-                })
-                .collect();
-            classify(model, &mut mine, &mut t)?;
-            out[m].extend(mine.into_iter().map(|a| a.photo));
+            let mut named: Vec<PhotoResult> = aligned.iter().map(|a| a.photo.clone()).collect();
+            classify(model, &faces, &mut named, &mut t)?;
+            out[m].extend(named);
         }
     }
     Ok(out)
@@ -263,11 +258,18 @@ fn align_photo(model: &Model, path: &Path) -> Aligned {
     }
 }
 
-/// The teacher (where needed) and the model on every aligned face of a step.
-fn classify(model: &Model, step: &mut [Aligned], t: &mut Timings) -> Result<(), PredictError> {
+/// The teacher (where needed) and the model on every aligned face of a step (`faces[p]`
+/// are photo `p`'s), filling in `photos[p].faces`. The aligned faces are only read, so
+/// several models can name the same step.
+fn classify(
+    model: &Model,
+    faces: &[&[Option<AlignedFace>]],
+    photos: &mut [PhotoResult],
+    t: &mut Timings,
+) -> Result<(), PredictError> {
     let mut refs: Vec<(usize, usize)> = Vec::new();
-    for (p, a) in step.iter().enumerate() {
-        for (k, f) in a.faces.iter().enumerate() {
+    for (p, fs) in faces.iter().enumerate() {
+        for (k, f) in fs.iter().enumerate() {
             if f.is_some() {
                 refs.push((p, k));
             }
@@ -276,7 +278,7 @@ fn classify(model: &Model, step: &mut [Aligned], t: &mut Timings) -> Result<(), 
     if refs.is_empty() {
         return Ok(());
     }
-    let face = |&(p, k): &(usize, usize)| step[p].faces[k].as_ref().expect("listed");
+    let face = |&(p, k): &(usize, usize)| faces[p][k].as_ref().expect("listed");
     let s = model.face_size;
     let n = refs.len();
     let mut images = Vec::with_capacity(n * s * s * 3);
@@ -284,7 +286,7 @@ fn classify(model: &Model, step: &mut [Aligned], t: &mut Timings) -> Result<(), 
         images.extend_from_slice(&face(r).pixels);
     }
     let t0 = Instant::now();
-    let descriptors = match &model.teacher {
+    let bottlenecks = match &model.teacher {
         Some(teacher) => {
             let mut rows = Vec::with_capacity(n * teacher.dim());
             for part in refs.chunks(8) {
@@ -301,7 +303,15 @@ fn classify(model: &Model, step: &mut [Aligned], t: &mut Timings) -> Result<(), 
                     .collect();
                 rows.extend(teacher.embed(&prepared, part.len())?);
             }
-            Some((teacher.dim(), rows))
+            Some(Bottlenecks {
+                dim: teacher.dim(),
+                features: rows,
+                mirrored: None,
+                teacher: model.teacher_identity.clone().unwrap_or_default(),
+                layer: String::new(),
+                faces_digest: String::new(),
+                provenance: Provenance::new("predict", "", serde_json::Value::Null),
+            })
         }
         None => None,
     };
@@ -318,15 +328,6 @@ fn classify(model: &Model, step: &mut [Aligned], t: &mut Timings) -> Result<(), 
         geometry: None,
         provenance: Provenance::new("predict", "", serde_json::Value::Null),
     };
-    let bottlenecks = descriptors.as_ref().map(|(dim, rows)| Bottlenecks {
-        dim: *dim,
-        features: rows.clone(),
-        mirrored: None,
-        teacher: model.teacher_identity.clone().unwrap_or_default(),
-        layer: String::new(),
-        faces_digest: String::new(),
-        provenance: Provenance::new("predict", "", serde_json::Value::Null),
-    });
     let idx: Vec<usize> = (0..n).collect();
     let pred = model
         .predictor
@@ -348,9 +349,9 @@ fn classify(model: &Model, step: &mut [Aligned], t: &mut Timings) -> Result<(), 
         let best = guess(order[0]);
         let score = model.rule.as_ref().map(|r| match r.score {
             ScoreKind::GalleryDistance => {
-                let (dim, rows) = descriptors.as_ref().expect("loaded for the rule");
+                let b = bottlenecks.as_ref().expect("loaded for the rule");
                 let gallery = model.gallery.as_ref().expect("loaded for the rule");
-                gallery.score(&rows[j * dim..(j + 1) * dim]).1
+                gallery.score(b.row(j)).1
             }
             ScoreKind::Probability => 1.0 - best.probability,
         });
@@ -358,7 +359,7 @@ fn classify(model: &Model, step: &mut [Aligned], t: &mut Timings) -> Result<(), 
             (Some(r), Some(v)) => v > r.threshold,
             _ => false,
         };
-        let f = &mut step[p].photo.faces[k];
+        let f = &mut photos[p].faces[k];
         f.person = (!unknown).then(|| best.person.clone());
         f.top = order.iter().take(3).map(|&i| guess(i)).collect();
         f.best = Some(best);
