@@ -110,16 +110,11 @@ impl Aligner {
         })
     }
 
-    /// Every face of a decoded photo, left to right: each aligned, or the reason it could
-    /// not be (its box kept). `Err` only when detection itself fails. `--as-is` configs
-    /// take the photo as one face.
-    pub fn all_faces(&self, img: &Rgb) -> Result<Vec<Result<AlignedFace, FaceFailure>>, String> {
-        self.faces_timed(img, FaceSearch::Every)
-            .map(|(faces, _)| faces)
-    }
-
-    /// [`Self::all_faces`] (or only the face preprocess keeps) and the seconds spent
-    /// detecting and aligning. A photo without a face gives no faces, not an error.
+    /// The faces of a decoded photo, left to right: every face the detector finds, or only
+    /// the one preprocess keeps; each aligned, or the reason it could not be (its box
+    /// kept); and the seconds spent detecting and aligning. `Err` only when detection
+    /// itself fails; a photo without a face gives no faces. `--as-is` configs take the
+    /// photo as one face.
     pub fn faces_timed(
         &self,
         img: &Rgb,
