@@ -5,7 +5,7 @@
 use crate::util::{cargo, python_has, run_capture, shared_dir};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const THREADS: &str = "2";
@@ -135,143 +135,41 @@ s = time.time() - t
 print(json.dumps({"photos": len(paths), "faces": faces, "seconds": s, "photos_per_second": len(paths) / s, "decode_seconds": tl}))
 "#;
 
-/// `bench predict`: photos/s end to end for a student and a probe, trained here (short)
-/// on a pipeline run's faces and face descriptors, on every 7th msceleb photo.
-fn bench_predict(
+/// One line of the printed table: the benchmark, our figure, the peer's, the ratio.
+type Row = (String, String, String, String);
+
+/// Our example's JSON lines and, when the Python `modules` import, the peer `script`'s on
+/// the same arguments (None when they do not).
+fn ours_and_peer(
+    pkg: &str,
+    name: &str,
     args: &[String],
-    dir: &std::path::Path,
-    table: &mut Vec<(String, String, String, String)>,
-) -> Result<Value> {
-    let shared = shared_dir().context("bench predict needs ../shared/data/msceleb-samples")?;
-    let pipeline = crate::util::flag_value(args, "--pipeline")
-        .map(PathBuf::from)
-        .or_else(|| {
-            ["target/ci-pipeline", "data/artifacts"]
-                .map(PathBuf::from)
-                .into_iter()
-                .find(|d| d.join("bottlenecks-face.safetensors").exists())
-        })
-        .context("bench predict needs a pipeline run with the face teacher (--pipeline DIR: faces.safetensors, bottlenecks-face.safetensors)")?;
-    let faces = pipeline.join("faces.safetensors");
-    let desc = pipeline.join("bottlenecks-face.safetensors");
-    run_capture(cargo().args(["build", "--release", "-q", "-p", "train", "-p", "predict"]))?;
-    let work = dir.join("predict");
-    std::fs::create_dir_all(&work)?;
+    modules: &str,
+    script: &str,
+) -> Result<(Vec<Value>, Option<Vec<Value>>)> {
+    let ours = example(pkg, name, args)?;
+    let peer = if python_has(modules) {
+        Some(python(script, args)?)
+    } else {
+        None
+    };
+    Ok((ours, peer))
+}
+
+/// Every `n`th photo of a person-per-folder tree (two levels, sorted), as arguments.
+fn every_nth_photo(data: &Path, n: usize) -> Result<Vec<String>> {
     let mut photos: Vec<PathBuf> = Vec::new();
-    let data = shared.join("data/msceleb-samples");
-    for class in std::fs::read_dir(&data)?.flatten() {
+    for class in std::fs::read_dir(data)?.flatten() {
         for f in std::fs::read_dir(class.path())?.flatten() {
             photos.push(f.path());
         }
     }
     photos.sort();
-    let sample: Vec<String> = photos
+    Ok(photos
         .iter()
-        .step_by(7)
+        .step_by(n)
         .map(|p| p.display().to_string())
-        .collect();
-    let mut runs = Vec::new();
-    let mut trained = std::collections::BTreeSet::new();
-    for (label, mode, extra, predict_extra) in [
-        (
-            "student (base, no teacher)",
-            "base",
-            &["--epochs", "2"][..],
-            &[][..],
-        ),
-        (
-            "student (face cosine; teacher for the unknown rule)",
-            "cosine",
-            &["--epochs", "2"][..],
-            &[][..],
-        ),
-        (
-            "probe (face teacher)",
-            "probe",
-            &["--epochs", "8"][..],
-            &[][..],
-        ),
-        (
-            "probe, --main-face",
-            "probe",
-            &["--epochs", "8"][..],
-            &["--main-face"][..],
-        ),
-    ] {
-        let ck = work.join(format!("{mode}.safetensors"));
-        if trained.insert(mode) {
-            run_capture(
-                Command::new("target/release/train")
-                    .arg(format!("--{mode}"))
-                    .arg("--faces")
-                    .arg(&faces)
-                    .arg("--bottlenecks")
-                    .arg(&desc)
-                    .args(["--min-steps", "0", "--device", "cpu", "--jobs", THREADS])
-                    .args(extra)
-                    .arg("--output")
-                    .arg(&ck),
-            )?;
-        }
-        let timings = work.join(format!("{mode}.timings.json"));
-        run_capture(
-            Command::new("target/release/predict")
-                .arg("--model")
-                .arg(&ck)
-                .args(predict_extra)
-                .args([
-                    "--device", "cpu", "--jobs", THREADS, "--format", "json", "--output",
-                ])
-                .arg(work.join(format!("{mode}.json")))
-                .arg("--timings")
-                .arg(&timings)
-                .args(&sample),
-        )?;
-        let t: Value = serde_json::from_str(&std::fs::read_to_string(&timings)?)?;
-        table.push((
-            format!("predict, {label} ({} photos)", sample.len()),
-            format!(
-                "{:.1} photos/s",
-                t["photos_per_second"].as_f64().unwrap_or(0.0)
-            ),
-            format!("most time: {}", t["dominant"].as_str().unwrap_or("?")),
-            "-".into(),
-        ));
-        runs.push(json!({"model": label, "timings": t}));
-    }
-    let peer = if python_has("dlib, numpy") {
-        let mut a = vec![
-            "/usr/share/dlib/shape_predictor_68_face_landmarks.dat".to_string(),
-            shared
-                .join("models/dlib/dlib_face_recognition_resnet_model_v1.dat")
-                .display()
-                .to_string(),
-        ];
-        a.extend(sample.clone());
-        python(DLIB_RECOGNISE, &a)?.into_iter().next()
-    } else {
-        eprintln!("bench: `import dlib` fails (pip install dlib-bin): no peer for predict");
-        None
-    };
-    if let Some(p) = &peer {
-        let theirs = p["photos_per_second"].as_f64().unwrap_or(1.0);
-        for r in &runs {
-            let model = r["model"].as_str().unwrap_or("");
-            if !model.starts_with("probe") {
-                continue;
-            }
-            let ours = r["timings"]["photos_per_second"].as_f64().unwrap_or(0.0);
-            table.push((
-                format!("  {model} vs face_recognition's recipe"),
-                format!("{ours:.1} photos/s"),
-                format!("dlib HOG+68+descriptor {theirs:.1} photos/s"),
-                ratio(ours, theirs),
-            ));
-        }
-    }
-    Ok(
-        json!({"pipeline": pipeline, "photos": sample.len(), "runs": runs, "dlib_face_recognition_recipe": peer}),
-    )
+        .collect())
 }
 
 /// Median of a few runs (the upper middle one for an even count).
@@ -285,310 +183,38 @@ fn ratio(ours: f64, peer: f64) -> String {
     format!("{:.2}x", ours / peer)
 }
 
+const WHAT: &[&str] = &[
+    "preprocess",
+    "bottleneck",
+    "train",
+    "tsne",
+    "predict",
+    "all",
+];
+
 pub fn run(args: &[String]) -> Result<()> {
     let what = args.first().map(String::as_str).unwrap_or("all");
-    let all = what == "all";
-    if ![
-        "preprocess",
-        "bottleneck",
-        "train",
-        "tsne",
-        "predict",
-        "all",
-    ]
-    .contains(&what)
-    {
+    if !WHAT.contains(&what) {
         bail!("bench what? preprocess, bottleneck, train, tsne, predict or all");
     }
     let dir = PathBuf::from("target/bench");
     std::fs::create_dir_all(&dir)?;
-    let mut table: Vec<(String, String, String, String)> = Vec::new();
+    let wanted = |name: &str| what == "all" || what == name;
+    let mut table: Vec<Row> = Vec::new();
     let mut results = json!({});
-    if all || what == "preprocess" {
-        let shared =
-            shared_dir().context("bench preprocess needs ../shared/data/msceleb-samples")?;
-        let mut build = cargo();
-        run_capture(build.args(["build", "--release", "-q", "-p", "preprocess"]))?;
-        let photos = shared.join("data/msceleb-samples");
-        let cnn = shared.join("models/dlib/mmod_human_face_detector.dat");
-        let mut runs = Vec::new();
-        for (label, extra) in [
-            ("haar", &["--detector", "haar"][..]),
-            ("haar+cnn (default)", &["--detector", "haar+cnn"][..]),
-            (
-                "haar+cnn, upsample 1",
-                &["--detector", "haar+cnn", "--upsample", "1"][..],
-            ),
-            ("cnn", &["--detector", "cnn"][..]),
-            (
-                "cnn, upsample 1",
-                &["--detector", "cnn", "--upsample", "1"][..],
-            ),
-        ] {
-            let out = run_capture(
-                Command::new("target/release/preprocess")
-                    .args([
-                        "--jobs",
-                        THREADS,
-                        "--summary",
-                        "json",
-                        "--device",
-                        "cpu",
-                        "--input",
-                    ])
-                    .arg(&photos)
-                    .arg("--cnn-model")
-                    .arg(&cnn)
-                    .args(extra)
-                    .arg("--output")
-                    .arg(dir.join("faces.safetensors")),
-            )?;
-            let v: Value = serde_json::from_str(&out)?;
-            let (faces, all) = (
-                v["faces"].as_f64().unwrap_or(0.0),
-                v["candidates"].as_f64().unwrap_or(1.0),
-            );
-            table.push((
-                format!("preprocess --detector {label} (msceleb, 1375 photos)"),
-                format!(
-                    "{:.1} images/s",
-                    v["images_per_second"].as_f64().unwrap_or(0.0)
-                ),
-                format!(
-                    "{:.1} s, {:.1}% kept",
-                    v["seconds"].as_f64().unwrap_or(0.0),
-                    100.0 * faces / all
-                ),
-                "-".into(),
-            ));
-            runs.push(json!({"detector": label, "summary": v}));
-        }
-        // The CNN detector alone against dlib's, on every 28th photo (decoded beforehand).
-        let mut list: Vec<PathBuf> = Vec::new();
-        for class in std::fs::read_dir(&photos)?.flatten() {
-            for f in std::fs::read_dir(class.path())?.flatten() {
-                list.push(f.path());
-            }
-        }
-        list.sort();
-        let sample: Vec<String> = list
-            .iter()
-            .step_by(28)
-            .map(|p| p.display().to_string())
-            .collect();
-        let mut a = vec![cnn.display().to_string(), "0,1".into()];
-        a.extend(sample.clone());
-        let ours = example("dlib-dnn", "bench_mmod", &a)?;
-        let peer = if python_has("dlib") {
-            python(DLIB_MMOD, &a)?
-        } else {
-            eprintln!(
-                "bench: `import dlib` fails (pip install dlib-bin): no peer for the CNN detector"
-            );
-            Vec::new()
-        };
-        for o in &ours {
-            let up = o["upsample"].as_u64().unwrap_or(0);
-            let rate = o["photos_per_second"].as_f64().unwrap_or(0.0);
-            let p = peer
-                .iter()
-                .find(|p| p["upsample"].as_u64() == Some(up))
-                .and_then(|p| p["photos_per_second"].as_f64());
-            table.push((
-                format!("CNN face detector, upsample {up} ({} photos)", sample.len()),
-                format!("{rate:.2} photos/s"),
-                p.map(|p| format!("dlib {p:.2} photos/s"))
-                    .unwrap_or_else(|| "-".into()),
-                p.map(|p| ratio(rate, p)).unwrap_or_else(|| "-".into()),
-            ));
-        }
-        results["preprocess"] =
-            json!({"runs": runs, "cnn_detector": ours, "dlib_cnn_detector": peer});
+    if wanted("preprocess") {
+        results["preprocess"] = bench_preprocess(&dir, &mut table)?;
     }
-    if all || what == "bottleneck" {
-        let weights = shared_dir()
-            .map(|s| s.join("models/inception-v3-nsfwjs/model.safetensors"))
-            .filter(|p| p.exists())
-            .context("bench bottleneck needs ../shared/models/inception-v3-nsfwjs")?;
-        let batches: Vec<String> = ["1", "8", "32"].iter().map(|s| s.to_string()).collect();
-        let mut a = vec![weights.display().to_string()];
-        a.extend(batches.clone());
-        let ours = example("inception-bottleneck", "bench_bottleneck", &a)?;
-        let peer = if python_has("torch, torchvision, safetensors") {
-            Some(python(TORCH_INCEPTION, &a)?)
-        } else {
-            None
-        };
-        for (i, r) in ours.iter().enumerate() {
-            let o = r["images_per_second"].as_f64().unwrap_or(0.0);
-            let c = r["candle_ops_images_per_second"].as_f64().unwrap_or(0.0);
-            table.push((
-                format!("inception-v3 batch {} (candle ops)", r["batch"]),
-                format!("{c:.2} images/s"),
-                format!("NHWC kernels {o:.2}"),
-                ratio(o, c),
-            ));
-            let p = peer
-                .as_ref()
-                .and_then(|p| p.get(i))
-                .and_then(|p| p["images_per_second"].as_f64());
-            table.push((
-                format!("inception-v3 batch {}", r["batch"]),
-                format!("{o:.2} images/s"),
-                p.map(|p| format!("torch {p:.2}"))
-                    .unwrap_or_else(|| "torch not importable".into()),
-                p.map(|p| ratio(o, p)).unwrap_or_else(|| "-".into()),
-            ));
-        }
-        // The face teacher on dlib's fixture chips, against dlib's own Python module.
-        let shared = shared_dir().context("bench bottleneck needs ../shared")?;
-        let mut f = vec![
-            shared
-                .join("models/dlib/dlib_face_recognition_resnet_model_v1.dat")
-                .display()
-                .to_string(),
-            shared
-                .join("fixtures/dlib-face-recognition/reference.safetensors")
-                .display()
-                .to_string(),
-        ];
-        f.extend(batches.clone());
-        let face = example("dlib-dnn", "bench_face", &f)?;
-        let dlib = if python_has("dlib, numpy, safetensors") {
-            Some(python(DLIB_FACE, &f)?)
-        } else {
-            None
-        };
-        for (i, r) in face.iter().enumerate() {
-            let o = r["chips_per_second"].as_f64().unwrap_or(0.0);
-            let c = r["candle_ops_chips_per_second"].as_f64().unwrap_or(0.0);
-            table.push((
-                format!("dlib face resnet batch {} (candle ops)", r["batch"]),
-                format!("{c:.2} chips/s"),
-                format!(
-                    "NHWC kernels {o:.2} ({:.1} GFLOP/s)",
-                    r["gflop_per_second"].as_f64().unwrap_or(0.0)
-                ),
-                ratio(o, c),
-            ));
-            let p = dlib.as_ref().and_then(|p| p.get(i));
-            let pr = p.and_then(|p| p["chips_per_second"].as_f64());
-            table.push((
-                format!("dlib face resnet batch {}", r["batch"]),
-                format!("{o:.2} chips/s"),
-                pr.map(|x| {
-                    format!(
-                        "dlib {x:.2} ({} threads)",
-                        p.map(|p| p["threads"].clone()).unwrap_or_default()
-                    )
-                })
-                .unwrap_or_else(|| "dlib not importable (pip install dlib-bin)".into()),
-                pr.map(|x| ratio(o, x)).unwrap_or_else(|| "-".into()),
-            ));
-        }
-        results["bottleneck"] = json!({"candle": ours, "torch": peer, "face": face, "dlib": dlib});
+    if wanted("bottleneck") {
+        results["bottleneck"] = bench_bottleneck(&mut table)?;
     }
-    if all || what == "train" {
-        // Rounds alternate between us and the peer, one run per batch size each, so that
-        // the load of a shared VM falls on both sides; each side's figure is its median.
-        const ROUNDS: usize = 3;
-        let batches = [20usize, 64];
-        let has_torch = python_has("torch");
-        let mut ours: Vec<Vec<f64>> = vec![Vec::new(); batches.len()];
-        let mut peer: Vec<Vec<f64>> = vec![Vec::new(); batches.len()];
-        let once: Vec<String> = ["--runs".to_string(), "1".to_string()]
-            .into_iter()
-            .chain(batches.map(|b| b.to_string()))
-            .collect();
-        for _ in 0..ROUNDS {
-            for (i, r) in example("train", "bench_train", &once)?.iter().enumerate() {
-                ours[i].push(r["samples_per_second"].as_f64().unwrap_or(0.0));
-            }
-            if has_torch {
-                for (i, r) in python(TORCH_TRAIN, &once[1..])?.iter().enumerate() {
-                    peer[i].push(r["samples_per_second"].as_f64().unwrap_or(0.0));
-                }
-            }
-        }
-        let mut rows = Vec::new();
-        for (i, b) in batches.iter().enumerate() {
-            let o = median(&ours[i]);
-            let p = has_torch.then(|| median(&peer[i]));
-            table.push((
-                format!("student training batch {b}"),
-                format!("{o:.1} samples/s"),
-                p.map(|p| format!("torch {p:.1}"))
-                    .unwrap_or_else(|| "torch not importable".into()),
-                p.map(|p| ratio(o, p)).unwrap_or_else(|| "-".into()),
-            ));
-            rows.push(json!({
-                "batch": b,
-                "candle": {"samples_per_second": o, "runs": ours[i]},
-                "torch": p.map(|p| json!({"samples_per_second": p, "runs": peer[i]})),
-            }));
-        }
-        results["train"] = json!({"rounds": ROUNDS, "interleaved": true, "batches": rows});
+    if wanted("train") {
+        results["train"] = bench_train(&mut table)?;
     }
-    if all || what == "tsne" {
-        let mut rows = Vec::new();
-        for n in [1000usize, 5000] {
-            let dump = dir.join(format!("tsne-{n}.f32"));
-            let ours = example(
-                "eval-tsne",
-                "bench_tsne",
-                &[n.to_string(), dump.display().to_string()],
-            )?;
-            let o = ours.first().cloned().unwrap_or(Value::Null);
-            let map = dir.join(format!("opentsne-{n}.f64"));
-            let peer = if python_has("openTSNE, numpy") {
-                let args = [
-                    dump.display().to_string(),
-                    n.to_string(),
-                    map.display().to_string(),
-                ];
-                let mut p = python(OPENTSNE, &args)?.first().cloned();
-                // openTSNE's own KL estimate is not ours: score its map with our exact KL.
-                let kl = example(
-                    "eval-tsne",
-                    "bench_tsne",
-                    &[n.to_string(), "--kl-of".into(), map.display().to_string()],
-                )?;
-                if let (Some(p), Some(k)) = (p.as_mut(), kl.first()) {
-                    p["kl"] = k["kl"].clone();
-                }
-                p
-            } else {
-                None
-            };
-            let (os, ok) = (
-                o["seconds"].as_f64().unwrap_or(0.0),
-                o["kl"].as_f64().unwrap_or(0.0),
-            );
-            let ps = peer.as_ref().and_then(|p| p["seconds"].as_f64());
-            let pk = peer.as_ref().and_then(|p| p["kl"].as_f64());
-            table.push((
-                format!("t-SNE N={n} (2048-d)"),
-                format!("{os:.1} s, KL {ok:.3}"),
-                match (ps, pk) {
-                    (Some(s), Some(k)) => format!("openTSNE {s:.1} s, KL {k:.3}"),
-                    _ => "openTSNE not importable".into(),
-                },
-                match (ps, pk) {
-                    (Some(s), Some(k)) => format!(
-                        "{:.2}x faster, KL {:+.1}%",
-                        s / os.max(1e-9),
-                        100.0 * (ok / k - 1.0)
-                    ),
-                    _ => "-".into(),
-                },
-            ));
-            let _ = std::fs::remove_file(&dump);
-            let _ = std::fs::remove_file(&map);
-            rows.push(json!({"ours": o, "opentsne": peer}));
-        }
-        results["tsne"] = json!(rows);
+    if wanted("tsne") {
+        results["tsne"] = bench_tsne(&dir, &mut table)?;
     }
-    if all || what == "predict" {
+    if wanted("predict") {
         results["predict"] = bench_predict(args, &dir, &mut table)?;
     }
     println!(
@@ -600,7 +226,478 @@ pub fn run(args: &[String]) -> Result<()> {
         println!("{a:<36} {b:<26} {c:<28} {d}");
     }
     let path = dir.join(format!("{what}.json"));
-    std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
+    artifacts::write_json_atomic(&path, &results)?;
     println!("\nresults: {}", path.display());
     Ok(())
+}
+
+/// `bench preprocess`: the whole stage with each detector setting on the msceleb photos,
+/// then the CNN detector alone against dlib's.
+fn bench_preprocess(dir: &Path, table: &mut Vec<Row>) -> Result<Value> {
+    let shared = shared_dir().context("bench preprocess needs ../shared/data/msceleb-samples")?;
+    let mut build = cargo();
+    run_capture(build.args(["build", "--release", "-q", "-p", "preprocess"]))?;
+    let photos = shared.join("data/msceleb-samples");
+    let cnn = shared.join("models/dlib/mmod_human_face_detector.dat");
+    let mut runs = Vec::new();
+    for (label, extra) in [
+        ("haar", &["--detector", "haar"][..]),
+        ("haar+cnn (default)", &["--detector", "haar+cnn"][..]),
+        (
+            "haar+cnn, upsample 1",
+            &["--detector", "haar+cnn", "--upsample", "1"][..],
+        ),
+        ("cnn", &["--detector", "cnn"][..]),
+        (
+            "cnn, upsample 1",
+            &["--detector", "cnn", "--upsample", "1"][..],
+        ),
+    ] {
+        let v = preprocess_once(dir, &photos, &cnn, extra)?;
+        let (faces, all) = (
+            v["faces"].as_f64().unwrap_or(0.0),
+            v["candidates"].as_f64().unwrap_or(1.0),
+        );
+        table.push((
+            format!("preprocess --detector {label} (msceleb, 1375 photos)"),
+            format!(
+                "{:.1} images/s",
+                v["images_per_second"].as_f64().unwrap_or(0.0)
+            ),
+            format!(
+                "{:.1} s, {:.1}% kept",
+                v["seconds"].as_f64().unwrap_or(0.0),
+                100.0 * faces / all
+            ),
+            "-".into(),
+        ));
+        runs.push(json!({"detector": label, "summary": v}));
+    }
+    let (ours, peer) = bench_cnn_detector(&photos, &cnn, table)?;
+    Ok(json!({"runs": runs, "cnn_detector": ours, "dlib_cnn_detector": peer}))
+}
+
+/// One preprocess run with the detector flags `extra`; returns its JSON summary.
+fn preprocess_once(dir: &Path, photos: &Path, cnn: &Path, extra: &[&str]) -> Result<Value> {
+    let out = run_capture(
+        Command::new("target/release/preprocess")
+            .args([
+                "--jobs",
+                THREADS,
+                "--summary",
+                "json",
+                "--device",
+                "cpu",
+                "--input",
+            ])
+            .arg(photos)
+            .arg("--cnn-model")
+            .arg(cnn)
+            .args(extra)
+            .arg("--output")
+            .arg(dir.join("faces.safetensors")),
+    )?;
+    Ok(serde_json::from_str(&out)?)
+}
+
+/// The CNN detector alone against dlib's, on every 28th photo (decoded beforehand).
+fn bench_cnn_detector(
+    photos: &Path,
+    cnn: &Path,
+    table: &mut Vec<Row>,
+) -> Result<(Vec<Value>, Vec<Value>)> {
+    let sample = every_nth_photo(photos, 28)?;
+    let mut a = vec![cnn.display().to_string(), "0,1".into()];
+    a.extend(sample.clone());
+    let (ours, peer) = ours_and_peer("dlib-dnn", "bench_mmod", &a, "dlib", DLIB_MMOD)?;
+    let peer = peer.unwrap_or_else(|| {
+        eprintln!(
+            "bench: `import dlib` fails (pip install dlib-bin): no peer for the CNN detector"
+        );
+        Vec::new()
+    });
+    for o in &ours {
+        let up = o["upsample"].as_u64().unwrap_or(0);
+        let rate = o["photos_per_second"].as_f64().unwrap_or(0.0);
+        let p = peer
+            .iter()
+            .find(|p| p["upsample"].as_u64() == Some(up))
+            .and_then(|p| p["photos_per_second"].as_f64());
+        table.push((
+            format!("CNN face detector, upsample {up} ({} photos)", sample.len()),
+            format!("{rate:.2} photos/s"),
+            p.map(|p| format!("dlib {p:.2} photos/s"))
+                .unwrap_or_else(|| "-".into()),
+            p.map(|p| ratio(rate, p)).unwrap_or_else(|| "-".into()),
+        ));
+    }
+    Ok((ours, peer))
+}
+
+/// `bench bottleneck`: both teachers' forward passes (candle ops and the NHWC kernels)
+/// against torchvision's Inception-v3 and dlib's own face descriptor.
+fn bench_bottleneck(table: &mut Vec<Row>) -> Result<Value> {
+    let weights = shared_dir()
+        .map(|s| s.join("models/inception-v3-nsfwjs/model.safetensors"))
+        .filter(|p| p.exists())
+        .context("bench bottleneck needs ../shared/models/inception-v3-nsfwjs")?;
+    let batches: Vec<String> = ["1", "8", "32"].iter().map(|s| s.to_string()).collect();
+    let (ours, peer) = bench_inception(&weights, &batches, table)?;
+    let shared = shared_dir().context("bench bottleneck needs ../shared")?;
+    let (face, dlib) = bench_face(&shared, &batches, table)?;
+    Ok(json!({"candle": ours, "torch": peer, "face": face, "dlib": dlib}))
+}
+
+/// Inception-v3 on random images at each batch size, against torchvision.
+fn bench_inception(
+    weights: &Path,
+    batches: &[String],
+    table: &mut Vec<Row>,
+) -> Result<(Vec<Value>, Option<Vec<Value>>)> {
+    let mut a = vec![weights.display().to_string()];
+    a.extend(batches.iter().cloned());
+    let (ours, peer) = ours_and_peer(
+        "inception-bottleneck",
+        "bench_bottleneck",
+        &a,
+        "torch, torchvision, safetensors",
+        TORCH_INCEPTION,
+    )?;
+    for (i, r) in ours.iter().enumerate() {
+        let o = r["images_per_second"].as_f64().unwrap_or(0.0);
+        let c = r["candle_ops_images_per_second"].as_f64().unwrap_or(0.0);
+        table.push((
+            format!("inception-v3 batch {} (candle ops)", r["batch"]),
+            format!("{c:.2} images/s"),
+            format!("NHWC kernels {o:.2}"),
+            ratio(o, c),
+        ));
+        let p = peer
+            .as_ref()
+            .and_then(|p| p.get(i))
+            .and_then(|p| p["images_per_second"].as_f64());
+        table.push((
+            format!("inception-v3 batch {}", r["batch"]),
+            format!("{o:.2} images/s"),
+            p.map(|p| format!("torch {p:.2}"))
+                .unwrap_or_else(|| "torch not importable".into()),
+            p.map(|p| ratio(o, p)).unwrap_or_else(|| "-".into()),
+        ));
+    }
+    Ok((ours, peer))
+}
+
+/// The face teacher on dlib's fixture chips, against dlib's own Python module.
+fn bench_face(
+    shared: &Path,
+    batches: &[String],
+    table: &mut Vec<Row>,
+) -> Result<(Vec<Value>, Option<Vec<Value>>)> {
+    let mut f = vec![
+        shared
+            .join("models/dlib/dlib_face_recognition_resnet_model_v1.dat")
+            .display()
+            .to_string(),
+        shared
+            .join("fixtures/dlib-face-recognition/reference.safetensors")
+            .display()
+            .to_string(),
+    ];
+    f.extend(batches.iter().cloned());
+    let (face, dlib) = ours_and_peer(
+        "dlib-dnn",
+        "bench_face",
+        &f,
+        "dlib, numpy, safetensors",
+        DLIB_FACE,
+    )?;
+    for (i, r) in face.iter().enumerate() {
+        let o = r["chips_per_second"].as_f64().unwrap_or(0.0);
+        let c = r["candle_ops_chips_per_second"].as_f64().unwrap_or(0.0);
+        table.push((
+            format!("dlib face resnet batch {} (candle ops)", r["batch"]),
+            format!("{c:.2} chips/s"),
+            format!(
+                "NHWC kernels {o:.2} ({:.1} GFLOP/s)",
+                r["gflop_per_second"].as_f64().unwrap_or(0.0)
+            ),
+            ratio(o, c),
+        ));
+        let p = dlib.as_ref().and_then(|p| p.get(i));
+        let pr = p.and_then(|p| p["chips_per_second"].as_f64());
+        table.push((
+            format!("dlib face resnet batch {}", r["batch"]),
+            format!("{o:.2} chips/s"),
+            pr.map(|x| {
+                format!(
+                    "dlib {x:.2} ({} threads)",
+                    p.map(|p| p["threads"].clone()).unwrap_or_default()
+                )
+            })
+            .unwrap_or_else(|| "dlib not importable (pip install dlib-bin)".into()),
+            pr.map(|x| ratio(o, x)).unwrap_or_else(|| "-".into()),
+        ));
+    }
+    Ok((face, dlib))
+}
+
+/// `bench train`: student training steps against the same network in PyTorch.
+fn bench_train(table: &mut Vec<Row>) -> Result<Value> {
+    // Rounds alternate between us and the peer, one run per batch size each, so that
+    // the load of a shared VM falls on both sides; each side's figure is its median.
+    const ROUNDS: usize = 3;
+    let batches = [20usize, 64];
+    let has_torch = python_has("torch");
+    let mut ours: Vec<Vec<f64>> = vec![Vec::new(); batches.len()];
+    let mut peer: Vec<Vec<f64>> = vec![Vec::new(); batches.len()];
+    let once: Vec<String> = ["--runs".to_string(), "1".to_string()]
+        .into_iter()
+        .chain(batches.map(|b| b.to_string()))
+        .collect();
+    for _ in 0..ROUNDS {
+        for (i, r) in example("train", "bench_train", &once)?.iter().enumerate() {
+            ours[i].push(r["samples_per_second"].as_f64().unwrap_or(0.0));
+        }
+        if has_torch {
+            for (i, r) in python(TORCH_TRAIN, &once[1..])?.iter().enumerate() {
+                peer[i].push(r["samples_per_second"].as_f64().unwrap_or(0.0));
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (i, b) in batches.iter().enumerate() {
+        let o = median(&ours[i]);
+        let p = has_torch.then(|| median(&peer[i]));
+        table.push((
+            format!("student training batch {b}"),
+            format!("{o:.1} samples/s"),
+            p.map(|p| format!("torch {p:.1}"))
+                .unwrap_or_else(|| "torch not importable".into()),
+            p.map(|p| ratio(o, p)).unwrap_or_else(|| "-".into()),
+        ));
+        rows.push(json!({
+            "batch": b,
+            "candle": {"samples_per_second": o, "runs": ours[i]},
+            "torch": p.map(|p| json!({"samples_per_second": p, "runs": peer[i]})),
+        }));
+    }
+    Ok(json!({"rounds": ROUNDS, "interleaved": true, "batches": rows}))
+}
+
+/// `bench tsne`: our t-SNE against openTSNE at two sizes, both maps scored by our exact KL.
+fn bench_tsne(dir: &Path, table: &mut Vec<Row>) -> Result<Value> {
+    let mut rows = Vec::new();
+    for n in [1000usize, 5000] {
+        rows.push(tsne_once(dir, n, table)?);
+    }
+    Ok(json!(rows))
+}
+
+fn tsne_once(dir: &Path, n: usize, table: &mut Vec<Row>) -> Result<Value> {
+    let dump = dir.join(format!("tsne-{n}.f32"));
+    let ours = example(
+        "eval-tsne",
+        "bench_tsne",
+        &[n.to_string(), dump.display().to_string()],
+    )?;
+    let o = ours.first().cloned().unwrap_or(Value::Null);
+    let map = dir.join(format!("opentsne-{n}.f64"));
+    let peer = if python_has("openTSNE, numpy") {
+        let args = [
+            dump.display().to_string(),
+            n.to_string(),
+            map.display().to_string(),
+        ];
+        let mut p = python(OPENTSNE, &args)?.first().cloned();
+        // openTSNE's own KL estimate is not ours: score its map with our exact KL.
+        let kl = example(
+            "eval-tsne",
+            "bench_tsne",
+            &[n.to_string(), "--kl-of".into(), map.display().to_string()],
+        )?;
+        if let (Some(p), Some(k)) = (p.as_mut(), kl.first()) {
+            p["kl"] = k["kl"].clone();
+        }
+        p
+    } else {
+        None
+    };
+    let (os, ok) = (
+        o["seconds"].as_f64().unwrap_or(0.0),
+        o["kl"].as_f64().unwrap_or(0.0),
+    );
+    let ps = peer.as_ref().and_then(|p| p["seconds"].as_f64());
+    let pk = peer.as_ref().and_then(|p| p["kl"].as_f64());
+    table.push((
+        format!("t-SNE N={n} (2048-d)"),
+        format!("{os:.1} s, KL {ok:.3}"),
+        match (ps, pk) {
+            (Some(s), Some(k)) => format!("openTSNE {s:.1} s, KL {k:.3}"),
+            _ => "openTSNE not importable".into(),
+        },
+        match (ps, pk) {
+            (Some(s), Some(k)) => format!(
+                "{:.2}x faster, KL {:+.1}%",
+                s / os.max(1e-9),
+                100.0 * (ok / k - 1.0)
+            ),
+            _ => "-".into(),
+        },
+    ));
+    let _ = std::fs::remove_file(&dump);
+    let _ = std::fs::remove_file(&map);
+    Ok(json!({"ours": o, "opentsne": peer}))
+}
+
+/// The models `bench predict` times: label, train mode, train flags, predict flags.
+const PREDICT_MODELS: [(&str, &str, &[&str], &[&str]); 4] = [
+    (
+        "student (base, no teacher)",
+        "base",
+        &["--epochs", "2"],
+        &[],
+    ),
+    (
+        "student (face cosine; teacher for the unknown rule)",
+        "cosine",
+        &["--epochs", "2"],
+        &[],
+    ),
+    ("probe (face teacher)", "probe", &["--epochs", "8"], &[]),
+    (
+        "probe, --main-face",
+        "probe",
+        &["--epochs", "8"],
+        &["--main-face"],
+    ),
+];
+
+/// `bench predict`: photos/s end to end for a student and a probe, trained here (short)
+/// on a pipeline run's faces and face descriptors, on every 7th msceleb photo.
+fn bench_predict(args: &[String], dir: &Path, table: &mut Vec<Row>) -> Result<Value> {
+    let shared = shared_dir().context("bench predict needs ../shared/data/msceleb-samples")?;
+    let pipeline = pipeline_dir(args)?;
+    run_capture(cargo().args(["build", "--release", "-q", "-p", "train", "-p", "predict"]))?;
+    let work = dir.join("predict");
+    std::fs::create_dir_all(&work)?;
+    let sample = every_nth_photo(&shared.join("data/msceleb-samples"), 7)?;
+    let mut runs = Vec::new();
+    let mut trained = std::collections::BTreeSet::new();
+    for (label, mode, extra, predict_extra) in PREDICT_MODELS {
+        let ck = work.join(format!("{mode}.safetensors"));
+        if trained.insert(mode) {
+            train_for_predict(&pipeline, mode, extra, &ck)?;
+        }
+        let t = time_predict(&work, mode, &ck, predict_extra, &sample)?;
+        table.push((
+            format!("predict, {label} ({} photos)", sample.len()),
+            format!(
+                "{:.1} photos/s",
+                t["photos_per_second"].as_f64().unwrap_or(0.0)
+            ),
+            format!("most time: {}", t["dominant"].as_str().unwrap_or("?")),
+            "-".into(),
+        ));
+        runs.push(json!({"model": label, "timings": t}));
+    }
+    let peer = predict_peer(&shared, &sample, &runs, table)?;
+    Ok(
+        json!({"pipeline": pipeline, "photos": sample.len(), "runs": runs, "dlib_face_recognition_recipe": peer}),
+    )
+}
+
+/// `--pipeline DIR`, else CI's or the default run folder when it has face descriptors.
+fn pipeline_dir(args: &[String]) -> Result<PathBuf> {
+    crate::util::flag_value(args, "--pipeline")
+        .map(PathBuf::from)
+        .or_else(|| {
+            ["target/ci-pipeline", "data/artifacts"]
+                .map(PathBuf::from)
+                .into_iter()
+                .find(|d| d.join("bottlenecks-face.safetensors").exists())
+        })
+        .context("bench predict needs a pipeline run with the face teacher (--pipeline DIR: faces.safetensors, bottlenecks-face.safetensors)")
+}
+
+/// A short training of `mode` on the pipeline run's faces and face descriptors.
+fn train_for_predict(pipeline: &Path, mode: &str, extra: &[&str], ck: &Path) -> Result<()> {
+    run_capture(
+        Command::new("target/release/train")
+            .arg(format!("--{mode}"))
+            .arg("--faces")
+            .arg(pipeline.join("faces.safetensors"))
+            .arg("--bottlenecks")
+            .arg(pipeline.join("bottlenecks-face.safetensors"))
+            .args(["--min-steps", "0", "--device", "cpu", "--jobs", THREADS])
+            .args(extra)
+            .arg("--output")
+            .arg(ck),
+    )?;
+    Ok(())
+}
+
+/// predict on the sample with the model `ck`; returns its `--timings` JSON.
+fn time_predict(
+    work: &Path,
+    mode: &str,
+    ck: &Path,
+    predict_extra: &[&str],
+    sample: &[String],
+) -> Result<Value> {
+    let timings = work.join(format!("{mode}.timings.json"));
+    run_capture(
+        Command::new("target/release/predict")
+            .arg("--model")
+            .arg(ck)
+            .args(predict_extra)
+            .args([
+                "--device", "cpu", "--jobs", THREADS, "--format", "json", "--output",
+            ])
+            .arg(work.join(format!("{mode}.json")))
+            .arg("--timings")
+            .arg(&timings)
+            .args(sample),
+    )?;
+    Ok(serde_json::from_str(&std::fs::read_to_string(&timings)?)?)
+}
+
+/// face_recognition's recipe in dlib's Python module on the same photos, set against
+/// the probes (None when dlib does not import).
+fn predict_peer(
+    shared: &Path,
+    sample: &[String],
+    runs: &[Value],
+    table: &mut Vec<Row>,
+) -> Result<Option<Value>> {
+    let peer = if python_has("dlib, numpy") {
+        let mut a = vec![
+            "/usr/share/dlib/shape_predictor_68_face_landmarks.dat".to_string(),
+            shared
+                .join("models/dlib/dlib_face_recognition_resnet_model_v1.dat")
+                .display()
+                .to_string(),
+        ];
+        a.extend(sample.iter().cloned());
+        python(DLIB_RECOGNISE, &a)?.into_iter().next()
+    } else {
+        eprintln!("bench: `import dlib` fails (pip install dlib-bin): no peer for predict");
+        None
+    };
+    if let Some(p) = &peer {
+        let theirs = p["photos_per_second"].as_f64().unwrap_or(1.0);
+        for r in runs {
+            let model = r["model"].as_str().unwrap_or("");
+            if !model.starts_with("probe") {
+                continue;
+            }
+            let ours = r["timings"]["photos_per_second"].as_f64().unwrap_or(0.0);
+            table.push((
+                format!("  {model} vs face_recognition's recipe"),
+                format!("{ours:.1} photos/s"),
+                format!("dlib HOG+68+descriptor {theirs:.1} photos/s"),
+                ratio(ours, theirs),
+            ));
+        }
+    }
+    Ok(peer)
 }

@@ -2,7 +2,7 @@
 //! mode, the best model marked), the t-SNE maps, the dirty-data suspects, the settings and
 //! timings, on one page. Every link is relative to the run's folder.
 
-use crate::pipeline::fmt;
+use crate::util::fmt;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,8 +20,9 @@ fn rel(path: &str, out: &Path) -> String {
     p.strip_prefix(out).unwrap_or(p).display().to_string()
 }
 
+/// A JSON file the page reads when it is there (a missing one leaves its part out).
 fn read_json(path: &Path) -> Option<Value> {
-    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+    crate::util::read_json(path).ok()
 }
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}\
@@ -56,9 +57,9 @@ pub fn index_html(s: &Value, out: &Path) -> String {
 fn data_section(out: &Path) -> String {
     let mut h = String::from("<h2 id=\"data\">Data</h2>");
     let rejects = read_json(&out.join("rejects.json"));
-    let kept = crate::pipeline::read_header(&out.join("faces.safetensors"))
+    let kept = artifacts::read_header(&out.join("faces.safetensors"))
         .ok()
-        .and_then(|m| m["extra"]["sources"].as_array().map(|a| a.len()));
+        .and_then(|m| m.extra["sources"].as_array().map(|a| a.len()));
     let n_rej = rejects
         .as_ref()
         .and_then(|r| r["rejects"].as_array().map(|a| a.len()))

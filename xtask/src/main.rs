@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the whole study in one command, CI, benchmarks, CUDA build check.
 
 mod bench;
+mod ci;
 mod cuda;
 mod deps;
 mod front;
@@ -60,7 +61,7 @@ fn run(args: &[String]) -> Result<()> {
     util::cd_workspace_root()?;
     match cmd.as_str() {
         "pipeline" => pipeline::run(&pipeline::Options::parse(rest)?).map(|_| ()),
-        "ci" => pipeline::ci(rest),
+        "ci" => ci::ci(rest),
         "bench" => bench::run(rest),
         "check-cuda" => cuda::check(rest),
         "deps" => deps::cli(rest),

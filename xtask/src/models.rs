@@ -1,55 +1,16 @@
 //! Model files the pipeline offers to fetch: dlib's face descriptor (22 MB decompressed)
 //! for the face teacher and dlib's CNN face detector (0.7 MB) for preprocess. The stages
 //! look in the project's model cache and in the Python package `face_recognition_models`
-//! (`dlib_dnn::models`, whose names and digests these repeat: xtask builds no stage crate);
-//! when neither has a file, this offers dlib's official download, checked by SHA-256.
+//! (the table and finder of `artifacts::models`, the candle-free contract crate); when
+//! neither has a file, this offers dlib's official download, checked by SHA-256.
 
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-/// One of dlib's published model files.
-pub struct Model {
-    file: &'static str,
-    url: &'static str,
-    /// Of the decompressed file (the stages warn on any other).
-    sha256: &'static str,
-    /// Size of the `.bz2` download, about (for the progress bar).
-    bz2_bytes: u64,
-    what: &'static str,
-}
-
-pub const FACE_DESCRIPTOR: Model = Model {
-    file: "dlib_face_recognition_resnet_model_v1.dat",
-    url: "http://dlib.net/files/dlib_face_recognition_resnet_model_v1.dat.bz2",
-    sha256: "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
-    bz2_bytes: 21_428_389,
-    what: "dlib's face descriptor model",
-};
-
-pub const FACE_DETECTOR: Model = Model {
-    file: "mmod_human_face_detector.dat",
-    url: "http://dlib.net/files/mmod_human_face_detector.dat.bz2",
-    sha256: "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
-    bz2_bytes: 694_709,
-    what: "dlib's CNN face detector model",
-};
-
-fn cache() -> PathBuf {
-    std::env::var_os("CELEB_TRANSFER_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("data/models"))
-}
-
-fn python_has_it() -> bool {
-    Command::new("python3")
-        .args(["-c", "import face_recognition_models"])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
+use artifacts::models::{model_cache as cache, python_package_copy};
+pub use artifacts::models::{ModelFile as Model, FACE_DESCRIPTOR, FACE_DETECTOR};
 
 /// The `--teacher` value for the face teacher, or None (with one sentence on stderr) when
 /// the model cannot be had and the user did not name a file.
@@ -71,7 +32,7 @@ pub fn face_teacher(spec: &str) -> Result<Option<String>> {
 /// Whether the stages will find `m` (offering the download on a terminal when online);
 /// otherwise one sentence on stderr, starting with `consequence`.
 pub fn available(m: &Model, consequence: &str, flag: &str) -> Result<bool> {
-    if cache().join(m.file).is_file() || python_has_it() {
+    if cache().join(m.file).is_file() || python_package_copy(m).is_some() {
         return Ok(true);
     }
     let say = format!(

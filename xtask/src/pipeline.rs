@@ -2,11 +2,15 @@
 //! (each stage decides that itself from the config and input digests in its output's
 //! metadata), then one comparison table.
 
-use crate::util::{self, cargo, flag_value, has_flag, run as sh, run_capture, shared_dir, Exit};
+use crate::util::{
+    cargo, flag_value, fmt, has_flag, read_json, run as sh, run_capture, shared_dir, Exit,
+};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
 pub const MODES: &[&str] = &["base", "two-step", "cosine", "probe"];
 /// The teachers a run compares: the study's ImageNet Inception-v3 and dlib's face descriptor.
@@ -67,18 +71,12 @@ impl Options {
                 bail!("unknown option `{a}` for pipeline (see `cargo xtask --help`)");
             }
         }
-        let modes: Vec<String> = flag_value(args, "--modes")
-            .map(|m| m.split(',').map(|s| s.trim().to_string()).collect())
-            .unwrap_or_else(|| MODES.iter().map(|s| s.to_string()).collect());
-        if let Some(bad) = modes.iter().find(|m| !MODES.contains(&m.as_str())) {
-            bail!("unknown mode `{bad}` (base, two-step, cosine, probe)");
-        }
-        let teachers: Vec<String> = flag_value(args, "--teachers")
-            .map(|m| m.split(',').map(|s| s.trim().to_string()).collect())
-            .unwrap_or_else(|| TEACHERS.iter().map(|s| s.to_string()).collect());
-        if let Some(bad) = teachers.iter().find(|t| !TEACHERS.contains(&t.as_str())) {
-            bail!("unknown teacher `{bad}` in --teachers (inception, face)");
-        }
+        let modes = list_flag(args, "--modes", MODES, |bad| {
+            format!("unknown mode `{bad}` (base, two-step, cosine, probe)")
+        })?;
+        let teachers = list_flag(args, "--teachers", TEACHERS, |bad| {
+            format!("unknown teacher `{bad}` in --teachers (inception, face)")
+        })?;
         let features = flag_value(args, "--features").unwrap_or_default();
         if !features.is_empty() && features != "cuda" {
             bail!("--features: only `cuda` is known");
@@ -100,24 +98,46 @@ impl Options {
             cnn_model: flag_value(args, "--cnn-model").map(PathBuf::from),
             exclusions: flag_value(args, "--exclusions").map(PathBuf::from),
             teacher_layer: flag_value(args, "--teacher-layer").unwrap_or_else(|| "pool".into()),
-            teacher_grid: flag_value(args, "--teacher-grid")
-                .map(|s| s.parse())
-                .transpose()
-                .context("--teacher-grid")?
-                .unwrap_or(1),
+            teacher_grid: number_flag(args, "--teacher-grid", 1)?,
             modes,
             device: flag_value(args, "--device").unwrap_or_else(|| "auto".into()),
-            seed: flag_value(args, "--seed")
-                .map(|s| s.parse())
-                .transpose()
-                .context("--seed")?
-                .unwrap_or(42),
+            seed: number_flag(args, "--seed", 42)?,
             config,
             cuda: features == "cuda",
             install_deps: has_flag(args, "--install-deps"),
             download_lfw: has_flag(args, "--download-lfw"),
         })
     }
+}
+
+/// A comma-separated list flag (`--modes`, `--teachers`), else all of `known`; an item not
+/// in `known` is an error worded by `unknown`.
+fn list_flag(
+    args: &[String],
+    flag: &str,
+    known: &[&str],
+    unknown: impl Fn(&str) -> String,
+) -> Result<Vec<String>> {
+    let items: Vec<String> = flag_value(args, flag)
+        .map(|m| m.split(',').map(|s| s.trim().to_string()).collect())
+        .unwrap_or_else(|| known.iter().map(|s| s.to_string()).collect());
+    if let Some(bad) = items.iter().find(|m| !known.contains(&m.as_str())) {
+        bail!("{}", unknown(bad));
+    }
+    Ok(items)
+}
+
+/// A numeric flag's value, else `default`; a value that does not parse names the flag.
+fn number_flag<T>(args: &[String], flag: &str, default: T) -> Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    Ok(flag_value(args, flag)
+        .map(|s| s.parse())
+        .transpose()
+        .with_context(|| flag.to_string())?
+        .unwrap_or(default))
 }
 
 /// Extra per-stage arguments from `pipeline.toml`: `[preprocess] args = [...]`, and the
@@ -147,30 +167,97 @@ fn extra_args(config: &Option<PathBuf>, stage: &str) -> Result<Vec<String>> {
         .collect()
 }
 
-fn bin(name: &str) -> PathBuf {
+/// A stage binary, as `build_stages` leaves it.
+pub fn bin(name: &str) -> PathBuf {
     PathBuf::from("target/release").join(name)
 }
 
-/// A stage run: its stdout says whether it was skipped.
-fn stage(
-    name: &str,
-    cmd: &mut Command,
-    skipped: &mut Vec<String>,
-    ran: &mut Vec<String>,
-) -> Result<f64> {
-    let t = std::time::Instant::now();
-    let out = run_capture(cmd).with_context(|| format!("stage {name}"))?;
-    if out.contains("up to date, skipped") {
-        skipped.push(name.to_string());
-    } else {
-        ran.push(name.to_string());
-    }
-    Ok(t.elapsed().as_secs_f64())
+/// What the stages of one run did: when it started, which stages ran, which were up to
+/// date, and how long each took.
+struct StageLog {
+    start: Instant,
+    ran: Vec<String>,
+    skipped: Vec<String>,
+    timings: Vec<(String, f64)>,
 }
 
+impl StageLog {
+    fn new() -> StageLog {
+        StageLog {
+            start: Instant::now(),
+            ran: Vec::new(),
+            skipped: Vec::new(),
+            timings: Vec::new(),
+        }
+    }
+
+    /// Runs one stage; its stdout says whether it was skipped.
+    fn stage(&mut self, name: &str, cmd: &mut Command) -> Result<()> {
+        let t = Instant::now();
+        let out = run_capture(cmd).with_context(|| format!("stage {name}"))?;
+        if out.contains("up to date, skipped") {
+            self.skipped.push(name.to_string());
+        } else {
+            self.ran.push(name.to_string());
+        }
+        self.timings
+            .push((name.to_string(), t.elapsed().as_secs_f64()));
+        Ok(())
+    }
+}
+
+/// One student to train and evaluate: a mode on one teacher's bottlenecks (base: none).
+struct Run<'a> {
+    teacher: Option<&'a str>,
+    mode: &'a str,
+    bottlenecks: PathBuf,
+}
+
+impl Run<'_> {
+    /// The run's name in file names and the stage list: `face-cosine`, `base`.
+    fn tag(&self) -> String {
+        match self.teacher {
+            Some(t) => format!("{t}-{}", self.mode),
+            None => self.mode.to_string(),
+        }
+    }
+}
+
+/// The whole study: every stage in order (each skips itself when up to date), then
+/// `summary.json`, `index.html` and the comparison table. Returns the summary.
 pub fn run(o: &Options) -> Result<Value> {
-    let start = std::time::Instant::now();
+    let mut log = StageLog::new();
     crate::deps::ensure(o.install_deps)?;
+    find_data(o)?;
+    build_stages(o.cuda)?;
+    std::fs::create_dir_all(&o.out)?;
+    let faces = preprocess(o, &mut log)?;
+    let teachers = bottlenecks(o, &faces, &mut log)?;
+    let exclusions = exclusions(o)?;
+    let excl_args: Vec<OsString> = exclusions
+        .iter()
+        .flat_map(|p| ["--exclusions".into(), p.clone().into_os_string()])
+        .collect();
+    let mut rows = Vec::new();
+    for r in planned_runs(o, &teachers) {
+        rows.push(train_and_eval(o, &mut log, &faces, &excl_args, &r)?);
+    }
+    let best = mark_best(&mut rows);
+    copy_flags(o, &rows)?;
+    let summary = summary_json(o, &faces, &teachers, &exclusions, rows, best, &log)?;
+    artifacts::write_json_atomic(&o.out.join("summary.json"), &summary)?;
+    artifacts::write_atomic(
+        &o.out.join("index.html"),
+        crate::front::index_html(&summary, &o.out).as_bytes(),
+    )?;
+    print_table(&summary);
+    print_footer(o, &log, best.is_some());
+    Ok(summary)
+}
+
+/// The photos folder must exist: LFW is offered for the default folder (or with
+/// `--download-lfw`); otherwise it says what to put there and exits with code 2.
+fn find_data(o: &Options) -> Result<()> {
     let default_data = o.data == Path::new("data/raw");
     if !o.data.is_dir()
         && (default_data || o.download_lfw)
@@ -187,7 +274,11 @@ pub fn run(o: &Options) -> Result<Value> {
         eprintln!("(a public benchmark that fits: Labeled Faces in the Wild, people with at least 20 photos, one folder each)");
         return Err(Exit(2).into());
     }
-    // Build the stage binaries (incremental after the first time).
+    Ok(())
+}
+
+/// Builds the stage binaries (incremental after the first time).
+fn build_stages(cuda: bool) -> Result<()> {
     let mut build = cargo();
     build.args([
         "build",
@@ -203,20 +294,18 @@ pub fn run(o: &Options) -> Result<Value> {
         "-p",
         "predict",
     ]);
-    if o.cuda {
+    if cuda {
         build.args([
             "--features",
             "preprocess/cuda,inception-bottleneck/cuda,train/cuda,eval-tsne/cuda,predict/cuda",
         ]);
     }
-    sh(&mut build)?;
-    std::fs::create_dir_all(&o.out)?;
-    let out = |f: &str| o.out.join(f);
-    let (mut skipped, mut ran) = (vec![], vec![]);
-    let mut timings: Vec<(String, f64)> = Vec::new();
-    let faces = out("faces.safetensors");
-    let seed = o.seed.to_string();
+    sh(&mut build)
+}
 
+/// Preprocess: the photos to aligned faces. Returns the faces artifact.
+fn preprocess(o: &Options, log: &mut StageLog) -> Result<PathBuf> {
+    let faces = o.out.join("faces.safetensors");
     let mut pre = Command::new(bin("preprocess"));
     pre.args(["--skip-if-fresh", "--device", &o.device, "--input"])
         .arg(&o.data)
@@ -235,28 +324,30 @@ pub fn run(o: &Options) -> Result<Value> {
             )?;
         }
     }
-    let secs = stage(
-        "preprocess",
-        pre.args(extra_args(&o.config, "preprocess")?),
-        &mut skipped,
-        &mut ran,
-    )?;
-    timings.push(("preprocess".into(), secs));
-    // One bottlenecks artifact per teacher; base (no teacher) trains once.
-    let mut teachers: Vec<(&str, PathBuf)> = Vec::new();
-    let needs_teacher = o.modes.iter().any(|m| m != "base");
+    log.stage("preprocess", pre.args(extra_args(&o.config, "preprocess")?))?;
+    Ok(faces)
+}
+
+/// One bottlenecks artifact per teacher (none when only base runs; the face teacher is
+/// left out when its model cannot be had). Returns each teacher with its artifact.
+fn bottlenecks<'a>(
+    o: &'a Options,
+    faces: &Path,
+    log: &mut StageLog,
+) -> Result<Vec<(&'a str, PathBuf)>> {
+    let mut teachers = Vec::new();
+    if !o.modes.iter().any(|m| m != "base") {
+        return Ok(teachers);
+    }
     for t in &o.teachers {
-        if !needs_teacher {
-            break;
-        }
-        let path = out(&format!("bottlenecks-{t}.safetensors"));
+        let path = o.out.join(format!("bottlenecks-{t}.safetensors"));
         let mut cmd = Command::new(bin("inception-bottleneck"));
         cmd.args(["--skip-if-fresh", "--faces"])
-            .arg(&faces)
+            .arg(faces)
             .arg("--output")
             .arg(&path)
             .args(["--device", &o.device, "--cache-dir"])
-            .arg(out("bottleneck-cache"));
+            .arg(o.out.join("bottleneck-cache"));
         if t == "face" {
             let Some(model) = crate::models::face_teacher(&o.face_teacher)? else {
                 continue;
@@ -273,36 +364,47 @@ pub fn run(o: &Options) -> Result<Value> {
             ])
             .args(extra_args(&o.config, "bottleneck")?);
         }
-        let secs = stage(
-            &format!("bottlenecks {t}"),
-            &mut cmd,
-            &mut skipped,
-            &mut ran,
-        )?;
-        timings.push((format!("bottlenecks {t}"), secs));
+        log.stage(&format!("bottlenecks {t}"), &mut cmd)?;
         teachers.push((t.as_str(), path));
     }
-    // Eval needs some teacher features for its teacher t-SNE; base uses the first one's.
-    let mut runs: Vec<(Option<&str>, &str, PathBuf)> = Vec::new();
+    Ok(teachers)
+}
+
+/// Every mode on every teacher; base (no teacher) trains once. Eval needs some teacher
+/// features for its teacher t-SNE; base uses the first one's.
+fn planned_runs<'a>(o: &'a Options, teachers: &[(&'a str, PathBuf)]) -> Vec<Run<'a>> {
+    let mut runs = Vec::new();
     for mode in &o.modes {
         if mode == "base" {
             let b = teachers
                 .first()
                 .map(|t| t.1.clone())
-                .unwrap_or_else(|| out("bottlenecks.safetensors"));
-            runs.push((None, mode.as_str(), b));
+                .unwrap_or_else(|| o.out.join("bottlenecks.safetensors"));
+            runs.push(Run {
+                teacher: None,
+                mode,
+                bottlenecks: b,
+            });
         } else {
-            for (t, b) in &teachers {
-                runs.push((Some(t), mode.as_str(), b.clone()));
+            for (t, b) in teachers {
+                runs.push(Run {
+                    teacher: Some(t),
+                    mode,
+                    bottlenecks: b.clone(),
+                });
             }
         }
     }
-    // The cleaning loop: `--exclusions FILE`, else `<out>/exclusions.csv` when a person
-    // has made one (from the `flags.csv` a face-teacher run writes, edited).
+    runs
+}
+
+/// The cleaning loop: `--exclusions FILE`, else `<out>/exclusions.csv` when a person
+/// has made one (from the `flags.csv` a face-teacher run writes, edited).
+fn exclusions(o: &Options) -> Result<Option<PathBuf>> {
     let exclusions = o
         .exclusions
         .clone()
-        .or_else(|| Some(out("exclusions.csv")).filter(|p| p.is_file()));
+        .or_else(|| Some(o.out.join("exclusions.csv")).filter(|p| p.is_file()));
     if let Some(p) = &exclusions {
         if !p.is_file() {
             bail!("--exclusions {}: no such file", p.display());
@@ -312,84 +414,89 @@ pub fn run(o: &Options) -> Result<Value> {
             p.display()
         );
     }
-    let excl_args: Vec<std::ffi::OsString> = exclusions
-        .iter()
-        .flat_map(|p| ["--exclusions".into(), p.clone().into_os_string()])
-        .collect();
-    let mut rows = Vec::new();
-    for (teacher, mode, bottlenecks) in runs {
-        let tag = match teacher {
-            Some(t) => format!("{t}-{mode}"),
-            None => mode.to_string(),
-        };
-        let ck = out(&format!("student-{tag}.safetensors"));
-        let secs = stage(
-            &format!("train {tag}"),
-            Command::new(bin("train"))
-                .args([
-                    format!("--{mode}").as_str(),
-                    "--skip-if-fresh",
-                    "--seed",
-                    &seed,
-                    "--device",
-                    &o.device,
-                    "--faces",
-                ])
-                .arg(&faces)
-                .arg("--bottlenecks")
-                .arg(&bottlenecks)
-                .arg("--output")
-                .arg(&ck)
-                .args(&excl_args)
-                .args(extra_args(&o.config, "train")?),
-            &mut skipped,
-            &mut ran,
-        )?;
-        timings.push((format!("train {tag}"), secs));
-        let eval_dir = out(&format!("eval-{tag}"));
-        let secs = stage(
-            &format!("eval {tag}"),
-            Command::new(bin("eval-tsne"))
-                .args([
-                    "--skip-if-fresh",
-                    "--seed",
-                    &seed,
-                    "--device",
-                    &o.device,
-                    "--checkpoint",
-                ])
-                .arg(&ck)
-                .arg("--faces")
-                .arg(&faces)
-                .arg("--bottlenecks")
-                .arg(&bottlenecks)
-                .arg("--out")
-                .arg(&eval_dir)
-                .args(&excl_args)
-                .args(extra_args(&o.config, "eval")?),
-            &mut skipped,
-            &mut ran,
-        )?;
-        timings.push((format!("eval {tag}"), secs));
-        let report: Value = read_json(&eval_dir.join("report.json"))?;
-        let summary: Value = read_json(&ck.with_extension("summary.json")).unwrap_or(Value::Null);
-        rows.push(json!({
-            "teacher": teacher.unwrap_or("none"),
-            "mode": mode,
-            "checkpoint": ck.display().to_string(),
-            "val_top1": report["val"]["top1"],
-            "test_top1": report["test"]["top1"],
-            "test_macro_f1": report["test"]["macro_f1"],
-            "test_n": report["test"]["n"],
-            "train_seconds": summary["seconds"],
-            "samples_per_second": summary["samples_per_second"],
-            "device": summary["device"],
-            "suspects": report["suspects"].as_array().map(|a| a.len()),
-            "report": eval_dir.join("report.html").display().to_string(),
-            "eval_dir": eval_dir.display().to_string(),
-        }));
-    }
-    // The best model by validation accuracy (ties: the first), marked for the user.
+    Ok(exclusions)
+}
+
+/// Train then eval for one run; returns its row of the comparison table.
+fn train_and_eval(
+    o: &Options,
+    log: &mut StageLog,
+    faces: &Path,
+    excl_args: &[OsString],
+    r: &Run,
+) -> Result<Value> {
+    let tag = r.tag();
+    let seed = o.seed.to_string();
+    let ck = o.out.join(format!("student-{tag}.safetensors"));
+    log.stage(
+        &format!("train {tag}"),
+        Command::new(bin("train"))
+            .args([
+                format!("--{}", r.mode).as_str(),
+                "--skip-if-fresh",
+                "--seed",
+                &seed,
+                "--device",
+                &o.device,
+                "--faces",
+            ])
+            .arg(faces)
+            .arg("--bottlenecks")
+            .arg(&r.bottlenecks)
+            .arg("--output")
+            .arg(&ck)
+            .args(excl_args)
+            .args(extra_args(&o.config, "train")?),
+    )?;
+    let eval_dir = o.out.join(format!("eval-{tag}"));
+    log.stage(
+        &format!("eval {tag}"),
+        Command::new(bin("eval-tsne"))
+            .args([
+                "--skip-if-fresh",
+                "--seed",
+                &seed,
+                "--device",
+                &o.device,
+                "--checkpoint",
+            ])
+            .arg(&ck)
+            .arg("--faces")
+            .arg(faces)
+            .arg("--bottlenecks")
+            .arg(&r.bottlenecks)
+            .arg("--out")
+            .arg(&eval_dir)
+            .args(excl_args)
+            .args(extra_args(&o.config, "eval")?),
+    )?;
+    result_row(r, &ck, &eval_dir)
+}
+
+/// A run's row: eval's report and the training summary beside the checkpoint.
+fn result_row(r: &Run, ck: &Path, eval_dir: &Path) -> Result<Value> {
+    let report: Value = read_json(&eval_dir.join("report.json"))?;
+    let summary: Value = read_json(&ck.with_extension("summary.json")).unwrap_or(Value::Null);
+    Ok(json!({
+        "teacher": r.teacher.unwrap_or("none"),
+        "mode": r.mode,
+        "checkpoint": ck.display().to_string(),
+        "val_top1": report["val"]["top1"],
+        "test_top1": report["test"]["top1"],
+        "test_macro_f1": report["test"]["macro_f1"],
+        "test_n": report["test"]["n"],
+        "train_seconds": summary["seconds"],
+        "samples_per_second": summary["samples_per_second"],
+        "device": summary["device"],
+        "suspects": report["suspects"].as_array().map(|a| a.len()),
+        "report": eval_dir.join("report.html").display().to_string(),
+        "eval_dir": eval_dir.display().to_string(),
+    }))
+}
+
+/// Marks the best model by validation accuracy (ties: the first) for the user; returns
+/// its row's index.
+fn mark_best(rows: &mut [Value]) -> Option<usize> {
     let best = rows
         .iter()
         .enumerate()
@@ -402,7 +509,11 @@ pub fn run(o: &Options) -> Result<Value> {
     if let Some(i) = best {
         rows[i]["best"] = json!(true);
     }
-    // The flags to review: the best face-teacher model's, at the top of the output.
+    best
+}
+
+/// The flags to review: the best face-teacher model's, at the top of the output.
+fn copy_flags(o: &Options, rows: &[Value]) -> Result<()> {
     let face_rows: Vec<&Value> = rows.iter().filter(|r| r["teacher"] == "face").collect();
     let flag_row = face_rows
         .iter()
@@ -411,16 +522,29 @@ pub fn run(o: &Options) -> Result<Value> {
     if let Some(r) = flag_row {
         let src = PathBuf::from(r["eval_dir"].as_str().unwrap_or("")).join("flags.csv");
         if src.is_file() {
-            std::fs::copy(&src, out("flags.csv"))
+            std::fs::copy(&src, o.out.join("flags.csv"))
                 .with_context(|| format!("copying {}", src.display()))?;
         }
     }
-    let faces_meta = read_header(&faces)?;
-    let classes = faces_meta["extra"]["class_names"]
+    Ok(())
+}
+
+/// `summary.json`: the settings, the rows, the best one, and the stages' times.
+fn summary_json(
+    o: &Options,
+    faces: &Path,
+    teachers: &[(&str, PathBuf)],
+    exclusions: &Option<PathBuf>,
+    rows: Vec<Value>,
+    best: Option<usize>,
+    log: &StageLog,
+) -> Result<Value> {
+    let faces_meta = artifacts::read_header(faces)?.extra;
+    let classes = faces_meta["class_names"]
         .as_array()
         .map(|a| a.len())
         .unwrap_or(0);
-    let summary = json!({
+    Ok(json!({
         "data": o.data.display().to_string(),
         "out": o.out.display().to_string(),
         "seed": o.seed,
@@ -430,23 +554,19 @@ pub fn run(o: &Options) -> Result<Value> {
         "teachers": teachers.iter().map(|t| t.0).collect::<Vec<_>>(),
         "exclusions": exclusions.as_ref().map(|p| p.display().to_string()),
         "best": best.map(|i| rows[i].clone()),
-        "timings": stage_timings(&timings, &skipped, &out("summary.json")),
+        "timings": stage_timings(&log.timings, &log.skipped, &o.out.join("summary.json")),
         "teacher_layer": o.teacher_layer,
         "teacher_grid": o.teacher_grid,
         "classes": classes,
         "modes": rows,
-        "stages_run": ran,
-        "stages_skipped": skipped,
-        "seconds": start.elapsed().as_secs_f64(),
-    });
-    write_file(
-        &out("summary.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
-    write_file(
-        &out("index.html"),
-        crate::front::index_html(&summary, &o.out).as_bytes(),
-    )?;
+        "stages_run": log.ran,
+        "stages_skipped": log.skipped,
+        "seconds": log.start.elapsed().as_secs_f64(),
+    }))
+}
+
+/// The comparison table on stdout: teacher x mode, the best one marked.
+fn print_table(summary: &Value) {
     println!(
         "\n{:<10} {:<10} {:>8} {:>9} {:>14} {:>10} {:>9}",
         "teacher", "mode", "val acc", "test acc", "test macro-F1", "train (s)", "suspects"
@@ -468,29 +588,31 @@ pub fn run(o: &Options) -> Result<Value> {
             }
         );
     }
+}
+
+/// What ran, what was skipped, where the outputs are, and how to use the best model.
+fn print_footer(o: &Options, log: &StageLog, has_best: bool) {
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
     println!(
         "\nran: {}; skipped (up to date): {}; {:.1}s; summary: {}; index: {}",
-        if ran.is_empty() {
-            "none".to_string()
-        } else {
-            ran.join(", ")
-        },
-        if skipped.is_empty() {
-            "none".to_string()
-        } else {
-            skipped.join(", ")
-        },
-        start.elapsed().as_secs_f64(),
-        out("summary.json").display(),
-        out("index.html").display()
+        list(&log.ran),
+        list(&log.skipped),
+        log.start.elapsed().as_secs_f64(),
+        o.out.join("summary.json").display(),
+        o.out.join("index.html").display()
     );
-    if best.is_some() {
+    if has_best {
         println!(
             "name the people in new photos with the best model: cargo run --release -p predict -- --pipeline {} PHOTO|FOLDER ...",
             o.out.display()
         );
     }
-    Ok(summary)
 }
 
 /// Seconds per stage; a stage skipped as up to date keeps the time of the run that made its
@@ -517,326 +639,80 @@ fn stage_timings(timings: &[(String, f64)], skipped: &[String], previous: &Path)
         .collect()
 }
 
-pub fn fmt(v: &Value, digits: usize) -> String {
-    v.as_f64()
-        .map(|x| format!("{x:.digits$}"))
-        .unwrap_or_else(|| "-".into())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    Ok(serde_json::from_str(&text)?)
-}
-
-/// The celeb-transfer header of a safetensors artifact, without loading tensors.
-pub fn read_header(path: &Path) -> Result<Value> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)?;
-    let mut buf = vec![0u8; u64::from_le_bytes(len) as usize];
-    f.read_exact(&mut buf)?;
-    let doc: Value = serde_json::from_slice(&buf)?;
-    let meta = doc["__metadata__"]["celeb_transfer"]
-        .as_str()
-        .context("not a celeb-transfer artifact")?;
-    Ok(serde_json::from_str(meta)?)
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
-}
-
-/// `cargo xtask ci`: fmt, clippy, the tests (ignored ones too when ../shared is here),
-/// then the pipeline on the study's photos with the offline stand-in teacher.
-/// Wall time of each part of `cargo xtask ci`, printed at the end and kept in
-/// `target/ci-times.json`, so the slow parts of CI are known by measurement.
-struct Steps {
-    done: Vec<(String, f64)>,
-}
-
-impl Steps {
-    fn time<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let t = std::time::Instant::now();
-        let r = f();
-        self.done
-            .push((name.to_string(), t.elapsed().as_secs_f64()));
-        r
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
     }
 
-    fn report(&self) {
-        let total: f64 = self.done.iter().map(|(_, s)| s).sum();
-        println!("ci: time by part");
-        for (name, s) in &self.done {
-            println!(
-                "  {name:<44} {s:>7.0} s  {:>4.0}%",
-                100.0 * s / total.max(1e-9)
-            );
-        }
-        println!("  {:<44} {total:>7.0} s", "total");
-        let json = json!({
-            "total_s": total,
-            "parts": self.done.iter().map(|(n, s)| json!({"part": n, "seconds": s})).collect::<Vec<_>>(),
-        });
-        let _ = std::fs::create_dir_all("target");
-        let _ = std::fs::write("target/ci-times.json", format!("{json:#}\n"));
-    }
-}
-
-/// Tests that reproduce a README figure by repeating a training many times: run by
-/// `cargo test --release -p train --test seed_4x20 -- --ignored`, not by CI (about 10 min).
-/// Tests the main run skips: the README's 5-seed sweep (its own command), and predict's
-/// msceleb checks, run after the pipeline on its faces and models instead (they would
-/// otherwise preprocess the photos again).
-const CI_SKIPS: &[&str] = &[
-    "five_seeds",
-    "predict_agrees_with_eval",
-    "strangers_are_called_unknown",
-    "a_photo_with_two_faces",
-];
-
-pub fn ci(args: &[String]) -> Result<()> {
-    let mut steps = Steps { done: Vec::new() };
-    let r = ci_steps(args, &mut steps);
-    steps.report();
-    r
-}
-
-fn ci_steps(args: &[String], steps: &mut Steps) -> Result<()> {
-    // `--pipeline-only`: the pipeline run and its checks, without fmt, clippy and tests.
-    if !has_flag(args, "--pipeline-only") {
-        ci_tests(steps)?;
-    }
-    ci_pipeline(args, steps)
-}
-
-fn ci_tests(steps: &mut Steps) -> Result<()> {
-    steps.time("fmt --check", || {
-        sh(cargo().args(["fmt", "--all", "--", "--check"]))
-    })?;
-    // Release, like the tests below: build scripts (opencv's binding generator) and
-    // proc macros are then built once for both.
-    steps.time("clippy (release, all targets)", || {
-        sh(cargo().args([
-            "clippy",
-            "--release",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
+    #[test]
+    fn options_parse_defaults_lists_and_numbers() {
+        let o = Options::parse(&args(&["--config", "none.toml"])).unwrap();
+        assert_eq!(o.modes, MODES);
+        assert_eq!(o.teachers, TEACHERS);
+        assert_eq!((o.seed, o.teacher_grid), (42, 1));
+        let o = Options::parse(&args(&[
+            "--modes",
+            "base, probe",
+            "--teachers",
+            "face",
+            "--seed",
+            "7",
+            "--teacher-grid",
+            "2",
         ]))
-    })?;
-    let shared = shared_dir();
-    // Release: the data tests train real models, and release shares its dependency
-    // builds with the pipeline's binaries below.
-    steps.time("build tests (release)", || {
-        sh(cargo().args(["test", "--workspace", "--release", "--no-run"]))
-    })?;
-    let mut test = cargo();
-    test.args(["test", "--workspace", "--release", "--"]);
-    if shared.is_some() {
-        test.arg("--include-ignored");
-        for skip in CI_SKIPS {
-            test.args(["--skip", skip]);
-        }
-    } else {
-        eprintln!("../shared not found: the tests that need it stay ignored");
+        .unwrap();
+        assert_eq!(o.modes, ["base", "probe"]);
+        assert_eq!(o.teachers, ["face"]);
+        assert_eq!((o.seed, o.teacher_grid), (7, 2));
+        let err = |a: &[&str]| format!("{:#}", Options::parse(&args(a)).unwrap_err());
+        assert_eq!(
+            err(&["--modes", "foo"]),
+            "unknown mode `foo` (base, two-step, cosine, probe)"
+        );
+        assert_eq!(
+            err(&["--teachers", "x"]),
+            "unknown teacher `x` in --teachers (inception, face)"
+        );
+        assert!(err(&["--seed", "x"]).starts_with("--seed: "));
+        assert!(err(&["--teacher-grid", "-1"]).starts_with("--teacher-grid: "));
     }
-    steps.time("run tests", || sh(&mut test))?;
-    Ok(())
-}
 
-fn ci_pipeline(args: &[String], steps: &mut Steps) -> Result<()> {
-    let Some(shared) = shared_dir() else {
-        eprintln!("../shared not found: skipping the pipeline run on the study's photos");
-        return Ok(());
-    };
-    if has_flag(args, "--no-pipeline") {
-        return Ok(());
+    #[test]
+    fn the_best_row_is_the_first_highest_validation_accuracy() {
+        let mut rows = vec![
+            json!({"val_top1": 0.5}),
+            json!({"val_top1": 0.7}),
+            json!({"val_top1": null}),
+            json!({"val_top1": 0.7}),
+        ];
+        assert_eq!(mark_best(&mut rows), Some(1));
+        assert_eq!(rows[1]["best"], json!(true));
+        assert!(rows[3].get("best").is_none());
+        assert_eq!(mark_best(&mut []), None);
     }
-    let out = PathBuf::from("target/ci-pipeline");
-    let o = Options {
-        data: shared.join("data/msceleb-samples"),
-        out: out.clone(),
-        teacher: shared
-            .join("models/inception-v3-nsfwjs")
-            .display()
-            .to_string(),
-        // The stand-in's top blocks were fine-tuned for another task: its students do best
-        // on Mixed_6c (Mixed_6a probes higher, but students learn less from it; README),
-        // and a 2x2 grid keeps where on the face its features fire.
-        face_teacher: shared
-            .join("models/dlib/dlib_face_recognition_resnet_model_v1.dat")
-            .display()
-            .to_string(),
-        teachers: TEACHERS.iter().map(|s| s.to_string()).collect(),
-        cnn_model: Some(shared.join("models/dlib/mmod_human_face_detector.dat")),
-        exclusions: None,
-        teacher_layer: "Mixed_6c".into(),
-        teacher_grid: 2,
-        modes: MODES.iter().map(|s| s.to_string()).collect(),
-        device: "cpu".into(),
-        seed: 42,
-        config: Some(PathBuf::from("xtask/ci-pipeline.toml")),
-        cuda: false,
-        install_deps: util::is_root(),
-        download_lfw: false,
-    };
-    let summary = steps.time("pipeline on msceleb-samples", || run_pipeline_checked(&o))?;
-    // The CNN detector must find a face in at least 98% of the photos (#17's aim).
-    let rejects: Value = serde_json::from_str(&std::fs::read_to_string(out.join("rejects.json"))?)?;
-    let photos = std::fs::read_dir(&o.data)?
-        .flatten()
-        .filter_map(|c| std::fs::read_dir(c.path()).ok())
-        .map(|d| d.count())
-        .sum::<usize>();
-    let rejected = rejects["count"].as_u64().unwrap_or(u64::MAX) as usize;
-    let kept = photos.saturating_sub(rejected) as f64 / photos.max(1) as f64;
-    println!(
-        "ci: preprocess kept {:.1}% of {photos} photos",
-        100.0 * kept
-    );
-    if kept < 0.98 {
-        bail!(
-            "preprocess kept {:.1}% of the photos, expected >= 98%",
-            100.0 * kept
+
+    #[test]
+    fn base_trains_once_on_the_first_teachers_features() {
+        let mut o = Options::parse(&args(&["--out", "o"])).unwrap();
+        o.modes = args(&["base", "cosine"]);
+        let teachers = vec![
+            (
+                "inception",
+                PathBuf::from("o/bottlenecks-inception.safetensors"),
+            ),
+            ("face", PathBuf::from("o/bottlenecks-face.safetensors")),
+        ];
+        let runs = planned_runs(&o, &teachers);
+        let tags: Vec<String> = runs.iter().map(|r| r.tag()).collect();
+        assert_eq!(tags, ["base", "inception-cosine", "face-cosine"]);
+        assert_eq!(runs[0].bottlenecks, teachers[0].1);
+        let none = planned_runs(&o, &[]);
+        assert_eq!(
+            none[0].bottlenecks,
+            PathBuf::from("o/bottlenecks.safetensors")
         );
     }
-    // The front page's links and images must all resolve.
-    let page = std::fs::read_to_string(out.join("index.html"))?;
-    let broken = crate::front::broken_links(&page, &out);
-    if !broken.is_empty() {
-        bail!("index.html has links that do not resolve: {broken:?}");
-    }
-    steps.time("planted label errors and strangers", || {
-        planted_checks(&out, &shared)
-    })?;
-    // predict on the pipeline's models (#18): eval's labels again from the raw photos,
-    // strangers left out of training called unknown, a two-face photo.
-    steps.time("predict checks (msceleb)", || {
-        sh(cargo()
-            .args([
-                "test",
-                "--release",
-                "-p",
-                "predict",
-                "--test",
-                "shared_data",
-                "--",
-                "--ignored",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env("CELEB_PIPELINE_OUT", std::fs::canonicalize(&out)?))
-    })?;
-    // A second run must skip every stage.
-    let again = steps.time("pipeline again (all cached)", || run(&o))?;
-    let ran = again["stages_run"].as_array().map(|a| a.len()).unwrap_or(1);
-    if ran != 0 {
-        bail!("second pipeline run re-ran stages: {}", again["stages_run"]);
-    }
-    println!(
-        "ci: pipeline ok in {:.0}s, re-run skipped everything in {:.1}s",
-        summary["seconds"].as_f64().unwrap_or(0.0),
-        again["seconds"].as_f64().unwrap_or(0.0)
-    );
-    Ok(())
-}
-
-/// The identity analysis on the pipeline's face descriptors (#19's aims): 5% of the faces
-/// moved into another folder must be found (recall >= 0.9, precision >= 0.8 among the new
-/// flags), and the study's 4x20 crops (four people not in the data) spread over the
-/// folders must be called strangers (>= 0.9).
-fn planted_checks(out: &Path, shared: &Path) -> Result<()> {
-    let faces = out.join("faces.safetensors");
-    let desc = out.join("bottlenecks-face.safetensors");
-    let example = |name: &str, args: &[std::ffi::OsString]| -> Result<Value> {
-        let o = run_capture(
-            cargo()
-                .args([
-                    "run",
-                    "--release",
-                    "-q",
-                    "-p",
-                    "eval-tsne",
-                    "--example",
-                    name,
-                    "--",
-                ])
-                .args(args),
-        )?;
-        let line = o.lines().rfind(|l| l.starts_with('{')).unwrap_or("{}");
-        Ok(serde_json::from_str(line)?)
-    };
-    let r = example(
-        "plant_errors",
-        &[
-            faces.clone().into(),
-            desc.clone().into(),
-            "0.05".into(),
-            "42".into(),
-        ],
-    )?;
-    println!("ci: planted label errors: {r}");
-    let (recall, precision) = (
-        r["recall"].as_f64().unwrap_or(0.0),
-        r["precision_new"].as_f64().unwrap_or(0.0),
-    );
-    if recall < 0.9 || precision < 0.8 {
-        bail!(
-            "planted label errors: recall {recall:.3} (>= 0.9), precision {precision:.3} (>= 0.8)"
-        );
-    }
-    // The strangers: preprocessed and described like the data.
-    let dir = out.join("planted-strangers");
-    std::fs::create_dir_all(&dir)?;
-    let sfaces = dir.join("faces.safetensors");
-    let sdesc = dir.join("bottlenecks-face.safetensors");
-    sh(Command::new(bin("preprocess"))
-        .args(["--skip-if-fresh", "--device", "cpu", "--input"])
-        .arg(shared.join("data/seed-4x20/crop_4_20/corpus"))
-        .arg("--output")
-        .arg(&sfaces)
-        .arg("--cnn-model")
-        .arg(shared.join("models/dlib/mmod_human_face_detector.dat")))?;
-    sh(Command::new(bin("inception-bottleneck"))
-        .args(["--skip-if-fresh", "--device", "cpu", "--teacher"])
-        .arg(shared.join("models/dlib/dlib_face_recognition_resnet_model_v1.dat"))
-        .arg("--faces")
-        .arg(&sfaces)
-        .arg("--output")
-        .arg(&sdesc)
-        .arg("--cache-dir")
-        .arg(dir.join("cache")))?;
-    let r = example(
-        "plant_strangers",
-        &[faces.into(), desc.into(), sfaces.into(), sdesc.into()],
-    )?;
-    println!("ci: planted strangers: {r}");
-    let share = r["share_strangers"].as_f64().unwrap_or(0.0);
-    if share < 0.9 {
-        bail!("planted strangers: {share:.3} called strangers (>= 0.9)");
-    }
-    Ok(())
-}
-
-fn run_pipeline_checked(o: &Options) -> Result<Value> {
-    let s = run(o)?;
-    let classes = s["classes"].as_u64().unwrap_or(0) as f64;
-    let chance = 1.0 / classes.max(1.0);
-    for r in s["modes"].as_array().into_iter().flatten() {
-        let acc = r["test_top1"].as_f64().unwrap_or(0.0);
-        if acc < 3.0 * chance {
-            bail!(
-                "mode {} reached test accuracy {acc:.3}, not well above chance ({chance:.3})",
-                r["mode"]
-            );
-        }
-    }
-    Ok(s)
 }

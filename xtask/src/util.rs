@@ -126,3 +126,16 @@ pub fn python_has(modules: &str) -> bool {
         .map(|s| s.success())
         .unwrap_or(false)
 }
+
+/// A JSON file, parsed (the stages' reports and summaries, read by the pipeline and its page).
+pub fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// A JSON number with `digits` decimals, `-` when it is not a number (tables and the page).
+pub fn fmt(v: &serde_json::Value, digits: usize) -> String {
+    v.as_f64()
+        .map(|x| format!("{x:.digits$}"))
+        .unwrap_or_else(|| "-".into())
+}

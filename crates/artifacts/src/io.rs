@@ -44,6 +44,16 @@ pub fn digest_file(path: &Path) -> Result<String> {
     Ok(format!("sha256:{}", hex::encode(h.finalize())))
 }
 
+/// Writes `value` as pretty JSON to `path` atomically: the one
+/// writer of the JSON reports and summaries the stages leave beside their artifacts.
+pub fn write_json_atomic(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| ArtifactError::Invalid {
+        path: path.to_path_buf(),
+        problem: e.to_string(),
+    })?;
+    write_atomic(path, text.as_bytes())
+}
+
 /// Writes `bytes` to `path` atomically: a temp file in the same folder, fsync, rename.
 /// A crash leaves either the old file or the new one, never half of one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

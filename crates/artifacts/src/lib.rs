@@ -5,23 +5,24 @@
 //! the config used and the digests of its inputs. Later stages (and `cargo xtask pipeline`)
 //! compare those digests to tell what is stale. Any Python user can open the files with
 //! `safetensors.numpy.load_file` and read `safe_open(path, "np").metadata()`.
+//!
+//! This crate is the contract floor: no candle, so `xtask` and any tool that only reads
+//! artifacts builds in seconds. It also holds the table of dlib's model files
+//! ([`models`]) that the stages load and `xtask` offers to download.
 
 mod bottlenecks;
 mod checkpoint;
-pub mod cpu;
-pub mod device;
 mod embeddings;
 pub mod exclusions;
 mod faces;
 mod io;
-pub mod nhwc;
-pub mod runtime;
+pub mod models;
 
 pub use bottlenecks::{Bottlenecks, BOTTLENECKS_SCHEMA};
 pub use checkpoint::{Checkpoint, NamedTensor, CHECKPOINT_SCHEMA};
 pub use embeddings::{Embeddings, EMBEDDINGS_SCHEMA};
 pub use faces::{FaceGeometry, Faces, CHIP_SIZE, FACES_SCHEMA};
-pub use io::{digest_bytes, digest_file, read_header, write_atomic, Header};
+pub use io::{digest_bytes, digest_file, read_header, write_atomic, write_json_atomic, Header};
 
 use std::path::PathBuf;
 
@@ -197,4 +198,14 @@ pub fn up_to_date(
         tracing::info!("{} is stale ({why}); remaking it", output.display());
     }
     stale.is_none()
+}
+
+/// The teacher id prefix of dlib's face descriptor (`dlib-face:<file>#<digest>`): the one
+/// test for "these features are a metric face descriptor", used wherever a stage treats
+/// identity features differently (open-set gallery, identity analysis).
+pub const FACE_TEACHER_PREFIX: &str = "dlib-face:";
+
+/// True when `teacher` (a bottlenecks artifact's teacher id) is dlib's face descriptor.
+pub fn is_face_teacher(teacher: &str) -> bool {
+    teacher.starts_with(FACE_TEACHER_PREFIX)
 }

@@ -44,7 +44,7 @@ fn flops(net: &Net) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    artifacts::runtime::init();
+    kernels::runtime::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [model, chips, rest @ ..] = args.as_slice() else {
         anyhow::bail!("usage: bench_face MODEL.dat CHIPS.safetensors [BATCH...]");

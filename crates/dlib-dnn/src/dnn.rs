@@ -277,134 +277,162 @@ fn doubles(r: &mut Reader, n: usize) -> Result<Vec<f64>, FormatError> {
     (0..n).map(|_| r.double()).collect()
 }
 
+/// One layer's record: its name, then the fields its kind serialises.
 fn body(r: &mut Reader) -> Result<Layer, FormatError> {
     let at = r.pos();
     let name = r
         .string()
         .map_err(|e| r.err_at(at, format!("expected a layer name ({})", e.what)))?;
     match name.as_str() {
-        "con_4" | "con_5" | "con_6" => {
-            let (_, params) = tensor(r)?;
-            let filters = r.uint("num_filters", 1 << 20)?;
-            let (nr, nc, (sy, sx), (py, px)) = window(r)?;
-            let fdims = alias(r)?;
-            let bdims = alias(r)?;
-            doubles(r, 4)?;
-            let use_bias = if name != "con_4" { r.bool()? } else { true };
-            if name == "con_6" && r.bool()? {
-                return Err(r.err_at(at, "con_6 with a fused ReLU is not supported"));
-            }
-            let k = fdims[1];
-            if fdims != [filters, k, nr, nc] || sy == 0 || sx == 0 {
-                return Err(r.err_at(at, format!("con: filter shape {fdims:?} disagrees with {filters} filters of {nr}x{nc}")));
-            }
-            let nw = filters * k * nr * nc;
-            let nb = if use_bias { filters } else { 0 };
-            if params.len() != nw + nb || (use_bias && bdims[1] != filters) {
-                return Err(r.err_at(at, format!("con: {} parameters, expected {}", params.len(), nw + nb)));
-            }
-            Ok(Layer::Con(Con {
-                filters,
-                in_channels: k,
-                nr,
-                nc,
-                stride: (sy, sx),
-                pad: (py, px),
-                weight: params[..nw].to_vec(),
-                bias: use_bias.then(|| params[nw..].to_vec()),
-            }))
-        }
-        "affine_" | "affine_2" => {
-            let (_, params) = tensor(r)?;
-            let g = alias(r)?;
-            let b = alias(r)?;
-            let mode = r.int()?;
-            if name == "affine_2" {
-                r.bool()?;
-            }
-            let k = g[1];
-            if mode != 0 || g != [1, k, 1, 1] || b != g || params.len() != 2 * k {
-                return Err(r.err_at(at, format!("affine: only CONV mode with per-channel parameters is supported (mode {mode}, gamma {g:?})")));
-            }
-            Ok(Layer::Affine {
-                gamma: params[..k].to_vec(),
-                beta: params[k..].to_vec(),
-            })
-        }
-        "bn_con2" => {
-            let (_, params) = tensor(r)?;
-            let g = alias(r)?;
-            alias(r)?;
-            let k = g[1];
-            let (_, _means) = tensor(r)?;
-            let (_, _invstds) = tensor(r)?;
-            let (_, rmean) = tensor(r)?;
-            let (_, rvar) = tensor(r)?;
-            r.uint("num_updates", u64::MAX)?;
-            r.uint("running_stats_window_size", u64::MAX)?;
-            let d = doubles(r, 5)?;
-            let eps = d[4];
-            if params.len() != 2 * k || rmean.len() != k || rvar.len() != k {
-                return Err(r.err_at(at, "bn_con: parameter sizes disagree"));
-            }
-            // As dlib converts a bn_ into an affine_ at load: g = gamma / sqrt(var + eps).
-            let mut gamma = Vec::with_capacity(k);
-            let mut beta = Vec::with_capacity(k);
-            for c in 0..k {
-                let gc = params[c] / (rvar[c] + eps as f32).sqrt();
-                gamma.push(gc);
-                beta.push(params[k + c] - gc * rmean[c]);
-            }
-            Ok(Layer::Affine { gamma, beta })
-        }
+        "con_4" | "con_5" | "con_6" => con(r, at, &name),
+        "affine_" | "affine_2" => affine(r, at, &name),
+        "bn_con2" => bn_con(r, at),
         "relu_" | "relu_2" => {
             if name == "relu_2" {
                 r.bool()?;
             }
             Ok(Layer::Relu)
         }
-        "max_pool_2" | "avg_pool_2" => {
-            let (nr, nc, (sy, sx), (py, px)) = window(r)?;
-            if sy == 0 || sx == 0 || (nr == 0) != (nc == 0) {
-                return Err(r.err_at(at, "pool: zero stride or half-global window"));
-            }
-            Ok(Layer::Pool(Pool {
-                max: name == "max_pool_2",
-                nr,
-                nc,
-                stride: (sy, sx),
-                pad: (py, px),
-            }))
-        }
+        "max_pool_2" | "avg_pool_2" => pool(r, at, &name),
         "add_prev_" => Ok(Layer::AddPrev),
-        "fc_2" | "fc_3" => {
-            let outputs = r.uint("num_outputs", 1 << 24)?;
-            let inputs = r.uint("num_inputs", 1 << 24)?;
-            let (_, params) = tensor(r)?;
-            alias(r)?;
-            alias(r)?;
-            let mode = r.int()?;
-            doubles(r, 4)?;
-            let mut has_bias = mode == 0;
-            if name == "fc_3" {
-                has_bias &= r.bool()?;
-            }
-            let nw = inputs * outputs;
-            if !(0..=1).contains(&mode) || params.len() != nw + if has_bias { outputs } else { 0 } {
-                return Err(r.err_at(at, format!("fc: {} parameters for {inputs}x{outputs} (bias mode {mode})", params.len())));
-            }
-            Ok(Layer::Fc(Fc {
-                inputs,
-                outputs,
-                weight: params[..nw].to_vec(),
-                bias: has_bias.then(|| params[nw..].to_vec()),
-            }))
-        }
+        "fc_2" | "fc_3" => fc(r, at, &name),
         other => Err(r.err_at(
             at,
             format!("layer \"{other}\" is not a kind this reader knows (con, affine, bn_con, relu, max_pool, avg_pool, add_prev, fc)"),
         )),
     }
+}
+
+/// `con_`: filters, window, stride, padding; `con_6` adds a fused-ReLU flag.
+fn con(r: &mut Reader, at: usize, name: &str) -> Result<Layer, FormatError> {
+    let (_, params) = tensor(r)?;
+    let filters = r.uint("num_filters", 1 << 20)?;
+    let (nr, nc, (sy, sx), (py, px)) = window(r)?;
+    let fdims = alias(r)?;
+    let bdims = alias(r)?;
+    doubles(r, 4)?;
+    let use_bias = if name != "con_4" { r.bool()? } else { true };
+    if name == "con_6" && r.bool()? {
+        return Err(r.err_at(at, "con_6 with a fused ReLU is not supported"));
+    }
+    let k = fdims[1];
+    if fdims != [filters, k, nr, nc] || sy == 0 || sx == 0 {
+        return Err(r.err_at(
+            at,
+            format!("con: filter shape {fdims:?} disagrees with {filters} filters of {nr}x{nc}"),
+        ));
+    }
+    let nw = filters * k * nr * nc;
+    let nb = if use_bias { filters } else { 0 };
+    if params.len() != nw + nb || (use_bias && bdims[1] != filters) {
+        return Err(r.err_at(
+            at,
+            format!("con: {} parameters, expected {}", params.len(), nw + nb),
+        ));
+    }
+    Ok(Layer::Con(Con {
+        filters,
+        in_channels: k,
+        nr,
+        nc,
+        stride: (sy, sx),
+        pad: (py, px),
+        weight: params[..nw].to_vec(),
+        bias: use_bias.then(|| params[nw..].to_vec()),
+    }))
+}
+
+/// `affine_`: per-channel gamma and beta (CONV mode only).
+fn affine(r: &mut Reader, at: usize, name: &str) -> Result<Layer, FormatError> {
+    let (_, params) = tensor(r)?;
+    let g = alias(r)?;
+    let b = alias(r)?;
+    let mode = r.int()?;
+    if name == "affine_2" {
+        r.bool()?;
+    }
+    let k = g[1];
+    if mode != 0 || g != [1, k, 1, 1] || b != g || params.len() != 2 * k {
+        return Err(r.err_at(at, format!("affine: only CONV mode with per-channel parameters is supported (mode {mode}, gamma {g:?})")));
+    }
+    Ok(Layer::Affine {
+        gamma: params[..k].to_vec(),
+        beta: params[k..].to_vec(),
+    })
+}
+
+/// `bn_con`: batch norm, folded into an affine layer from its running statistics.
+fn bn_con(r: &mut Reader, at: usize) -> Result<Layer, FormatError> {
+    let (_, params) = tensor(r)?;
+    let g = alias(r)?;
+    alias(r)?;
+    let k = g[1];
+    let (_, _means) = tensor(r)?;
+    let (_, _invstds) = tensor(r)?;
+    let (_, rmean) = tensor(r)?;
+    let (_, rvar) = tensor(r)?;
+    r.uint("num_updates", u64::MAX)?;
+    r.uint("running_stats_window_size", u64::MAX)?;
+    let d = doubles(r, 5)?;
+    let eps = d[4];
+    if params.len() != 2 * k || rmean.len() != k || rvar.len() != k {
+        return Err(r.err_at(at, "bn_con: parameter sizes disagree"));
+    }
+    // As dlib converts a bn_ into an affine_ at load: g = gamma / sqrt(var + eps).
+    let mut gamma = Vec::with_capacity(k);
+    let mut beta = Vec::with_capacity(k);
+    for c in 0..k {
+        let gc = params[c] / (rvar[c] + eps as f32).sqrt();
+        gamma.push(gc);
+        beta.push(params[k + c] - gc * rmean[c]);
+    }
+    Ok(Layer::Affine { gamma, beta })
+}
+
+/// `max_pool_` / `avg_pool_`: window, stride, padding (a zero window is global).
+fn pool(r: &mut Reader, at: usize, name: &str) -> Result<Layer, FormatError> {
+    let (nr, nc, (sy, sx), (py, px)) = window(r)?;
+    if sy == 0 || sx == 0 || (nr == 0) != (nc == 0) {
+        return Err(r.err_at(at, "pool: zero stride or half-global window"));
+    }
+    Ok(Layer::Pool(Pool {
+        max: name == "max_pool_2",
+        nr,
+        nc,
+        stride: (sy, sx),
+        pad: (py, px),
+    }))
+}
+
+/// `fc_`: outputs, inputs, weights and (by its bias mode) a bias.
+fn fc(r: &mut Reader, at: usize, name: &str) -> Result<Layer, FormatError> {
+    let outputs = r.uint("num_outputs", 1 << 24)?;
+    let inputs = r.uint("num_inputs", 1 << 24)?;
+    let (_, params) = tensor(r)?;
+    alias(r)?;
+    alias(r)?;
+    let mode = r.int()?;
+    doubles(r, 4)?;
+    let mut has_bias = mode == 0;
+    if name == "fc_3" {
+        has_bias &= r.bool()?;
+    }
+    let nw = inputs * outputs;
+    if !(0..=1).contains(&mode) || params.len() != nw + if has_bias { outputs } else { 0 } {
+        return Err(r.err_at(
+            at,
+            format!(
+                "fc: {} parameters for {inputs}x{outputs} (bias mode {mode})",
+                params.len()
+            ),
+        ));
+    }
+    Ok(Layer::Fc(Fc {
+        inputs,
+        outputs,
+        weight: params[..nw].to_vec(),
+        bias: has_bias.then(|| params[nw..].to_vec()),
+    }))
 }
 
 fn input(r: &mut Reader) -> Result<Input, FormatError> {

@@ -3,7 +3,7 @@
 
 use crate::dnn::{Input, Layer, Loss, Net};
 use crate::graph::{input_tensor, normalise_rgb, Graph, Kernels, Wire};
-use crate::Error;
+use crate::{Error, NetworkError};
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
 
@@ -65,20 +65,20 @@ impl FaceDescriptor {
         kernels: Kernels,
         device: &Device,
         dtype: DType,
-    ) -> Result<FaceDescriptor, String> {
+    ) -> Result<FaceDescriptor, NetworkError> {
         let Input::RgbImageSized {
             avg,
             nr: 150,
             nc: 150,
         } = net.input
         else {
-            return Err(format!(
-                "input is {:?}, expected input_rgb_image_sized<150>",
-                net.input
-            ));
+            return Err(NetworkError::Input {
+                found: format!("{:?}", net.input),
+                expected: "input_rgb_image_sized<150>",
+            });
         };
         let Loss::Metric { dist_thresh, .. } = net.loss else {
-            return Err("loss is not loss_metric".into());
+            return Err(NetworkError::Loss("loss_metric"));
         };
         let (kinds, wires) = architecture();
         let found = net.kinds();
@@ -88,20 +88,24 @@ impl FaceDescriptor {
                 .zip(&kinds)
                 .position(|(a, b)| a != b)
                 .unwrap_or(found.len().min(kinds.len()));
-            return Err(format!(
-                "not dlib's face descriptor ResNet: layer {at} is {}, expected {} ({} layers, expected {})",
-                found.get(at).unwrap_or(&"the end"),
-                kinds.get(at).unwrap_or(&"the end"),
-                found.len(),
-                kinds.len()
-            ));
+            return Err(NetworkError::Architecture {
+                net: "dlib's face descriptor ResNet",
+                detail: format!(
+                    "layer {at} is {}, expected {} ({} layers, expected {})",
+                    found.get(at).unwrap_or(&"the end"),
+                    kinds.get(at).unwrap_or(&"the end"),
+                    found.len(),
+                    kinds.len()
+                ),
+            });
         }
         match net.layers.last() {
             Some(Layer::Fc(f)) if f.outputs == DESCRIPTOR_DIM => {}
             _ => {
-                return Err(format!(
-                    "the last layer is not an fc with {DESCRIPTOR_DIM} outputs"
-                ))
+                return Err(NetworkError::Architecture {
+                    net: "dlib's face descriptor ResNet",
+                    detail: format!("the last layer is not an fc with {DESCRIPTOR_DIM} outputs"),
+                })
             }
         }
         let graph = Graph::build(net, &wires, kernels, device, dtype)?;

@@ -1,10 +1,11 @@
 //! A dlib layer stack made runnable: convolutions with their affine layers folded in and
 //! ReLUs fused, tags wired, run on the CPU in NHWC on the shared kernels
-//! ([`artifacts::nhwc`]) or on any device in NCHW with candle ops.
+//! ([`kernels::nhwc`]) or on any device in NCHW with candle ops.
 
-use crate::dnn::{Layer, Net, Pool};
-use artifacts::nhwc::{ConvBiasRelu, Pool2d, PoolKind};
+use crate::dnn::{Con, Fc, Layer, Net, Pool};
+use crate::NetworkError;
 use candle_core::{DType, Device, Result, Tensor};
+use kernels::nhwc::{ConvBiasRelu, Pool2d, PoolKind};
 use std::collections::HashMap;
 
 /// What a tag/skip wrapper or an add_prev refers to; the file does not say, the network's
@@ -64,88 +65,31 @@ impl Graph {
         kernels: Kernels,
         device: &Device,
         dtype: DType,
-    ) -> std::result::Result<Graph, String> {
+    ) -> std::result::Result<Graph, NetworkError> {
         if kernels == Kernels::CpuNhwc && !(device.is_cpu() && dtype == DType::F32) {
-            return Err("the NHWC CPU kernels need the CPU and f32".into());
+            return Err(NetworkError::CpuKernelsNeedCpuF32);
         }
-        let cand = |e: candle_core::Error| e.to_string();
         let mut ops = Vec::new();
         let mut wires = wires.iter();
-        let mut next_wire = |what: &str| {
-            wires
-                .next()
-                .copied()
-                .ok_or_else(|| format!("no wire given for the {what}"))
-        };
+        let mut next_wire = |what| wires.next().copied().ok_or(NetworkError::MissingWire(what));
         let layers = &net.layers;
+        let followed_by_relu = |i: usize| matches!(layers.get(i + 1), Some(Layer::Relu));
+        let unsupported = |layer, problem| Err(NetworkError::Layer { layer, problem });
         let mut i = 0;
         while i < layers.len() {
             match &layers[i] {
                 Layer::Con(c) => {
-                    let mut w = c.weight.clone();
-                    let mut b = c.bias.clone().unwrap_or_else(|| vec![0.0; c.filters]);
-                    if let Some(Layer::Affine { gamma, beta }) = layers.get(i + 1) {
-                        if gamma.len() != c.filters {
-                            return Err(format!(
-                                "layer {}: affine of {} channels after a con of {}",
-                                i + 1,
-                                gamma.len(),
-                                c.filters
-                            ));
-                        }
-                        let per = c.in_channels * c.nr * c.nc;
-                        for f in 0..c.filters {
-                            w[f * per..(f + 1) * per]
-                                .iter_mut()
-                                .for_each(|v| *v *= gamma[f]);
-                            b[f] = b[f] * gamma[f] + beta[f];
-                        }
-                        i += 1;
-                    }
-                    let relu = matches!(layers.get(i + 1), Some(Layer::Relu));
-                    if relu {
-                        i += 1;
-                    }
-                    if c.stride.0 != c.stride.1 || c.pad.0 != c.pad.1 {
-                        return Err(format!(
-                            "layer {i}: asymmetric conv stride/padding is not supported"
-                        ));
-                    }
-                    let dims = [c.filters, c.in_channels, c.nr, c.nc];
-                    let cpu = (kernels == Kernels::CpuNhwc).then(|| {
-                        let op = ConvBiasRelu::new(&w, &b, dims, c.stride.0, c.pad);
-                        if relu {
-                            op
-                        } else {
-                            op.linear()
-                        }
-                    });
-                    let weight = Tensor::from_vec(w, dims.to_vec(), device)
-                        .and_then(|t| t.to_dtype(dtype))
-                        .map_err(cand)?;
-                    let bias = Tensor::from_vec(b, (1, c.filters, 1, 1), device)
-                        .and_then(|t| t.to_dtype(dtype))
-                        .map_err(cand)?;
-                    ops.push(Op::Conv {
-                        cpu,
-                        weight,
-                        bias,
-                        stride: c.stride.0,
-                        pad: c.pad.0,
-                        relu,
-                    });
+                    let (op, used) = conv_op(layers, i, c, kernels, device, dtype)?;
+                    ops.push(op);
+                    i += used;
                 }
                 Layer::Affine { .. } => {
-                    return Err(format!(
-                        "layer {i}: an affine layer not after a con is not supported"
-                    ))
+                    return unsupported(i, "an affine layer not after a con is not supported")
                 }
                 Layer::Relu => ops.push(Op::Relu),
                 Layer::Pool(p) => {
                     if kernels == Kernels::Candle && (p.pad != (0, 0)) {
-                        return Err(format!(
-                            "layer {i}: padded pooling runs on the CPU kernels only"
-                        ));
+                        return unsupported(i, "padded pooling runs on the CPU kernels only");
                     }
                     ops.push(Op::Pool(p.clone()))
                 }
@@ -153,38 +97,25 @@ impl Graph {
                     Wire::Tag(t) => ops.push(Op::Tag(t)),
                     Wire::Skip(t) => ops.push(Op::Skip(t)),
                     Wire::AddPrev(_) => {
-                        return Err(format!("layer {i}: an add_prev wire for a tag/skip layer"))
+                        return unsupported(i, "an add_prev wire for a tag/skip layer")
                     }
                 },
                 Layer::AddPrev => {
                     let Wire::AddPrev(tag) = next_wire("add_prev")? else {
-                        return Err(format!("layer {i}: a tag wire for an add_prev layer"));
+                        return unsupported(i, "a tag wire for an add_prev layer");
                     };
-                    let relu = matches!(layers.get(i + 1), Some(Layer::Relu));
+                    let relu = followed_by_relu(i);
                     if relu {
                         i += 1;
                     }
                     ops.push(Op::AddPrev { tag, relu });
                 }
-                Layer::Fc(f) => {
-                    let weight = Tensor::from_vec(f.weight.clone(), (f.inputs, f.outputs), device)
-                        .and_then(|t| t.to_dtype(dtype))
-                        .map_err(cand)?;
-                    let bias = match &f.bias {
-                        Some(b) => Some(
-                            Tensor::from_vec(b.clone(), (1, f.outputs), device)
-                                .and_then(|t| t.to_dtype(dtype))
-                                .map_err(cand)?,
-                        ),
-                        None => None,
-                    };
-                    ops.push(Op::Fc { weight, bias });
-                }
+                Layer::Fc(f) => ops.push(fc_op(f, device, dtype)?),
             }
             i += 1;
         }
         if next_wire("end").is_ok() {
-            return Err("more wires than tag/skip and add_prev layers".into());
+            return Err(NetworkError::ExtraWires);
         }
         Ok(Graph {
             ops,
@@ -354,4 +285,77 @@ pub fn input_tensor(
         Kernels::CpuNhwc => Ok(t),
         Kernels::Candle => t.permute((0, 3, 1, 2))?.contiguous(),
     }
+}
+
+/// The con at `i` with the affine (folded into its weights) and ReLU that follow it; also
+/// how many of the following layers it used.
+fn conv_op(
+    layers: &[Layer],
+    i: usize,
+    c: &Con,
+    kernels: Kernels,
+    device: &Device,
+    dtype: DType,
+) -> std::result::Result<(Op, usize), NetworkError> {
+    let mut w = c.weight.clone();
+    let mut b = c.bias.clone().unwrap_or_else(|| vec![0.0; c.filters]);
+    let mut used = 0;
+    if let Some(Layer::Affine { gamma, beta }) = layers.get(i + 1) {
+        if gamma.len() != c.filters {
+            return Err(NetworkError::AffineChannels {
+                layer: i + 1,
+                affine: gamma.len(),
+                con: c.filters,
+            });
+        }
+        let per = c.in_channels * c.nr * c.nc;
+        for f in 0..c.filters {
+            w[f * per..(f + 1) * per]
+                .iter_mut()
+                .for_each(|v| *v *= gamma[f]);
+            b[f] = b[f] * gamma[f] + beta[f];
+        }
+        used += 1;
+    }
+    let relu = matches!(layers.get(i + used + 1), Some(Layer::Relu));
+    if relu {
+        used += 1;
+    }
+    if c.stride.0 != c.stride.1 || c.pad.0 != c.pad.1 {
+        return Err(NetworkError::Layer {
+            layer: i + used,
+            problem: "asymmetric conv stride/padding is not supported",
+        });
+    }
+    let dims = [c.filters, c.in_channels, c.nr, c.nc];
+    let cpu = (kernels == Kernels::CpuNhwc).then(|| {
+        let op = ConvBiasRelu::new(&w, &b, dims, c.stride.0, c.pad);
+        if relu {
+            op
+        } else {
+            op.linear()
+        }
+    });
+    let weight = Tensor::from_vec(w, dims.to_vec(), device)?.to_dtype(dtype)?;
+    let bias = Tensor::from_vec(b, (1, c.filters, 1, 1), device)?.to_dtype(dtype)?;
+    let op = Op::Conv {
+        cpu,
+        weight,
+        bias,
+        stride: c.stride.0,
+        pad: c.pad.0,
+        relu,
+    };
+    Ok((op, used))
+}
+
+/// A fully connected layer's weights (and bias) on the device.
+fn fc_op(f: &Fc, device: &Device, dtype: DType) -> std::result::Result<Op, NetworkError> {
+    let weight =
+        Tensor::from_vec(f.weight.clone(), (f.inputs, f.outputs), device)?.to_dtype(dtype)?;
+    let bias = match &f.bias {
+        Some(b) => Some(Tensor::from_vec(b.clone(), (1, f.outputs), device)?.to_dtype(dtype)?),
+        None => None,
+    };
+    Ok(Op::Fc { weight, bias })
 }

@@ -8,7 +8,6 @@ pub mod face;
 pub mod geometry;
 pub mod graph;
 pub mod mmod;
-pub mod models;
 pub mod serialize;
 
 pub use dnn::Net;
@@ -32,8 +31,41 @@ pub enum Error {
         offset: usize,
         what: String,
     },
-    #[error("{path}: {what}")]
-    Network { path: PathBuf, what: String },
+    #[error("{path}: {error}")]
+    Network { path: PathBuf, error: NetworkError },
+}
+
+/// Why a parsed file is not the network asked for, or cannot run as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("input is {found}, expected {expected}")]
+    Input {
+        found: String,
+        expected: &'static str,
+    },
+    #[error("loss is not {0}")]
+    Loss(&'static str),
+    #[error("not {net}: {detail}")]
+    Architecture { net: &'static str, detail: String },
+    #[error("{count} detector windows{}: only one window without box regression is supported", if *.regression { " with box regression" } else { "" })]
+    Windows { count: usize, regression: bool },
+    #[error("the NHWC CPU kernels need the CPU and f32")]
+    CpuKernelsNeedCpuF32,
+    #[error("no wire given for the {0}")]
+    MissingWire(&'static str),
+    #[error("more wires than tag/skip and add_prev layers")]
+    ExtraWires,
+    /// A layer (by index in the file) this graph cannot run.
+    #[error("layer {layer}: {problem}")]
+    Layer { layer: usize, problem: &'static str },
+    #[error("layer {layer}: affine of {affine} channels after a con of {con}")]
+    AffineChannels {
+        layer: usize,
+        affine: usize,
+        con: usize,
+    },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
 }
 
 /// Memory-maps a model file.
@@ -51,11 +83,11 @@ pub fn read_file(path: &Path) -> Result<memmap2::Mmap, Error> {
 /// every error.
 pub(crate) fn open_net<T>(
     path: &Path,
-    build: impl FnOnce(&Net) -> Result<T, String>,
+    build: impl FnOnce(&Net) -> Result<T, NetworkError>,
 ) -> Result<T, Error> {
     let net = Net::open(path)?;
-    build(&net).map_err(|what| Error::Network {
+    build(&net).map_err(|error| Error::Network {
         path: path.to_path_buf(),
-        what,
+        error,
     })
 }

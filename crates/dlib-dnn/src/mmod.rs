@@ -10,7 +10,7 @@
 use crate::chip::RgbImage;
 use crate::dnn::{BoxOverlap, Input, Layer, Loss, Net};
 use crate::graph::{Graph, Kernels};
-use crate::Error;
+use crate::{Error, NetworkError};
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
 
@@ -610,45 +610,44 @@ impl FaceDetector {
         kernels: Kernels,
         device: &Device,
         dtype: DType,
-    ) -> Result<FaceDetector, String> {
+    ) -> Result<FaceDetector, NetworkError> {
         let Input::RgbImagePyramid {
             avg,
             padding,
             outer_padding,
         } = net.input
         else {
-            return Err(format!(
-                "input is {:?}, expected input_rgb_image_pyramid<pyramid_down<6>>",
-                net.input
-            ));
+            return Err(NetworkError::Input {
+                found: format!("{:?}", net.input),
+                expected: "input_rgb_image_pyramid<pyramid_down<6>>",
+            });
         };
         let Loss::Mmod(opts) = &net.loss else {
-            return Err("loss is not loss_mmod".into());
+            return Err(NetworkError::Loss("loss_mmod"));
         };
         let found = net.kinds();
         let want = architecture();
         if found != want {
-            return Err(format!(
-                "not dlib's CNN face detector: layers {found:?}, expected {want:?}"
-            ));
+            return Err(NetworkError::Architecture {
+                net: "dlib's CNN face detector",
+                detail: format!("layers {found:?}, expected {want:?}"),
+            });
         }
         if opts.windows.len() != 1 || opts.use_bounding_box_regression {
-            return Err(format!(
-                "{} detector windows{}: only one window without box regression is supported",
-                opts.windows.len(),
-                if opts.use_bounding_box_regression {
-                    " with box regression"
-                } else {
-                    ""
-                }
-            ));
+            return Err(NetworkError::Windows {
+                count: opts.windows.len(),
+                regression: opts.use_bounding_box_regression,
+            });
         }
         // Output to input, output side first: p -> p * stride - pad + k / 2.
         let (mut scale, mut offset) = (1.0, 0.0);
         for l in net.layers.iter().rev() {
             if let Layer::Con(c) = l {
                 if c.stride.0 != c.stride.1 || c.pad.0 != c.pad.1 || c.nr != c.nc {
-                    return Err("asymmetric conv layers are not supported".into());
+                    return Err(NetworkError::Architecture {
+                        net: "a network these kernels run",
+                        detail: "asymmetric conv layers are not supported".into(),
+                    });
                 }
                 let (s, p, k) = (c.stride.0 as f64, c.pad.0 as f64, (c.nr / 2) as f64);
                 offset = offset * s - p + k;

@@ -272,7 +272,8 @@ fn truncated_and_foreign_files_are_clear_errors() {
     let net = Net::from_bytes(&full).unwrap();
     let e = dlib_dnn::FaceDescriptor::from_net(&net, Kernels::Candle, &Device::Cpu, DType::F32)
         .err()
-        .unwrap();
+        .unwrap()
+        .to_string();
     assert!(
         e.contains("150") || e.contains("not dlib's face descriptor"),
         "{e}"

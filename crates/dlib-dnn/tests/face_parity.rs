@@ -2,10 +2,7 @@
 
 use candle_core::{DType, Device};
 use dlib_dnn::{FaceDescriptor, Kernels};
-use safetensors::SafeTensors;
-
-mod common;
-use common::{f32s, f64s, shared};
+use test_support::fixture::{Fixture, DLIB_FACE};
 
 fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -18,11 +15,9 @@ fn max_abs(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 #[ignore = "needs ../shared (dlib's model and dlib's reference descriptors)"]
 fn descriptors_match_dlib() {
-    let bytes =
-        std::fs::read(shared().join("fixtures/dlib-face-recognition/reference.safetensors"))
-            .unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let model = shared().join("models/dlib/dlib_face_recognition_resnet_model_v1.dat");
+    let fixture = Fixture::open(DLIB_FACE);
+    let st = fixture.tensors();
+    let model = test_support::descriptor_model();
     for kernels in [Kernels::CpuNhwc, Kernels::Candle] {
         let net = FaceDescriptor::open(&model, kernels, &Device::Cpu, DType::F32).unwrap();
         for (input, want) in [
@@ -35,41 +30,24 @@ fn descriptors_match_dlib() {
             let got = net.descriptors(t.data(), n).unwrap();
             assert_eq!(got.dims(), &[n, 128]);
             let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
-            let err = max_abs(&got, &f32s(&st, want));
+            let err = max_abs(&got, &fixture.f32s(want));
             eprintln!("{kernels:?} {input}: max |error| {err:.2e}");
             assert!(err <= 1e-4, "{kernels:?} {input}: max abs error {err}");
         }
     }
 }
 
-/// The fixture's photos, decoded to RGB.
-fn photos() -> Vec<image::RgbImage> {
-    let (_, m) = SafeTensors::read_metadata(
-        &std::fs::read(shared().join("fixtures/dlib-face-recognition/reference.safetensors"))
-            .unwrap(),
-    )
-    .unwrap();
-    let list: Vec<String> =
-        serde_json::from_str(&m.metadata().as_ref().unwrap()["photos"]).unwrap();
-    list.iter()
-        .map(|p| image::open(shared().join(p)).unwrap().to_rgb8())
-        .collect()
-}
-
 #[test]
 #[ignore = "needs ../shared (dlib's chips for 28 photos)"]
 fn chips_match_dlib() {
     use dlib_dnn::chip::{extract_chip, face_chip_details, RgbImage};
-    let bytes =
-        std::fs::read(shared().join("fixtures/dlib-face-recognition/reference.safetensors"))
-            .unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let lm = f32s(&st, "landmarks68");
-    let rects = f64s(&st, "chip_rects");
-    let angles = f64s(&st, "chip_angles");
-    let chips = st.tensor("chips").unwrap().data().to_vec();
+    let fixture = Fixture::open(DLIB_FACE);
+    let lm = fixture.f32s("landmarks68");
+    let rects = fixture.f64s("chip_rects");
+    let angles = fixture.f64s("chip_angles");
+    let chips = fixture.bytes("chips");
     let mut worst = (0f64, 0f64, 0f64);
-    for (i, photo) in photos().iter().enumerate() {
+    for (i, photo) in fixture.rgb_photos().iter().enumerate() {
         let pts: Vec<[f32; 2]> = lm[i * 136..(i + 1) * 136]
             .chunks(2)
             .map(|c| [c[0], c[1]])

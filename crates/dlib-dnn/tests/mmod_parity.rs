@@ -5,10 +5,7 @@ use candle_core::{DType, Device};
 use dlib_dnn::chip::RgbImage;
 use dlib_dnn::mmod::{Detection, Rect};
 use dlib_dnn::{FaceDetector, Kernels};
-use safetensors::SafeTensors;
-
-mod common;
-use common::{f64s, shared};
+use test_support::fixture::{Fixture, DLIB_MMOD};
 
 /// Plain intersection over union of dlib's inclusive boxes.
 fn iou_plain(a: &Rect, b: &Rect) -> f64 {
@@ -19,27 +16,22 @@ fn iou_plain(a: &Rect, b: &Rect) -> f64 {
 #[test]
 #[ignore = "needs ../shared (dlib's CNN detector model and its reference detections)"]
 fn detections_match_dlib() {
-    let bytes = std::fs::read(shared().join("fixtures/dlib-mmod/reference.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
-    let meta = meta.metadata().clone().unwrap();
-    let photos: Vec<String> = serde_json::from_str(&meta["photos"]).unwrap();
-    let model = shared().join("models/dlib/mmod_human_face_detector.dat");
-    let images: Vec<RgbImage> = photos
-        .iter()
-        .map(|p| {
-            let img = image::open(shared().join(p)).unwrap().to_rgb8();
-            RgbImage {
-                width: img.width() as usize,
-                height: img.height() as usize,
-                data: img.into_raw().into(),
-            }
+    let fixture = Fixture::open(DLIB_MMOD);
+    let photos = fixture.photos();
+    let model = test_support::cnn_detector_model();
+    let images: Vec<RgbImage> = fixture
+        .rgb_photos()
+        .into_iter()
+        .map(|img| RgbImage {
+            width: img.width() as usize,
+            height: img.height() as usize,
+            data: img.into_raw().into(),
         })
         .collect();
     for kernels in [Kernels::CpuNhwc, Kernels::Candle] {
         let det = FaceDetector::open(&model, kernels, &Device::Cpu, DType::F32).unwrap();
         for upsample in [0usize, 1] {
-            let want = f64s(&st, &format!("detections_upsample{upsample}"));
+            let want = fixture.f64s(&format!("detections_upsample{upsample}"));
             let mut worst_iou: f64 = 1.0;
             let mut worst_conf: f64 = 0.0;
             for (i, img) in images.iter().enumerate() {

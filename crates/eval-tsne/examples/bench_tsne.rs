@@ -8,13 +8,8 @@ use eval_tsne::tsne::{input_affinities, kl_divergence, tsne, TsneConfig};
 
 /// Clustered data: 20 gaussian blobs in 2048-d with per-blob scales (seeded).
 pub fn data(n: usize, d: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    let mut unif = move || {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((s >> 11) as f64 / (1u64 << 53) as f64).max(1e-300)
-    };
+    let mut lcg = test_support::Lcg::new(seed);
+    let mut unif = move || ((lcg.next_u64() >> 11) as f64 / (1u64 << 53) as f64).max(1e-300);
     let mut gauss = move || {
         let (a, b) = (unif(), unif());
         ((-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()) as f32
@@ -32,7 +27,7 @@ pub fn data(n: usize, d: usize, seed: u64) -> Vec<f32> {
 }
 
 fn main() -> anyhow::Result<()> {
-    artifacts::runtime::init();
+    kernels::runtime::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let n: usize = args.first().map(|s| s.parse()).transpose()?.unwrap_or(1000);
     let d = 2048;

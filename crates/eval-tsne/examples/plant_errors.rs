@@ -19,7 +19,7 @@ fn main() -> anyhow::Result<()> {
     let f = Faces::read(faces.as_ref())?;
     let b = Bottlenecks::read(bottlenecks.as_ref())?;
     let cfg = IdentityConfig::default();
-    let identity = b.teacher.starts_with("dlib-face:");
+    let identity = artifacts::is_face_teacher(&b.teacher);
     let flagged = |labels: &[u32]| -> BTreeSet<usize> {
         if identity {
             analyse(&b.features, b.dim, labels, &f.class_names, &f.sources, &cfg)

@@ -218,7 +218,7 @@ pub fn analyse(
             groups[l].push(members[k]);
         }
         let largest: Vec<&[f32]> = groups[0].iter().map(|&i| row(i)).collect();
-        centres[c] = Some(train::open_set::median(&largest, dim));
+        centres[c] = Some(kernels::stats::median(&largest, dim));
         let sizeable: Vec<Vec<usize>> = groups
             .into_iter()
             .filter(|g| {

@@ -1,7 +1,7 @@
 use anyhow::Result;
-use artifacts::device::DeviceChoice;
 use clap::Parser;
 use eval_tsne::{evaluate, EvalConfig};
+use kernels::device::DeviceChoice;
 use std::path::PathBuf;
 
 /// Evaluate a trained student (or probe): top-1/top-3 accuracy, per-class precision,
@@ -32,7 +32,7 @@ struct Cli {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// TTF font for plot text.
-    #[arg(long, default_value = eval_tsne::plots::DEFAULT_FONT)]
+    #[arg(long, default_value = draw::DEFAULT_FONT)]
     font: PathBuf,
     /// auto, cpu or cuda.
     #[arg(long, default_value = "auto")]
@@ -49,15 +49,11 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
-    artifacts::runtime::main(|| run(Cli::parse()))
+    kernels::runtime::main(|| run(Cli::parse()))
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if let Some(j) = cli.jobs {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(j)
-            .build_global()?;
-    }
+    kernels::runtime::set_jobs(cli.jobs)?;
     let out = cli
         .out
         .unwrap_or_else(|| eval_tsne::default_out(&cli.checkpoint));
@@ -82,39 +78,6 @@ fn run(cli: Cli) -> Result<()> {
         println!("eval-tsne: up to date, skipped ({})", out.display());
         return Ok(());
     }
-    let r = evaluate(&cfg)?;
-    let fmt = |m: &Option<eval_tsne::metrics::Metrics>| {
-        m.as_ref()
-            .map(|m| {
-                format!(
-                    "top-1 {:.4} top-3 {:.4} macro-F1 {:.4} (n={})",
-                    m.top1, m.top3, m.macro_f1, m.n
-                )
-            })
-            .unwrap_or_else(|| "n/a".into())
-    };
-    println!("{} test: {}", r.mode, fmt(&r.test));
-    println!("{} val:  {}", r.mode, fmt(&r.val));
-    println!(
-        "t-SNE KL: student {:.4}{}",
-        r.tsne_kl_student,
-        r.tsne_kl_teacher
-            .map(|k| format!(", teacher {k:.4}"))
-            .unwrap_or_default()
-    );
-    if r.excluded > 0 {
-        println!("exclusions: {} faces left out of the metrics", r.excluded);
-    }
-    println!("dirty-data suspects: {}", r.suspects.len());
-    if let Some(id) = &r.identity {
-        println!(
-            "by identity: {} faces of another person, {} strangers, {} folders of two people; flags.csv: {}",
-            id.other_person,
-            id.strangers,
-            id.split_folders.len(),
-            out.join("flags.csv").display()
-        );
-    }
-    println!("report: {}", out.join("report.html").display());
+    print!("{}", evaluate(&cfg)?.summary(&out));
     Ok(())
 }

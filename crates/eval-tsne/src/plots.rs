@@ -1,30 +1,26 @@
 //! PNG pictures: the t-SNE maps, the confusion matrix, and labelled face montages.
-//! Text is rendered with ab_glyph from a TTF file (no fontconfig needed).
+//! Text is rendered with the font `draw::load_font` registers.
 
 use plotters::prelude::*;
-use plotters::style::FontStyle;
-use std::path::Path;
-use std::sync::OnceLock;
+use std::path::{Path, PathBuf};
 
-/// Debian's `fonts-dejavu-core`.
-pub const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+/// The font's home is the `draw` crate (predict's annotated copies use it too).
+pub use draw::{load_font, FontError, DEFAULT_FONT};
 
-static FONT: OnceLock<Result<(), String>> = OnceLock::new();
-
-/// Registers the font once for the process.
-pub fn load_font(path: &Path) -> Result<(), String> {
-    FONT.get_or_init(|| {
-        let bytes = std::fs::read(path).map_err(|e| {
-            format!(
-                "font {}: {e}; install it with `apt-get install fonts-dejavu-core` or pass --font",
-                path.display()
-            )
-        })?;
-        let leaked: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-        plotters::style::register_font("sans-serif", FontStyle::Normal, leaked)
-            .map_err(|_| format!("{}: not a usable TTF font", path.display()))
-    })
-    .clone()
+/// Why a picture could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    #[error("drawing: {0}")]
+    Draw(#[from] draw::DrawError),
+    #[error("a face's pixels are not a {size}x{size} RGB image")]
+    FaceBuffer { size: usize },
+    #[error("a {width}x{height} montage canvas of the wrong size")]
+    Canvas { width: u32, height: u32 },
+    #[error("{}: {error}", path.display())]
+    Save {
+        path: PathBuf,
+        error: image::ImageError,
+    },
 }
 
 /// A distinct colour per class.
@@ -49,10 +45,6 @@ pub fn class_colour(c: usize, classes: usize) -> RGBColor {
     )
 }
 
-fn err<E: std::fmt::Display>(e: E) -> String {
-    e.to_string()
-}
-
 /// One map panel's points.
 pub struct MapPanel<'a> {
     pub title: String,
@@ -68,10 +60,10 @@ pub fn tsne_png(
     is_test: &[bool],
     wrong: &[bool],
     class_names: &[String],
-) -> Result<(), String> {
+) -> Result<(), PlotError> {
     let w = 760 * panels.len() as u32;
     let root = BitMapBackend::new(path, (w, 820)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
+    root.fill(&WHITE)?;
     let areas = root.split_evenly((1, panels.len()));
     for (area, panel) in areas.iter().zip(panels) {
         let n = labels.len();
@@ -87,26 +79,19 @@ pub fn tsne_png(
         let mut chart = ChartBuilder::on(&area)
             .caption(&panel.title, ("sans-serif", 22))
             .margin(10)
-            .build_cartesian_2d(pad(&xs), pad(&ys))
-            .map_err(err)?;
-        chart.configure_mesh().disable_mesh().draw().map_err(err)?;
+            .build_cartesian_2d(pad(&xs), pad(&ys))?;
+        chart.configure_mesh().disable_mesh().draw()?;
         let classes = class_names.len();
         for i in 0..n {
             let col = class_colour(labels[i] as usize, classes);
             let p = (xs[i], ys[i]);
             if is_test[i] {
-                chart
-                    .draw_series(std::iter::once(TriangleMarker::new(p, 6, col.filled())))
-                    .map_err(err)?;
+                chart.draw_series(std::iter::once(TriangleMarker::new(p, 6, col.filled())))?;
             } else {
-                chart
-                    .draw_series(std::iter::once(Circle::new(p, 3, col.filled())))
-                    .map_err(err)?;
+                chart.draw_series(std::iter::once(Circle::new(p, 3, col.filled())))?;
             }
             if wrong[i] {
-                chart
-                    .draw_series(std::iter::once(Cross::new(p, 6, BLACK.stroke_width(2))))
-                    .map_err(err)?;
+                chart.draw_series(std::iter::once(Cross::new(p, 6, BLACK.stroke_width(2))))?;
             }
         }
         // Legend: a colour chip and the class name per class, in columns.
@@ -114,26 +99,21 @@ pub fn tsne_png(
         for (c, name) in class_names.iter().enumerate() {
             let x = 20 + (c / per_col) as i32 * 185;
             let y = 10 + (c % per_col) as i32 * 22;
-            legend
-                .draw(&Rectangle::new(
-                    [(x, y), (x + 14, y + 14)],
-                    class_colour(c, classes).filled(),
-                ))
-                .map_err(err)?;
-            legend
-                .draw(&Text::new(name.clone(), (x + 20, y), ("sans-serif", 15)))
-                .map_err(err)?;
+            legend.draw(&Rectangle::new(
+                [(x, y), (x + 14, y + 14)],
+                class_colour(c, classes).filled(),
+            ))?;
+            legend.draw(&Text::new(name.clone(), (x + 20, y), ("sans-serif", 15)))?;
         }
         let y = 10 + per_col as i32 * 22 + 6;
-        legend
-            .draw(&Text::new(
-                "circle = train/val   triangle = test   cross = misclassified",
-                (20, y),
-                ("sans-serif", 14),
-            ))
-            .map_err(err)?;
+        legend.draw(&Text::new(
+            "circle = train/val   triangle = test   cross = misclassified",
+            (20, y),
+            ("sans-serif", 14),
+        ))?;
     }
-    root.present().map_err(err)
+    root.present()?;
+    Ok(())
 }
 
 /// `confusion.png`: counts with a blue scale; rows = true class, columns = predicted.
@@ -141,20 +121,19 @@ pub fn confusion_png(
     path: &Path,
     confusion: &[Vec<usize>],
     class_names: &[String],
-) -> Result<(), String> {
+) -> Result<(), PlotError> {
     let c = class_names.len().max(1);
     let cell = (560 / c as u32).clamp(24, 80);
     let left = 200u32;
     let top = 60u32;
     let size = (left + cell * c as u32 + 20, top + cell * c as u32 + 40);
     let root = BitMapBackend::new(path, size).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
+    root.fill(&WHITE)?;
     root.draw(&Text::new(
         "confusion (rows: true, columns: predicted)",
         (10, 10),
         ("sans-serif", 18),
-    ))
-    .map_err(err)?;
+    ))?;
     let max = confusion
         .iter()
         .flatten()
@@ -167,8 +146,7 @@ pub fn confusion_png(
             format!("{i}: {}", class_names[i]),
             (10, (top + cell * i as u32 + cell / 3) as i32),
             ("sans-serif", 14),
-        ))
-        .map_err(err)?;
+        ))?;
         for (j, &v) in row.iter().enumerate() {
             let t = v as f64 / max;
             let col = RGBColor(
@@ -181,15 +159,13 @@ pub fn confusion_png(
             root.draw(&Rectangle::new(
                 [(x0, y0), (x0 + cell as i32 - 1, y0 + cell as i32 - 1)],
                 col.filled(),
-            ))
-            .map_err(err)?;
+            ))?;
             if v > 0 {
                 root.draw(&Text::new(
                     v.to_string(),
                     (x0 + 4, y0 + cell as i32 / 3),
                     ("sans-serif", 14),
-                ))
-                .map_err(err)?;
+                ))?;
             }
         }
     }
@@ -201,10 +177,10 @@ pub fn confusion_png(
                 (top + cell * c as u32 + 6) as i32,
             ),
             ("sans-serif", 13),
-        ))
-        .map_err(err)?;
+        ))?;
     }
-    root.present().map_err(err)
+    root.present()?;
+    Ok(())
 }
 
 /// A face with its caption lines.
@@ -221,7 +197,7 @@ pub fn montage_png(
     size: usize,
     thumb: u32,
     per_row: usize,
-) -> Result<(), String> {
+) -> Result<(), PlotError> {
     let rows = tiles.len().div_ceil(per_row).max(1) as u32;
     let cap_h = 36u32;
     let (w, h) = (
@@ -231,7 +207,7 @@ pub fn montage_png(
     let mut buf = vec![255u8; (w * h * 3) as usize];
     for (t, tile) in tiles.iter().enumerate() {
         let img = image::RgbImage::from_raw(size as u32, size as u32, tile.pixels.to_vec())
-            .ok_or("bad face buffer")?;
+            .ok_or(PlotError::FaceBuffer { size })?;
         let small =
             image::imageops::resize(&img, thumb, thumb, image::imageops::FilterType::Triangle);
         let x0 = 8 + (t % per_row) as u32 * (thumb + 8);
@@ -243,8 +219,7 @@ pub fn montage_png(
     }
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        root.draw(&Text::new(title.to_string(), (8, 8), ("sans-serif", 18)))
-            .map_err(err)?;
+        root.draw(&Text::new(title.to_string(), (8, 8), ("sans-serif", 18)))?;
         for (t, tile) in tiles.iter().enumerate() {
             let x0 = 8 + (t % per_row) as i32 * (thumb + 8) as i32;
             let y0 = 34 + (t / per_row) as i32 * (thumb + cap_h + 8) as i32 + thumb as i32 + 2;
@@ -254,12 +229,17 @@ pub fn montage_png(
                     text,
                     (x0, y0 + 16 * l as i32),
                     ("sans-serif", 13),
-                ))
-                .map_err(err)?;
+                ))?;
             }
         }
-        root.present().map_err(err)?;
+        root.present()?;
     }
-    let img = image::RgbImage::from_raw(w, h, buf).ok_or("bad canvas")?;
-    img.save(path).map_err(err)
+    let img = image::RgbImage::from_raw(w, h, buf).ok_or(PlotError::Canvas {
+        width: w,
+        height: h,
+    })?;
+    img.save(path).map_err(|error| PlotError::Save {
+        path: path.to_path_buf(),
+        error,
+    })
 }

@@ -52,6 +52,7 @@ fn metrics_table(title: &str, m: &Metrics) -> String {
     s
 }
 
+/// What `report.html` shows, in the order it shows it.
 pub struct Page<'a> {
     pub title: String,
     pub summary: Vec<(String, String)>,
@@ -64,7 +65,8 @@ pub struct Page<'a> {
     pub identity_images: Vec<std::path::PathBuf>,
 }
 
-pub fn write(path: &Path, page: &Page) -> Result<(), String> {
+/// Writes `page` to `path` atomically.
+pub fn write(path: &Path, page: &Page) -> Result<(), artifacts::ArtifactError> {
     let mut h = String::new();
     h.push_str("<!doctype html><html><head><meta charset=\"utf-8\"><title>");
     h.push_str(&esc(&page.title));
@@ -148,5 +150,5 @@ pub fn write(path: &Path, page: &Page) -> Result<(), String> {
         h.push_str(&img(p));
     }
     h.push_str("</body></html>");
-    artifacts::write_atomic(path, h.as_bytes()).map_err(|e| e.to_string())
+    artifacts::write_atomic(path, h.as_bytes())
 }

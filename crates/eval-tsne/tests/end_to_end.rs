@@ -4,7 +4,8 @@
 use artifacts::{Faces, Provenance, Split};
 use eval_tsne::{evaluate, EvalConfig};
 use std::path::{Path, PathBuf};
-use train::{Dataset, RunFiles, TrainConfig, TrainMode};
+use test_support::training::train_student;
+use train::{TrainConfig, TrainMode};
 
 fn font_or_skip() -> Option<PathBuf> {
     let p = PathBuf::from(eval_tsne::plots::DEFAULT_FONT);
@@ -62,20 +63,16 @@ fn report_and_pictures_are_produced() {
     let dir = tempfile::tempdir().unwrap();
     let faces = dir.path().join("faces.safetensors");
     synthetic_faces(&faces);
-    let data = Dataset::load(&faces, None).unwrap();
-    let ck = dir.path().join("student-base.safetensors");
     let cfg = TrainConfig {
         mode: TrainMode::Base,
         epochs: 8,
         min_steps: 0,
         batch: 8,
         patience: 0,
-        device: artifacts::device::DeviceChoice::Cpu,
+        device: kernels::device::DeviceChoice::Cpu,
         ..Default::default()
     };
-    let mut files = RunFiles::beside(&ck);
-    files.progress = false;
-    train::train(&data, &cfg, &train::stored_partition(&data), &files).unwrap();
+    let ck = train_student(&faces, None, &cfg, dir.path());
     let out = dir.path().join("eval");
     let ecfg = EvalConfig {
         checkpoint: ck,
@@ -117,9 +114,7 @@ fn report_and_pictures_are_produced() {
 #[test]
 #[ignore = "needs ../shared and Debian data packages"]
 fn msceleb_end_to_end() {
-    let shared = std::env::var_os("CELEB_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    let shared = test_support::shared();
     let dir = tempfile::tempdir().unwrap();
     let faces = dir.path().join("faces.safetensors");
     let s = preprocess::run(
@@ -129,18 +124,14 @@ fn msceleb_end_to_end() {
     )
     .unwrap();
     assert!(s.faces > 1000);
-    let data = Dataset::load(&faces, None).unwrap();
-    let ck = dir.path().join("student-base.safetensors");
     let cfg = TrainConfig {
         mode: TrainMode::Base,
         epochs: 6,
         min_steps: 0,
-        device: artifacts::device::DeviceChoice::Cpu,
+        device: kernels::device::DeviceChoice::Cpu,
         ..Default::default()
     };
-    let mut files = RunFiles::beside(&ck);
-    files.progress = false;
-    train::train(&data, &cfg, &train::stored_partition(&data), &files).unwrap();
+    let ck = train_student(&faces, None, &cfg, dir.path());
     let out = dir.path().join("eval");
     let r = evaluate(&EvalConfig {
         checkpoint: ck,

@@ -8,7 +8,7 @@ use inception_bottleneck::teacher::load_tensors;
 use inception_bottleneck::InceptionV3;
 
 fn main() -> anyhow::Result<()> {
-    artifacts::runtime::init();
+    kernels::runtime::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let weights = args
         .first()

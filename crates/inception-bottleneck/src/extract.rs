@@ -5,10 +5,10 @@ use crate::face_teacher;
 use crate::inception::{block_channels, InceptionV3};
 use crate::teacher::{self, Preprocessing, ResolvedTeacher};
 use crate::Error;
-use artifacts::device::DeviceChoice;
 use artifacts::{Bottlenecks, Faces, Provenance};
 use candle_core::{DType, Device, Tensor};
 use image::imageops::FilterType;
+use kernels::device::DeviceChoice;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -115,14 +115,10 @@ impl Teacher {
             return Self::load_face(cfg);
         }
         if cfg.grid == 0 {
-            return Err(Error::Config("--grid must be at least 1".into()));
+            return Err(Error::ZeroGrid);
         }
-        let dim = block_channels(&cfg.layer).ok_or_else(|| {
-            Error::Config(format!(
-                "unknown --layer `{}`; use `pool` or a block name such as Mixed_6c",
-                cfg.layer
-            ))
-        })?;
+        let dim =
+            block_channels(&cfg.layer).ok_or_else(|| Error::UnknownLayer(cfg.layer.clone()))?;
         let (device, dtype) = device_and_dtype(cfg)?;
         let g = cfg.grid;
         let mut resolved = teacher::resolve(&cfg.teacher, &cfg.revision, Preprocessing::default())?;
@@ -149,9 +145,7 @@ impl Teacher {
 
     fn load_face(cfg: &ExtractConfig) -> Result<Teacher, Error> {
         if cfg.grid != 1 || !matches!(cfg.layer.as_str(), "pool" | "descriptor") {
-            return Err(Error::Config(
-                "--layer and --grid choose an Inception layer; dlib's face teacher has one output (the 128-d descriptor)".into(),
-            ));
+            return Err(Error::FaceTeacherLayer);
         }
         let (device, dtype) = device_and_dtype(cfg)?;
         let path = face_teacher::locate(&cfg.teacher)?;
@@ -236,7 +230,7 @@ impl Teacher {
 
 /// The device and dtype of `--device` and `--dtype` (half precision only on CUDA).
 fn device_and_dtype(cfg: &ExtractConfig) -> Result<(Device, DType), Error> {
-    let device = artifacts::device::pick(cfg.device)?;
+    let device = kernels::device::pick(cfg.device)?;
     let dtype = match (cfg.dtype.as_str(), device.is_cuda()) {
         ("f32", _) => DType::F32,
         ("f16", true) => DType::F16,
@@ -245,11 +239,7 @@ fn device_and_dtype(cfg: &ExtractConfig) -> Result<(Device, DType), Error> {
             tracing::warn!("--dtype {} needs CUDA; using f32 on the CPU", cfg.dtype);
             DType::F32
         }
-        (o, _) => {
-            return Err(Error::Config(format!(
-                "unknown --dtype `{o}` (f32, f16, bf16)"
-            )))
-        }
+        (o, _) => return Err(Error::UnknownDtype(o.to_string())),
     };
     Ok((device, dtype))
 }
@@ -334,73 +324,31 @@ pub fn provenance_inputs(
 /// Runs the teacher over every face of `faces_path` and writes `out_path`.
 pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Result<Summary, Error> {
     if cfg.batch == 0 {
-        return Err(Error::Config("--batch must be at least 1".into()));
+        return Err(Error::ZeroBatch);
     }
     let start = std::time::Instant::now();
     let faces = Faces::read(faces_path)?;
     if faces.is_empty() {
-        return Err(Error::Config(format!(
-            "{} holds no faces",
-            faces_path.display()
-        )));
+        return Err(Error::NoFaces(faces_path.to_path_buf()));
     }
-    // The face teacher reads dlib's chips, which preprocess stores beside the crops.
-    let (chips, vh, vw) = if face_teacher::is_face_teacher(&cfg.teacher) {
-        let chips = faces.geometry.as_ref().and_then(|g| g.chips.as_ref()).ok_or_else(|| {
-            Error::Config(format!(
-                "{} holds no dlib face chips (made by an older preprocess, or --as-is): re-run preprocess",
-                faces_path.display()
-            ))
-        })?;
-        (Some(chips), artifacts::CHIP_SIZE, artifacts::CHIP_SIZE)
-    } else {
-        (None, faces.height, faces.width)
-    };
+    let views = Views::new(&faces, faces_path, cfg)?;
     let teacher = Teacher::load(cfg)?;
     let dim = teacher.dim();
-    let p = teacher.resolved.preprocessing.clone();
-    let face_view = |i: usize| -> &[u8] {
-        match chips {
-            Some(c) => &c[i * vh * vw * 3..(i + 1) * vh * vw * 3],
-            None => faces.image(i),
-        }
-    };
-    let setting = format!(
-        "teacher={} layer={} dtype={:?} preprocessing={}",
-        teacher.resolved.identity,
-        teacher.layer_name(),
-        teacher.dtype,
-        serde_json::to_string(&p).expect("plain")
-    );
-    let cache = match &cfg.cache_dir {
-        Some(dir) => {
-            Some(BottleneckCache::open(dir, &setting).map_err(|e| Error::Io(dir.clone(), e))?)
-        }
-        None => None,
-    };
-    // Job j is face j % n, flipped left-right when j >= n (only with `mirror`).
+    let cache = open_cache(&teacher, cfg)?;
     let n = faces.len();
-    let jobs = if cfg.mirror { 2 * n } else { n };
-    let view = |j: usize| -> std::borrow::Cow<'_, [u8]> {
-        if j < n {
-            face_view(j).into()
-        } else {
-            mirror_hwc(face_view(j - n), vh, vw).into()
-        }
-    };
-    let keys: Vec<String> = (0..jobs)
+    let keys: Vec<String> = (0..views.jobs)
         .into_par_iter()
-        .map(|j| image_key(vh, vw, &view(j)))
+        .map(|j| image_key(views.height, views.width, &views.get(j)))
         .collect();
-    let mut features = vec![0f32; jobs * dim];
+    let mut features = vec![0f32; views.jobs * dim];
     let mut todo = Vec::new();
-    for j in 0..jobs {
+    for j in 0..views.jobs {
         match cache.as_ref().and_then(|c| c.get(&keys[j], Some(dim))) {
             Some(v) => features[j * dim..(j + 1) * dim].copy_from_slice(&v),
             None => todo.push(j),
         }
     }
-    let from_cache = jobs - todo.len();
+    let from_cache = views.jobs - todo.len();
     tracing::info!(
         "{n} faces{}: {from_cache} views from the cache, {} to compute",
         if cfg.mirror {
@@ -410,45 +358,14 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
         },
         todo.len()
     );
-    let bar = indicatif::ProgressBar::new(todo.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template(
-            "bottlenecks {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec}",
-        )
-        .expect("valid template"),
-    );
-    // Prepare batch k+1 on a helper thread (rayon inside) while the model runs batch k.
-    let chunks: Vec<Vec<usize>> = todo.chunks(cfg.batch).map(|c| c.to_vec()).collect();
-    let result: Result<(), Error> = std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<usize>, Vec<f32>)>(2);
-        let (teacher, view) = (&teacher, &view);
-        scope.spawn(move || {
-            for chunk in chunks {
-                let prepared: Vec<f32> = chunk
-                    .par_iter()
-                    .flat_map_iter(|&j| teacher.prepare(&view(j), vh, vw))
-                    .collect();
-                if tx.send((chunk, prepared)).is_err() {
-                    break;
-                }
+    compute(&teacher, &views, &todo, cfg.batch, |i, row| {
+        if let Some(c) = &cache {
+            if let Err(e) = c.put(&keys[i], row) {
+                tracing::warn!("bottleneck cache write failed: {e}");
             }
-        });
-        for (chunk, prepared) in rx {
-            let out = teacher.embed(&prepared, chunk.len())?;
-            for (j, &i) in chunk.iter().enumerate() {
-                let row = &out[j * dim..(j + 1) * dim];
-                if let Some(c) = &cache {
-                    if let Err(e) = c.put(&keys[i], row) {
-                        tracing::warn!("bottleneck cache write failed: {e}");
-                    }
-                }
-                features[i * dim..(i + 1) * dim].copy_from_slice(row);
-            }
-            bar.inc(chunk.len() as u64);
         }
-        Ok(())
-    });
-    result?;
-    bar.finish_and_clear();
+        features[i * dim..(i + 1) * dim].copy_from_slice(row);
+    })?;
     let (faces_digest, provenance) = faces_provenance(faces_path, cfg)?;
     let provenance = provenance.with_input("teacher", teacher.resolved.identity.clone());
     let mirrored = cfg.mirror.then(|| features.split_off(n * dim));
@@ -472,6 +389,123 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
     })
 }
 
+/// What the teacher sees of each face: the study's crop (Inception) or dlib's chip (the
+/// face teacher, which preprocess stores beside the crops). Job `j` is face `j % n`,
+/// flipped left-right when `j >= n` (only with `mirror`).
+struct Views<'a> {
+    faces: &'a Faces,
+    chips: Option<&'a [u8]>,
+    height: usize,
+    width: usize,
+    jobs: usize,
+}
+
+impl<'a> Views<'a> {
+    fn new(faces: &'a Faces, faces_path: &Path, cfg: &ExtractConfig) -> Result<Self, Error> {
+        let n = faces.len();
+        let jobs = if cfg.mirror { 2 * n } else { n };
+        if !face_teacher::is_face_teacher(&cfg.teacher) {
+            return Ok(Views {
+                faces,
+                chips: None,
+                height: faces.height,
+                width: faces.width,
+                jobs,
+            });
+        }
+        let chips = faces
+            .geometry
+            .as_ref()
+            .and_then(|g| g.chips.as_deref())
+            .ok_or_else(|| Error::NoChips(faces_path.to_path_buf()))?;
+        Ok(Views {
+            faces,
+            chips: Some(chips),
+            height: artifacts::CHIP_SIZE,
+            width: artifacts::CHIP_SIZE,
+            jobs,
+        })
+    }
+
+    fn face(&self, i: usize) -> &'a [u8] {
+        let len = self.height * self.width * 3;
+        match self.chips {
+            Some(c) => &c[i * len..(i + 1) * len],
+            None => self.faces.image(i),
+        }
+    }
+
+    fn get(&self, j: usize) -> std::borrow::Cow<'a, [u8]> {
+        let n = self.faces.len();
+        if j < n {
+            self.face(j).into()
+        } else {
+            mirror_hwc(self.face(j - n), self.height, self.width).into()
+        }
+    }
+}
+
+/// The bottleneck cache for this teacher's setting, when one is asked for.
+fn open_cache(teacher: &Teacher, cfg: &ExtractConfig) -> Result<Option<BottleneckCache>, Error> {
+    let setting = format!(
+        "teacher={} layer={} dtype={:?} preprocessing={}",
+        teacher.resolved.identity,
+        teacher.layer_name(),
+        teacher.dtype,
+        serde_json::to_string(&teacher.resolved.preprocessing).expect("plain")
+    );
+    match &cfg.cache_dir {
+        Some(dir) => Ok(Some(
+            BottleneckCache::open(dir, &setting).map_err(|e| Error::Io(dir.clone(), e))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Runs the teacher over the jobs `todo` in batches, handing each job's row to `done`.
+/// Batch k+1 is prepared on a helper thread (rayon inside) while the model runs batch k.
+fn compute(
+    teacher: &Teacher,
+    views: &Views,
+    todo: &[usize],
+    batch: usize,
+    mut done: impl FnMut(usize, &[f32]),
+) -> Result<(), Error> {
+    let dim = teacher.dim();
+    let (vh, vw) = (views.height, views.width);
+    let bar = indicatif::ProgressBar::new(todo.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "bottlenecks {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec}",
+        )
+        .expect("valid template"),
+    );
+    let chunks: Vec<Vec<usize>> = todo.chunks(batch).map(|c| c.to_vec()).collect();
+    std::thread::scope(|scope| -> Result<(), Error> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<usize>, Vec<f32>)>(2);
+        scope.spawn(move || {
+            for chunk in chunks {
+                let prepared: Vec<f32> = chunk
+                    .par_iter()
+                    .flat_map_iter(|&j| teacher.prepare(&views.get(j), vh, vw))
+                    .collect();
+                if tx.send((chunk, prepared)).is_err() {
+                    break;
+                }
+            }
+        });
+        for (chunk, prepared) in rx {
+            let out = teacher.embed(&prepared, chunk.len())?;
+            for (j, &i) in chunk.iter().enumerate() {
+                done(i, &out[j * dim..(j + 1) * dim]);
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
 /// Builds a `Bottlenecks` artifact from `retrain.py` text files matching the faces' sources.
 pub fn import_retrain(
     faces_path: &Path,
@@ -480,9 +514,7 @@ pub fn import_retrain(
     cfg: &ExtractConfig,
 ) -> Result<Summary, Error> {
     if cfg.mirror {
-        return Err(Error::Config(
-            "--mirror needs the teacher itself: retrain.py files hold no mirrored views".into(),
-        ));
+        return Err(Error::MirrorNeedsTeacher);
     }
     let start = std::time::Instant::now();
     let faces = Faces::read(faces_path)?;
@@ -518,13 +550,12 @@ pub fn export_retrain(
     let faces = Faces::read(faces_path)?;
     let b = Bottlenecks::read(bottlenecks_path)?;
     if b.len() != faces.len() {
-        return Err(Error::Config(format!(
-            "{} has {} rows but {} has {} faces",
-            bottlenecks_path.display(),
-            b.len(),
-            faces_path.display(),
-            faces.len()
-        )));
+        return Err(Error::RowCount {
+            bottlenecks: bottlenecks_path.to_path_buf(),
+            rows: b.len(),
+            faces_path: faces_path.to_path_buf(),
+            faces: faces.len(),
+        });
     }
     crate::retrain::export(dir, &faces.sources, b.dim, &b.features)?;
     Ok(faces.len())

@@ -6,18 +6,18 @@ use std::path::{Path, PathBuf};
 
 /// `--teacher` value that selects dlib's face descriptor.
 pub const FACE_TEACHER: &str = "dlib-face";
-use dlib_dnn::models::FACE_DESCRIPTOR;
+use artifacts::models::FACE_DESCRIPTOR;
 
 pub fn is_face_teacher(spec: &str) -> bool {
     spec == FACE_TEACHER || spec.ends_with(".dat")
 }
 
 /// Finds the model file: an explicit `.dat` path; the project's model cache; the Python
-/// package `face_recognition_models` (`dlib_dnn::models::locate`). Otherwise says how to
+/// package `face_recognition_models` (`artifacts::models::locate`). Otherwise says how to
 /// get it.
 pub fn locate(spec: &str) -> Result<PathBuf, TeacherError> {
     let explicit = (spec != FACE_TEACHER).then(|| Path::new(spec));
-    dlib_dnn::models::locate(&FACE_DESCRIPTOR, explicit).map_err(|e| TeacherError::BadFile {
+    artifacts::models::locate(&FACE_DESCRIPTOR, explicit).map_err(|e| TeacherError::BadFile {
         path: e.path,
         problem: e.problem,
     })
@@ -40,5 +40,9 @@ pub fn identity(path: &Path) -> Result<String, TeacherError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    Ok(format!("dlib-face:{name}#{}", &hex[..16]))
+    Ok(format!(
+        "{}{name}#{}",
+        artifacts::FACE_TEACHER_PREFIX,
+        &hex[..16]
+    ))
 }

@@ -1,9 +1,15 @@
-//! The teacher: Inception-v3 in candle, weight loading from the Hugging Face hub or local
-//! files, and cached extraction of pooled bottlenecks into a `Bottlenecks` artifact.
+//! The teacher stage: every face through a teacher network, its outputs cached and
+//! written as a `Bottlenecks` artifact the student trains against.
+//!
+//! Two teachers ([`extract::TeacherNet`]): the study's Inception-v3 in candle (weights
+//! from the Hugging Face hub or local files; its 2048-d pool or any block, optionally
+//! pooled on a grid), and dlib's face descriptor (`--teacher dlib-face`, 128-d, run on
+//! dlib's face chips that preprocess stores beside the crops; see [`face_teacher`]). The
+//! crate keeps its design-card name; a new teacher is a `TeacherNet` variant.
 
 pub mod cache;
 /// The NHWC CPU kernels, shared with dlib's networks.
-pub use artifacts::nhwc as cpu_kernels;
+pub use kernels::nhwc as cpu_kernels;
 pub mod extract;
 pub mod face_teacher;
 pub mod inception;
@@ -33,6 +39,29 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
-    #[error("{0}")]
-    Config(String),
+    #[error("--batch must be at least 1")]
+    ZeroBatch,
+    #[error("--grid must be at least 1")]
+    ZeroGrid,
+    #[error("unknown --layer `{0}`; use `pool` or a block name such as Mixed_6c")]
+    UnknownLayer(String),
+    #[error("--layer and --grid choose an Inception layer; dlib's face teacher has one output (the 128-d descriptor)")]
+    FaceTeacherLayer,
+    #[error("unknown --dtype `{0}` (f32, f16, bf16)")]
+    UnknownDtype(String),
+    #[error("{0} holds no faces")]
+    NoFaces(PathBuf),
+    #[error(
+        "{0} holds no dlib face chips (made by an older preprocess, or --as-is): re-run preprocess"
+    )]
+    NoChips(PathBuf),
+    #[error("--mirror needs the teacher itself: retrain.py files hold no mirrored views")]
+    MirrorNeedsTeacher,
+    #[error("{bottlenecks} has {rows} rows but {faces_path} has {faces} faces")]
+    RowCount {
+        bottlenecks: PathBuf,
+        rows: usize,
+        faces_path: PathBuf,
+        faces: usize,
+    },
 }

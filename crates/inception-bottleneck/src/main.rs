@@ -1,12 +1,14 @@
 use anyhow::Result;
-use artifacts::device::DeviceChoice;
 use clap::Parser;
 use inception_bottleneck::{extract, ExtractConfig};
+use kernels::device::DeviceChoice;
 use std::path::PathBuf;
 
-/// Run every face through Inception-v3 and keep its pooled bottleneck (TensorFlow's
-/// `pool_3`, 2048-d by default). Results are cached per image, so re-running after adding
-/// photos computes only the new ones.
+/// The teacher stage: run every face through a teacher and keep its output, the
+/// bottleneck the student learns from. Inception-v3's pooled features (TensorFlow's
+/// `pool_3`, 2048-d) by default, or dlib's 128-d face descriptor with `--teacher
+/// dlib-face`. Results are cached per image, so re-running after adding photos computes
+/// only the new ones.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Cli {
@@ -16,8 +18,9 @@ struct Cli {
     /// Bottlenecks artifact to write.
     #[arg(long, default_value = "data/artifacts/bottlenecks.safetensors")]
     output: PathBuf,
-    /// Hugging Face repo id, a local folder (model.safetensors + config.json, timm layout),
-    /// or a single .safetensors/.pth file. HF_HOME, HF_HUB_CACHE and HF_HUB_OFFLINE=1 are honoured.
+    /// `dlib-face` (or a path to dlib's face model `.dat`) for the face teacher; else
+    /// Inception-v3 from a Hugging Face repo id, a local folder (model.safetensors +
+    /// config.json, timm layout), or a single .safetensors/.pth file. HF_HOME, HF_HUB_CACHE and HF_HUB_OFFLINE=1 are honoured.
     #[arg(long, default_value = inception_bottleneck::teacher::DEFAULT_TEACHER)]
     teacher: String,
     /// Hub revision (branch, tag or commit).
@@ -88,15 +91,11 @@ fn parse_triple(s: &str) -> Result<[f32; 3], String> {
 }
 
 fn main() -> std::process::ExitCode {
-    artifacts::runtime::main(|| run(Cli::parse()))
+    kernels::runtime::main(|| run(Cli::parse()))
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if let Some(j) = cli.jobs {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(j)
-            .build_global()?;
-    }
+    kernels::runtime::set_jobs(cli.jobs)?;
     let cfg = ExtractConfig {
         // A path is recorded absolute: `predict` reloads the teacher from any folder.
         teacher: match std::fs::canonicalize(&cli.teacher) {

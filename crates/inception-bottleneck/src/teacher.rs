@@ -24,6 +24,22 @@ pub enum TeacherError {
     BadFile { path: PathBuf, problem: String },
 }
 
+/// Why a timm `config.json` gives no preprocessing.
+#[derive(Debug, thiserror::Error)]
+pub enum TimmConfigError {
+    #[error("{key}: {error}")]
+    Field {
+        key: &'static str,
+        error: serde_json::Error,
+    },
+    #[error("input_size {0:?}: expected [3, S, S]")]
+    InputSize(Vec<usize>),
+    #[error("std must be positive")]
+    StdNotPositive,
+    #[error("interpolation `{0}` (bilinear, bicubic or nearest)")]
+    Interpolation(String),
+}
+
 /// How images are turned into the teacher's input tensor (timm's `pretrained_cfg`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Preprocessing {
@@ -49,26 +65,29 @@ impl Default for Preprocessing {
 impl Preprocessing {
     /// Reads timm's `config.json` (`pretrained_cfg` with `input_size`, `interpolation`,
     /// `mean`, `std`); missing fields keep the defaults.
-    pub fn from_timm_config(json: &serde_json::Value) -> Result<Preprocessing, String> {
+    pub fn from_timm_config(json: &serde_json::Value) -> Result<Preprocessing, TimmConfigError> {
         let cfg = json.get("pretrained_cfg").unwrap_or(json);
         let mut p = Preprocessing::default();
         if let Some(size) = cfg.get("input_size") {
             let v: Vec<usize> =
-                serde_json::from_value(size.clone()).map_err(|e| format!("input_size: {e}"))?;
+                serde_json::from_value(size.clone()).map_err(|error| TimmConfigError::Field {
+                    key: "input_size",
+                    error,
+                })?;
             match v.as_slice() {
                 [3, h, w] if h == w && *h > 0 => p.size = *h,
-                other => return Err(format!("input_size {other:?}: expected [3, S, S]")),
+                other => return Err(TimmConfigError::InputSize(other.to_vec())),
             }
         }
         if let Some(i) = cfg.get("interpolation").and_then(|v| v.as_str()) {
             p.interpolation = i.to_string();
         }
-        let triple = |key: &str| -> Result<Option<[f32; 3]>, String> {
+        let triple = |key: &'static str| -> Result<Option<[f32; 3]>, TimmConfigError> {
             match cfg.get(key) {
                 None => Ok(None),
                 Some(v) => serde_json::from_value::<[f32; 3]>(v.clone())
                     .map(Some)
-                    .map_err(|e| format!("{key}: {e}")),
+                    .map_err(|error| TimmConfigError::Field { key, error }),
             }
         };
         if let Some(m) = triple("mean")? {
@@ -76,15 +95,12 @@ impl Preprocessing {
         }
         if let Some(s) = triple("std")? {
             if s.iter().any(|&x| x <= 0.0) {
-                return Err("std must be positive".into());
+                return Err(TimmConfigError::StdNotPositive);
             }
             p.std = s;
         }
         if !matches!(p.interpolation.as_str(), "bilinear" | "bicubic" | "nearest") {
-            return Err(format!(
-                "interpolation `{}` (bilinear, bicubic or nearest)",
-                p.interpolation
-            ));
+            return Err(TimmConfigError::Interpolation(p.interpolation));
         }
         Ok(p)
     }
@@ -132,7 +148,7 @@ fn read_config(path: &Path) -> Result<Preprocessing, TeacherError> {
     };
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    Preprocessing::from_timm_config(&json).map_err(bad)
+    Preprocessing::from_timm_config(&json).map_err(|e| bad(e.to_string()))
 }
 
 /// Resolves `--teacher`: an existing folder (timm layout), an existing weights file

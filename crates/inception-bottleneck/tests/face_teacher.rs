@@ -2,11 +2,8 @@
 
 use artifacts::{Bottlenecks, FaceGeometry, Faces, Provenance, Split};
 use inception_bottleneck::{export_retrain, extract, ExtractConfig};
-use std::path::{Path, PathBuf};
-
-fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
-}
+use std::path::Path;
+use test_support::fixture::{Fixture, DLIB_FACE};
 
 /// A faces artifact of `n` faces; `chips` (u8 [n,150,150,3]) as its dlib chips.
 fn faces(path: &Path, n: usize, chips: Option<Vec<u8>>) {
@@ -62,28 +59,16 @@ fn faces_without_chips_are_a_clear_error() {
 #[test]
 #[ignore = "needs ../shared (dlib's model and its reference descriptors)"]
 fn extraction_gives_dlibs_descriptors_and_caches_them() {
-    let bytes =
-        std::fs::read(shared().join("fixtures/dlib-face-recognition/reference.safetensors"))
-            .unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let chips = st.tensor("chips").unwrap().data().to_vec();
-    let want: Vec<f32> = st
-        .tensor("descriptors")
-        .unwrap()
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let fixture = Fixture::open(DLIB_FACE);
+    let chips = fixture.bytes("chips");
+    let want = fixture.f32s("descriptors");
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("faces.safetensors");
     faces(&p, 28, Some(chips));
     let cfg = ExtractConfig {
-        teacher: shared()
-            .join("models/dlib/dlib_face_recognition_resnet_model_v1.dat")
-            .display()
-            .to_string(),
+        teacher: test_support::descriptor_model().display().to_string(),
         cache_dir: Some(dir.path().join("cache")),
-        device: artifacts::device::DeviceChoice::Cpu,
+        device: kernels::device::DeviceChoice::Cpu,
         ..Default::default()
     };
     let out = dir.path().join("b.safetensors");

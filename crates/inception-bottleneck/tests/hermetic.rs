@@ -226,7 +226,7 @@ fn fake_hub_cache_resolves_offline() {
         batch: 2,
         size: Some(75),
         cache_dir: Some(dir.path().join("cache")),
-        device: artifacts::device::DeviceChoice::Cpu,
+        device: kernels::device::DeviceChoice::Cpu,
         ..Default::default()
     };
     let out = dir.path().join("b.safetensors");

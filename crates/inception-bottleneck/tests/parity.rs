@@ -3,13 +3,7 @@
 use candle_core::{DType, Device, Tensor};
 use inception_bottleneck::teacher::load_tensors;
 use inception_bottleneck::InceptionV3;
-use std::path::PathBuf;
-
-fn shared() -> PathBuf {
-    std::env::var_os("CELEB_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-}
+use test_support::shared;
 
 fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     let a = a.to_dtype(DType::F64).unwrap();
@@ -119,7 +113,7 @@ fn stand_in_teacher_on_study_faces_and_tensorflow_import() {
             .to_string(),
         layer: "Mixed_6c".into(),
         cache_dir: None,
-        device: artifacts::device::DeviceChoice::Cpu,
+        device: kernels::device::DeviceChoice::Cpu,
         ..Default::default()
     };
     let out = dir.path().join("b.safetensors");

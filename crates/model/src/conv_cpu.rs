@@ -8,11 +8,11 @@
 //! blocks and scatters each image's patch gradient straight back to its pixels (col2im),
 //! in parallel over images, deterministically.
 
-use artifacts::cpu::{
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
+use kernels::cpu::{
     f32_slice as slice, gemm, gemm_at_b, gemm_one_thread, kernel_from_patch_major,
     kernel_to_patch_major, Mat,
 };
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 

@@ -9,7 +9,7 @@ use artifacts::{Bottlenecks, Faces};
 use std::path::PathBuf;
 
 fn main() -> Result<()> {
-    artifacts::runtime::init();
+    kernels::runtime::init();
     let a: Vec<String> = std::env::args().skip(1).collect();
     if a.len() < 7 {
         anyhow::bail!("usage: strangers FACES BOTTLENECKS DATA MODE EPOCHS SEED A,B [A,B ...]");
@@ -24,24 +24,18 @@ fn main() -> Result<()> {
     let work = tempfile::tempdir()?;
     for pair in &a[6..] {
         let leave_out: Vec<String> = pair.split(',').map(str::to_string).collect();
-        let run = predict::measure::LeaveOut {
+        let run = test_support::measure::LeaveOut {
             faces: &faces,
             bottlenecks: &b,
             data: &PathBuf::from(&a[2]),
             leave_out,
             train: train::TrainConfig {
-                mode,
-                epochs,
-                phase1_epochs: epochs.div_ceil(2),
-                min_steps: 0,
-                patience: 0,
                 seed,
-                device: artifacts::device::DeviceChoice::Cpu,
-                ..Default::default()
+                ..test_support::training::short(mode, epochs)
             },
             dir: work.path().join(pair.replace(',', "+")),
         };
-        let fig = predict::measure::leave_out(&run)?;
+        let fig = test_support::measure::leave_out(&run)?;
         println!("{}", fig.summary());
     }
     Ok(())

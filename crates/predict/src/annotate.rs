@@ -3,16 +3,37 @@
 use crate::run::PhotoResult;
 use plotters::prelude::*;
 use preprocess::decode::Rgb;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const KNOWN: RGBColor = RGBColor(40, 200, 60);
 const UNKNOWN: RGBColor = RGBColor(240, 140, 0);
 const FAILED: RGBColor = RGBColor(220, 40, 40);
 
+/// Why a photo got no annotated copy.
+#[derive(Debug, thiserror::Error)]
+pub enum AnnotateError {
+    #[error("drawing: {0}")]
+    Draw(#[from] draw::DrawError),
+    #[error("a {width}x{height} photo whose pixels do not fill it")]
+    Buffer { width: u32, height: u32 },
+    #[error("encoding {}: {error}", path.display())]
+    Encode {
+        path: PathBuf,
+        error: image::ImageError,
+    },
+    #[error("{}: {error}", path.display())]
+    Folder {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(transparent)]
+    Write(#[from] artifacts::ArtifactError),
+}
+
 /// Draws the faces of `photo` on its decoded image and writes it to `out` (PNG or JPEG
 /// by the extension), atomically. The font must be registered
-/// ([`eval_tsne::plots::load_font`]).
-pub fn annotate(img: &Rgb, photo: &PhotoResult, out: &Path) -> Result<(), String> {
+/// ([`draw::load_font`]).
+pub fn annotate(img: &Rgb, photo: &PhotoResult, out: &Path) -> Result<(), AnnotateError> {
     let (w, h) = (img.width as u32, img.height as u32);
     let mut buf = img.data.clone();
     {
@@ -33,8 +54,7 @@ pub fn annotate(img: &Rgb, photo: &PhotoResult, out: &Path) -> Result<(), String
                 root.draw(&Rectangle::new(
                     [(x0 - k, y0 - k), (x1 + k, y1 + k)],
                     colour.stroke_width(1),
-                ))
-                .map_err(|e| e.to_string())?;
+                ))?;
             }
             // Short, so that neighbouring faces' labels stay apart (the table has the rest).
             let label = match (&f.best, &f.person, &f.error) {
@@ -42,9 +62,7 @@ pub fn annotate(img: &Rgb, photo: &PhotoResult, out: &Path) -> Result<(), String
                 (Some(b), Some(p), None) => format!("{p} {:.2}", b.probability),
                 _ => "unknown".to_string(),
             };
-            let (tw, th) = root
-                .estimate_text_size(&label, &font)
-                .map_err(|e| e.to_string())?;
+            let (tw, th) = root.estimate_text_size(&label, &font)?;
             // Above the box when there is room, else inside its top edge.
             let ty = if y0 - th as i32 - 4 >= 0 {
                 y0 - th as i32 - 4
@@ -57,14 +75,15 @@ pub fn annotate(img: &Rgb, photo: &PhotoResult, out: &Path) -> Result<(), String
                     (x0 + tw as i32 + 4, ty + th as i32 + 2),
                 ],
                 colour.filled(),
-            ))
-            .map_err(|e| e.to_string())?;
-            root.draw(&Text::new(label, (x0 + 2, ty), font.clone()))
-                .map_err(|e| e.to_string())?;
+            ))?;
+            root.draw(&Text::new(label, (x0 + 2, ty), font.clone()))?;
         }
-        root.present().map_err(|e| e.to_string())?;
+        root.present()?;
     }
-    let picture = image::RgbImage::from_raw(w, h, buf).ok_or("bad buffer")?;
+    let picture = image::RgbImage::from_raw(w, h, buf).ok_or(AnnotateError::Buffer {
+        width: w,
+        height: h,
+    })?;
     let format = match out
         .extension()
         .and_then(|e| e.to_str())
@@ -76,11 +95,18 @@ pub fn annotate(img: &Rgb, photo: &PhotoResult, out: &Path) -> Result<(), String
     let mut bytes = std::io::Cursor::new(Vec::new());
     picture
         .write_to(&mut bytes, format)
-        .map_err(|e| format!("encoding {}: {e}", out.display()))?;
+        .map_err(|error| AnnotateError::Encode {
+            path: out.to_path_buf(),
+            error,
+        })?;
     if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|error| AnnotateError::Folder {
+            path: dir.to_path_buf(),
+            error,
+        })?;
     }
-    artifacts::write_atomic(out, bytes.get_ref()).map_err(|e| e.to_string())
+    artifacts::write_atomic(out, bytes.get_ref())?;
+    Ok(())
 }
 
 /// The annotated copy's path: the photo's path below the folder it was found in (or its

@@ -5,7 +5,6 @@
 //! [`run`] takes photos through them; [`output`] prints; [`annotate`] draws.
 
 pub mod annotate;
-pub mod measure;
 pub mod model;
 pub mod output;
 pub mod run;
@@ -15,18 +14,62 @@ pub use run::{predict_photos, FaceResult, PhotoResult, Timings};
 
 use std::path::{Path, PathBuf};
 
+/// What can go wrong in predicting: the model (each failure names the checkpoint), the
+/// default model's lookup, the photos, the teacher.
 #[derive(Debug, thiserror::Error)]
 pub enum PredictError {
+    /// The checkpoint cannot be used here (the problem says why).
     #[error("model {path}: {problem}")]
     Model { path: PathBuf, problem: String },
+    #[error("model {path}: {source}")]
+    Checkpoint {
+        path: PathBuf,
+        source: Box<artifacts::ArtifactError>,
+    },
+    /// Loading or running the trained classifier failed.
+    #[error("model {path}: {source}")]
+    Classifier {
+        path: PathBuf,
+        source: Box<train::TrainError>,
+    },
+    #[error("model {path}: {source}")]
+    OpenSet {
+        path: PathBuf,
+        source: Box<train::open_set::OpenSetError>,
+    },
+    /// The CNN detector the faces were found with cannot be read.
+    #[error("model {path}: its faces were found by the CNN detector {}: {source}", detector.display())]
+    Detector {
+        path: PathBuf,
+        detector: PathBuf,
+        source: Box<artifacts::ArtifactError>,
+    },
     #[error("{0}")]
-    Config(String),
+    Device(candle_core::Error),
+    #[error("no trained model given and {summary} is unreadable ({source}); run `cargo xtask pipeline` or pass --model")]
+    NoPipelineSummary {
+        summary: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{summary}: {source}")]
+    PipelineSummary {
+        summary: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{0} names no best model (did every training fail?); pass --model")]
+    NoBestModel(PathBuf),
+    #[error("{summary} names {checkpoint} as the best model, but it is missing")]
+    BestModelMissing {
+        summary: PathBuf,
+        checkpoint: PathBuf,
+    },
+    /// Models run together must share their preprocessing.
+    #[error("{first} and {other} were trained on faces preprocessed differently")]
+    MixedPreprocessing { first: PathBuf, other: PathBuf },
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
     #[error("teacher: {0}")]
     Teacher(#[from] inception_bottleneck::Error),
-    #[error("{0}")]
-    Output(String),
 }
 
 /// File extensions taken from folders (named files are taken whatever their name).
@@ -49,23 +92,10 @@ pub fn list_photos(args: &[PathBuf]) -> Result<Vec<Input>, PredictError> {
     for a in args {
         let meta = std::fs::metadata(a).map_err(|e| PredictError::Io(a.clone(), e))?;
         if meta.is_dir() {
-            let mut stack = vec![a.clone()];
-            let mut found = Vec::new();
-            while let Some(dir) = stack.pop() {
-                let rd = std::fs::read_dir(&dir).map_err(|e| PredictError::Io(dir.clone(), e))?;
-                for e in rd.flatten() {
-                    let p = e.path();
-                    if e.file_name().to_string_lossy().starts_with('.') {
-                        continue;
-                    }
-                    match std::fs::metadata(&p) {
-                        Ok(m) if m.is_dir() => stack.push(p),
-                        Ok(_) if is_photo_name(&p) => found.push(p),
-                        _ => {}
-                    }
-                }
-            }
-            found.sort();
+            // Each real folder once: a link back up the tree is skipped (and logged).
+            let found = preprocess::walk::walk(a, is_photo_name)
+                .map_err(|e| PredictError::Io(a.clone(), e))?
+                .files;
             out.extend(found.into_iter().map(|p| Input {
                 relative: p.strip_prefix(a).unwrap_or(&p).to_path_buf(),
                 path: p,
@@ -93,20 +123,19 @@ fn is_photo_name(p: &Path) -> bool {
 /// `summary.json` in `dir`.
 pub fn best_of_pipeline(dir: &Path) -> Result<PathBuf, PredictError> {
     let summary = dir.join("summary.json");
-    let text = std::fs::read_to_string(&summary).map_err(|e| {
-        PredictError::Config(format!(
-            "no trained model given and {} is unreadable ({e}); run `cargo xtask pipeline` or pass --model",
-            summary.display()
-        ))
-    })?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| PredictError::Config(format!("{}: {e}", summary.display())))?;
-    let ck = v["best"]["checkpoint"].as_str().ok_or_else(|| {
-        PredictError::Config(format!(
-            "{} names no best model (did every training fail?); pass --model",
-            summary.display()
-        ))
-    })?;
+    let text =
+        std::fs::read_to_string(&summary).map_err(|source| PredictError::NoPipelineSummary {
+            summary: summary.clone(),
+            source,
+        })?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| PredictError::PipelineSummary {
+            summary: summary.clone(),
+            source,
+        })?;
+    let ck = v["best"]["checkpoint"]
+        .as_str()
+        .ok_or_else(|| PredictError::NoBestModel(summary.clone()))?;
     let ck = PathBuf::from(ck);
     // Recorded relative to where the pipeline ran; also look beside the summary.
     if ck.exists() {
@@ -116,11 +145,29 @@ pub fn best_of_pipeline(dir: &Path) -> Result<PathBuf, PredictError> {
     if beside.exists() {
         return Ok(beside);
     }
-    Err(PredictError::Config(format!(
-        "{} names {} as the best model, but it is missing",
-        summary.display(),
-        ck.display()
-    )))
+    Err(PredictError::BestModelMissing {
+        summary,
+        checkpoint: ck,
+    })
+}
+
+/// The model and rule in one log line.
+pub fn describe_line(model: &Model) -> String {
+    format!(
+        "model {} ({}, {} people){}",
+        model.path.display(),
+        model.kind,
+        model.class_names.len(),
+        match &model.rule {
+            Some(r) => format!(
+                "; unknown above {:.3} ({}, from the {})",
+                r.threshold,
+                r.score.describe(),
+                r.source
+            ),
+            None => "; closed set".into(),
+        }
+    )
 }
 
 /// The model and rule, as the JSON output and the log describe them.

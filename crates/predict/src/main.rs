@@ -1,6 +1,6 @@
 use anyhow::{bail, Context, Result};
-use artifacts::device::DeviceChoice;
 use clap::Parser;
+use kernels::device::DeviceChoice;
 use predict::output::{self, Format};
 use predict::{Model, ModelOptions, UnknownRule};
 use std::path::PathBuf;
@@ -58,7 +58,7 @@ struct Cli {
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
     /// TTF font for --annotate.
-    #[arg(long, default_value = eval_tsne::plots::DEFAULT_FONT)]
+    #[arg(long, default_value = draw::DEFAULT_FONT)]
     font: PathBuf,
     /// Write where the time went (per stage) as JSON to this file.
     #[arg(long, value_name = "FILE")]
@@ -69,7 +69,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    artifacts::runtime::init();
+    kernels::runtime::init();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
@@ -80,16 +80,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    if let Some(j) = cli.jobs {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(j)
-            .build_global()
-            .context("--jobs")?;
-    }
-    if let Some(t) = cli.unknown_threshold {
-        if !t.is_finite() {
-            bail!("--unknown-threshold must be a number");
-        }
+    kernels::runtime::set_jobs(cli.jobs).context("--jobs")?;
+    if cli.unknown_threshold.is_some_and(|t| !t.is_finite()) {
+        bail!("--unknown-threshold must be a number");
     }
     let photos = predict::list_photos(&cli.photos)?;
     if photos.is_empty() {
@@ -100,38 +93,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         None => predict::best_of_pipeline(&cli.pipeline)?,
     };
     if cli.annotate.is_some() {
-        eval_tsne::plots::load_font(&cli.font).map_err(anyhow::Error::msg)?;
+        draw::load_font(&cli.font)?;
     }
     let opts = ModelOptions {
         device: cli.device,
-        unknown: match (cli.closed_set, cli.unknown_threshold) {
-            (true, _) => UnknownRule::Off,
-            (false, Some(t)) => UnknownRule::Threshold(t),
-            (false, None) => UnknownRule::Stored,
-        },
-        faces: if cli.main_face {
-            preprocess::FaceSearch::Main
-        } else {
-            preprocess::FaceSearch::Every
+        unknown: UnknownRule::from_flags(cli.closed_set, cli.unknown_threshold),
+        faces: match cli.main_face {
+            true => preprocess::FaceSearch::Main,
+            false => preprocess::FaceSearch::Every,
         },
     };
     let model = Model::open(&model_path, &opts)?;
     let about = predict::describe(&model);
-    tracing::info!(
-        "model {} ({}, {} people){}",
-        model_path.display(),
-        model.kind,
-        model.class_names.len(),
-        match &model.rule {
-            Some(r) => format!(
-                "; unknown above {:.3} ({}, from the {})",
-                r.threshold,
-                r.score.describe(),
-                r.source
-            ),
-            None => "; closed set".into(),
-        }
-    );
+    tracing::info!("{}", predict::describe_line(&model));
     let bar = indicatif::ProgressBar::new(photos.len() as u64).with_style(
         indicatif::ProgressStyle::with_template(
             "predict {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec}",
@@ -154,42 +128,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Ok(())
     })?;
     bar.finish_and_clear();
-    let text = match cli.format {
-        Format::Table => output::table(&results),
-        Format::Csv => output::csv(&results),
-        Format::Json => output::json(&results, &about),
-    };
+    let text = output::render(cli.format, &results, &about);
     match &cli.output {
         Some(p) => artifacts::write_atomic(p, text.as_bytes())?,
         None => print!("{text}"),
     }
     if let Some(p) = &cli.timings {
-        let mut v = serde_json::to_value(&timings)?;
-        v["photos_per_second"] = timings.photos_per_second().into();
-        v["dominant"] = timings.dominant().0.into();
-        v["model"] = about.clone();
-        artifacts::write_atomic(p, serde_json::to_string_pretty(&v)?.as_bytes())?;
+        artifacts::write_json_atomic(p, &output::timings_json(&timings, &about))?;
     }
-    let unreadable = results.iter().filter(|r| r.error.is_some()).count();
-    let faces: usize = results.iter().map(|r| r.faces.len()).sum();
-    let unknown = results
-        .iter()
-        .flat_map(|r| &r.faces)
-        .filter(|f| f.unknown)
-        .count();
-    let faceless = results
-        .iter()
-        .filter(|r| r.error.is_none() && r.faces.is_empty())
-        .count();
-    tracing::info!(
-        "{} photos: {faces} faces ({unknown} unknown), {faceless} without a face, {unreadable} unreadable; {:.1} photos/s",
-        results.len(),
-        timings.photos_per_second()
-    );
+    tracing::info!("{}", output::summary_line(&results, &timings));
     if annotate_failed > 0 {
         bail!("{annotate_failed} annotated copies could not be written");
     }
-    Ok(if unreadable > 0 {
+    let unreadable = results.iter().any(|r| r.error.is_some());
+    Ok(if unreadable {
         ExitCode::from(3)
     } else {
         ExitCode::SUCCESS

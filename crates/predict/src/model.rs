@@ -1,16 +1,17 @@
 //! A trained checkpoint with everything it needs to see new photos as it saw its faces:
 //! the preprocessing, the teacher, the mean image and the open-set rule, all read from what
-//! `train` recorded (`train::open_set::recipe`), none re-typed on the command line.
+//! `train` recorded (`train::provenance::recipe`, `train::open_set::OpenSet`), none re-typed on the command line.
 
 use crate::PredictError;
-use artifacts::device::DeviceChoice;
 use artifacts::Checkpoint;
 use candle_core::Device;
 use inception_bottleneck::{ExtractConfig, Teacher};
+use kernels::device::DeviceChoice;
 use preprocess::{Aligner, PreprocessConfig};
 use std::path::{Path, PathBuf};
 use train::inference::Predictor;
-use train::open_set::{Gallery, OpenSet, ScoreKind, GALLERY_KEY, GALLERY_LABELS_KEY};
+use train::layout::RECIPE_CONFIG_KEY;
+use train::open_set::{Gallery, OpenSet, ScoreKind};
 
 /// How `predict` decides "unknown".
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -21,6 +22,17 @@ pub enum UnknownRule {
     Threshold(f32),
     /// Name every face (closed set).
     Off,
+}
+
+impl UnknownRule {
+    /// `--closed-set` and `--unknown-threshold` (which clap keeps apart) as a rule.
+    pub fn from_flags(closed_set: bool, threshold: Option<f32>) -> UnknownRule {
+        match (closed_set, threshold) {
+            (true, _) => UnknownRule::Off,
+            (false, Some(t)) => UnknownRule::Threshold(t),
+            (false, None) => UnknownRule::Stored,
+        }
+    }
 }
 
 /// What the user chose beyond the model.
@@ -78,30 +90,13 @@ fn release_of(producer_version: &str) -> &str {
 
 impl Model {
     pub fn open(path: &Path, opts: &ModelOptions) -> Result<Model, PredictError> {
-        let device = artifacts::device::pick(opts.device)
-            .map_err(|e| PredictError::Config(e.to_string()))?;
-        let ck = Checkpoint::read(path).map_err(|e| bad(path, e.to_string()))?;
-        let ours = env!("CARGO_PKG_VERSION");
-        if ck.provenance.producer != "train" {
-            return Err(bad(
-                path,
-                format!("made by `{}`, not by `train`", ck.provenance.producer),
-            ));
-        }
-        let theirs = release_of(&ck.provenance.producer_version);
-        if theirs != ours {
-            return Err(bad(
-                path,
-                format!("made by celeb-transfer {theirs}; this is {ours}: retrain the model with this release or predict with that one"),
-            ));
-        }
-        let recipe = &ck.model_config["recipe"];
-        if recipe.is_null() {
-            return Err(bad(
-                path,
-                "records no preprocessing (a checkpoint from before `predict`, or a resume file): retrain it",
-            ));
-        }
+        let device = kernels::device::pick(opts.device).map_err(PredictError::Device)?;
+        let ck = Checkpoint::read(path).map_err(|source| PredictError::Checkpoint {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
+        check_producer(path, &ck)?;
+        let recipe = recipe_of(path, &ck)?;
         let kind = ck.model_config["kind"]
             .as_str()
             .unwrap_or_default()
@@ -110,85 +105,32 @@ impl Model {
             serde_json::from_value(ck.model_config["class_names"].clone())
                 .map_err(|e| bad(path, format!("class names: {e}")))?;
         let (predictor, _) =
-            Predictor::load(path, &device).map_err(|e| bad(path, e.to_string()))?;
+            Predictor::load(path, &device).map_err(|source| PredictError::Classifier {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            })?;
         let aligner = aligner_from(path, &recipe["faces"], opts.device)?;
         let face_size = aligner.config().size;
-        let stored: Option<OpenSet> = match &ck.model_config["open_set"] {
-            serde_json::Value::Null => None,
-            v => Some(
-                serde_json::from_value(v.clone())
-                    .map_err(|e| bad(path, format!("open-set rule: {e}")))?,
-            ),
+        let open_set_err = |source| PredictError::OpenSet {
+            path: path.to_path_buf(),
+            source: Box::new(source),
         };
-        let rule = match (opts.unknown, &stored) {
-            (UnknownRule::Off, _) => None,
-            (UnknownRule::Threshold(t), Some(s)) => Some(Rule {
-                score: s.score,
-                threshold: t,
-                source: "--unknown-threshold",
-                stored: stored.clone(),
-            }),
-            (UnknownRule::Threshold(t), None) => Some(Rule {
-                score: ScoreKind::Probability,
-                threshold: t,
-                source: "--unknown-threshold",
-                stored: None,
-            }),
-            (UnknownRule::Stored, Some(s)) => Some(Rule {
-                score: s.score,
-                threshold: s.threshold,
-                source: "checkpoint",
-                stored: stored.clone(),
-            }),
-            (UnknownRule::Stored, None) => {
-                tracing::warn!(
-                    "{}: no unknown-face threshold stored (no validation faces); every face gets a name",
-                    path.display()
-                );
-                None
-            }
-        };
+        let stored = OpenSet::from_checkpoint(&ck).map_err(open_set_err)?;
+        let rule = rule_in_force(path, opts.unknown, stored);
         let by_descriptor = rule
             .as_ref()
             .is_some_and(|r| r.score == ScoreKind::GalleryDistance);
-        let gallery = if by_descriptor {
-            let get = |k: &str| {
-                ck.weights
-                    .get(k)
-                    .ok_or_else(|| bad(path, format!("the open-set rule lacks `{k}`")))
-            };
-            let (f, l) = (get(GALLERY_KEY)?, get(GALLERY_LABELS_KEY)?);
-            let ok = f.shape.len() == 2
-                && l.shape == [f.shape[0]]
-                && l.data
-                    .iter()
-                    .all(|&c| c >= 0.0 && (c as usize) < class_names.len());
-            if !ok {
-                return Err(bad(
-                    path,
-                    format!("gallery shapes {:?} / {:?} do not fit", f.shape, l.shape),
-                ));
-            }
-            Some(Gallery {
-                dim: f.shape[1],
-                features: f.data.clone(),
-                labels: l.data.iter().map(|&c| c as u32).collect(),
-                classes: class_names.len(),
-                members: Vec::new(),
-            })
-        } else {
-            None
-        };
+        let gallery = by_descriptor
+            .then(|| Gallery::from_checkpoint(&ck, class_names.len()))
+            .transpose()
+            .map_err(open_set_err)?;
         let needs_teacher = predictor.needs_teacher() || by_descriptor;
-        let (teacher, teacher_identity) = if needs_teacher {
-            let t = &recipe["teacher"];
-            if t.is_null() {
-                return Err(bad(path, "needs a teacher but records none"));
+        let (teacher, teacher_identity) = match needs_teacher {
+            true => {
+                let (teacher, id) = teacher_of(path, recipe, opts.device)?;
+                (Some(teacher), Some(id))
             }
-            let (teacher, id) = teacher_from(path, t, opts.device)?;
-            (Some(teacher), Some(id))
-        } else {
-            (None, None)
+            false => (None, None),
         };
         Ok(Model {
             path: path.to_path_buf(),
@@ -205,6 +147,83 @@ impl Model {
             search: opts.faces,
         })
     }
+}
+
+/// The checkpoint was made by `train` of this release (its recipe and rule are read as
+/// this release writes them).
+fn check_producer(path: &Path, ck: &Checkpoint) -> Result<(), PredictError> {
+    let ours = env!("CARGO_PKG_VERSION");
+    if ck.provenance.producer != "train" {
+        return Err(bad(
+            path,
+            format!("made by `{}`, not by `train`", ck.provenance.producer),
+        ));
+    }
+    let theirs = release_of(&ck.provenance.producer_version);
+    if theirs != ours {
+        return Err(bad(
+            path,
+            format!("made by celeb-transfer {theirs}; this is {ours}: retrain the model with this release or predict with that one"),
+        ));
+    }
+    Ok(())
+}
+
+/// The recipe `train` recorded ([`train::provenance::recipe`]).
+fn recipe_of<'c>(path: &Path, ck: &'c Checkpoint) -> Result<&'c serde_json::Value, PredictError> {
+    let recipe = &ck.model_config[RECIPE_CONFIG_KEY];
+    if recipe.is_null() {
+        return Err(bad(
+            path,
+            "records no preprocessing (a checkpoint from before `predict`, or a resume file): retrain it",
+        ));
+    }
+    Ok(recipe)
+}
+
+/// The open-set rule the user's choice and the stored calibration give.
+fn rule_in_force(path: &Path, unknown: UnknownRule, stored: Option<OpenSet>) -> Option<Rule> {
+    match (unknown, &stored) {
+        (UnknownRule::Off, _) => None,
+        (UnknownRule::Threshold(t), Some(s)) => Some(Rule {
+            score: s.score,
+            threshold: t,
+            source: "--unknown-threshold",
+            stored: stored.clone(),
+        }),
+        (UnknownRule::Threshold(t), None) => Some(Rule {
+            score: ScoreKind::Probability,
+            threshold: t,
+            source: "--unknown-threshold",
+            stored: None,
+        }),
+        (UnknownRule::Stored, Some(s)) => Some(Rule {
+            score: s.score,
+            threshold: s.threshold,
+            source: "checkpoint",
+            stored: stored.clone(),
+        }),
+        (UnknownRule::Stored, None) => {
+            tracing::warn!(
+                "{}: no unknown-face threshold stored (no validation faces); every face gets a name",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+/// The recipe's teacher, for a model that needs one.
+fn teacher_of(
+    path: &Path,
+    recipe: &serde_json::Value,
+    device: DeviceChoice,
+) -> Result<(Teacher, String), PredictError> {
+    let t = &recipe["teacher"];
+    if t.is_null() {
+        return Err(bad(path, "needs a teacher but records none"));
+    }
+    teacher_from(path, t, device)
 }
 
 /// The preprocessing the faces were made with, checked against what it recorded: the same
@@ -227,7 +246,7 @@ fn aligner_from(
         })?;
     cfg.device = device;
     let inputs = &faces["inputs"];
-    if cfg.mode != preprocess::pipeline::Mode::AsIs {
+    if cfg.mode != preprocess::Mode::AsIs {
         if let Some(want) = inputs["landmarks"].as_str() {
             let len = std::fs::metadata(&cfg.landmarks).map(|m| m.len()).ok();
             let have = len.map(|l| format!("{}:{l}", cfg.landmarks.display()));
@@ -244,14 +263,10 @@ fn aligner_from(
         }
         if let Some(model) = &cfg.detector.cnn_model {
             let want = inputs["cnn_model"].as_str().unwrap_or_default();
-            let have = artifacts::digest_file(model).map_err(|e| {
-                bad(
-                    path,
-                    format!(
-                        "its faces were found by the CNN detector {}: {e}",
-                        model.display()
-                    ),
-                )
+            let have = artifacts::digest_file(model).map_err(|source| PredictError::Detector {
+                path: path.to_path_buf(),
+                detector: model.clone(),
+                source: Box::new(source),
             })?;
             if have != want {
                 return Err(bad(

@@ -191,6 +191,45 @@ pub fn json(photos: &[PhotoResult], model: &serde_json::Value) -> String {
         .expect("plain")
 }
 
+/// One output of `predict`, formatted as `format` asks (`model`: [`crate::describe`]).
+pub fn render(format: Format, photos: &[PhotoResult], model: &serde_json::Value) -> String {
+    match format {
+        Format::Table => table(photos),
+        Format::Csv => csv(photos),
+        Format::Json => json(photos, model),
+    }
+}
+
+/// `--timings`: where the time went, the throughput, the dominant stage and the model.
+pub fn timings_json(timings: &crate::Timings, model: &serde_json::Value) -> serde_json::Value {
+    let mut v = serde_json::to_value(timings).expect("plain");
+    v["photos_per_second"] = timings.photos_per_second().into();
+    v["dominant"] = timings.dominant().0.into();
+    v["model"] = model.clone();
+    v
+}
+
+/// The run's one-line account: faces found and unknown, photos without a face or
+/// unreadable, speed.
+pub fn summary_line(photos: &[PhotoResult], timings: &crate::Timings) -> String {
+    let unreadable = photos.iter().filter(|r| r.error.is_some()).count();
+    let faces: usize = photos.iter().map(|r| r.faces.len()).sum();
+    let unknown = photos
+        .iter()
+        .flat_map(|r| &r.faces)
+        .filter(|f| f.unknown)
+        .count();
+    let faceless = photos
+        .iter()
+        .filter(|r| r.error.is_none() && r.faces.is_empty())
+        .count();
+    format!(
+        "{} photos: {faces} faces ({unknown} unknown), {faceless} without a face, {unreadable} unreadable; {:.1} photos/s",
+        photos.len(),
+        timings.photos_per_second()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -161,11 +161,10 @@ pub fn predict_photos_many(
         .iter()
         .find(|m| m.aligner.config() != first.aligner.config())
     {
-        return Err(PredictError::Config(format!(
-            "{} and {} were trained on faces preprocessed differently",
-            first.path.display(),
-            other.path.display()
-        )));
+        return Err(PredictError::MixedPreprocessing {
+            first: first.path.clone(),
+            other: other.path.clone(),
+        });
     }
     let mut out = vec![Vec::with_capacity(photos.len()); models.len()];
     let mut t = Timings::default();
@@ -233,7 +232,7 @@ fn align_photo(model: &Model, path: &Path) -> Aligned {
                             top: Vec::new(),
                             score: None,
                             unknown: false,
-                            error: Some(fail.reason),
+                            error: Some(fail.reason.to_string()),
                         });
                         kept.push(None);
                     }
@@ -332,9 +331,9 @@ fn classify(
     let pred = model
         .predictor
         .predict(&faces, bottlenecks.as_ref(), &idx, &model.device)
-        .map_err(|e| PredictError::Model {
+        .map_err(|source| PredictError::Classifier {
             path: model.path.clone(),
-            problem: e.to_string(),
+            source: Box::new(source),
         })?;
     t.model_wall_s += t1.elapsed().as_secs_f64();
     let c = pred.num_classes;

@@ -2,10 +2,9 @@
 //! here (`--as-is` preprocessing: the photo is the face, so no detector or landmark model is
 //! needed): formats, exit codes, the unknown rule, annotated copies, refused checkpoints.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use test_support::training::train_short;
 
 const CLASSES: [&str; 3] = ["red", "green", "blue"];
 
@@ -39,13 +38,13 @@ fn trained() -> Trained {
     }
     let faces = root.join("faces.safetensors");
     let cfg = preprocess::PreprocessConfig {
-        mode: preprocess::pipeline::Mode::AsIs,
+        mode: preprocess::Mode::AsIs,
         size: 32,
         mask: false,
         ..Default::default()
     };
     preprocess::run(&photos, &faces, &cfg).unwrap();
-    let model = common::train_short(&faces, None, (train::TrainMode::Base, 10, 8), &root);
+    let model = train_short(&faces, None, (train::TrainMode::Base, 10, 8), &root);
     Trained {
         _dir: dir,
         root,
@@ -64,6 +63,20 @@ fn predict(args: &[&std::ffi::OsStr]) -> Output {
 
 fn os(s: &str) -> &std::ffi::OsStr {
     std::ffi::OsStr::new(s)
+}
+
+/// `predict` on the red photos with `t`'s model in `format`, then the `extra` flags.
+fn predict_red(t: &Trained, format: &str, extra: &[&str]) -> Output {
+    let red = t.photos.join("red");
+    let mut args = vec![
+        red.as_os_str(),
+        os("--model"),
+        t.model.as_os_str(),
+        os("--format"),
+        os(format),
+    ];
+    args.extend(extra.iter().copied().map(os));
+    predict(&args)
 }
 
 #[test]
@@ -133,13 +146,7 @@ fn photos_are_named_in_every_format_and_bad_files_reported() {
     assert!(rows.iter().all(|r| r[1] == "ok" && r[9] == "false"));
 
     // JSON: the model's rule is described; the stored threshold is the checkpoint's.
-    let out = predict(&[
-        t.photos.join("red").as_os_str(),
-        os("--model"),
-        model,
-        os("--format"),
-        os("json"),
-    ]);
+    let out = predict_red(&t, "json", &[]);
     assert_eq!(out.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["model"]["unknown_rule"]["source"], "checkpoint");
@@ -152,27 +159,12 @@ fn photos_are_named_in_every_format_and_bad_files_reported() {
     );
 
     // --main-face: the same faces here (an --as-is model takes the photo as its face).
-    let out = predict(&[
-        t.photos.join("red").as_os_str(),
-        os("--model"),
-        model,
-        os("--format"),
-        os("csv"),
-        os("--main-face"),
-    ]);
+    let out = predict_red(&t, "csv", &["--main-face"]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(csv_rows(&String::from_utf8_lossy(&out.stdout)).len(), 14);
 
     // A threshold of 0 on (1 - probability) calls every face unknown.
-    let out = predict(&[
-        t.photos.join("red").as_os_str(),
-        os("--model"),
-        model,
-        os("--format"),
-        os("csv"),
-        os("--unknown-threshold"),
-        os("0"),
-    ]);
+    let out = predict_red(&t, "csv", &["--unknown-threshold", "0"]);
     let rows = csv_rows(&String::from_utf8_lossy(&out.stdout));
     assert!(
         rows.iter()

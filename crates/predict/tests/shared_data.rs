@@ -6,22 +6,13 @@
 //! taken from a pipeline run when `CELEB_PIPELINE_OUT` names its folder (`cargo xtask ci`
 //! does, after its pipeline).
 
-mod common;
-
 use artifacts::{Bottlenecks, Faces, Split};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-
-fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
-}
+use test_support::{measure, training};
 
 fn msceleb() -> PathBuf {
-    shared().join("data/msceleb-samples")
-}
-
-fn descriptor_model() -> PathBuf {
-    shared().join("models/dlib/dlib_face_recognition_resnet_model_v1.dat")
+    test_support::shared().join("data/msceleb-samples")
 }
 
 struct Fixture {
@@ -45,17 +36,17 @@ fn fixture() -> &'static Fixture {
         let faces = dir.path().join("faces.safetensors");
         let cfg = preprocess::PreprocessConfig {
             detector: preprocess::detect::DetectorConfig {
-                cnn_model: Some(shared().join("models/dlib/mmod_human_face_detector.dat")),
+                cnn_model: Some(test_support::cnn_detector_model()),
                 ..Default::default()
             },
-            device: artifacts::device::DeviceChoice::Cpu,
+            device: kernels::device::DeviceChoice::Cpu,
             ..Default::default()
         };
         preprocess::run(&msceleb(), &faces, &cfg).unwrap();
         let bottlenecks = dir.path().join("bottlenecks-face.safetensors");
         let ecfg = inception_bottleneck::ExtractConfig {
-            teacher: descriptor_model().display().to_string(),
-            device: artifacts::device::DeviceChoice::Cpu,
+            teacher: test_support::descriptor_model().display().to_string(),
+            device: kernels::device::DeviceChoice::Cpu,
             cache_dir: None,
             ..Default::default()
         };
@@ -70,11 +61,11 @@ fn fixture() -> &'static Fixture {
 
 fn train_model(dir: &Path, mode: train::TrainMode, epochs: usize) -> PathBuf {
     let f = fixture();
-    common::train_short(&f.faces, Some(&f.bottlenecks), (mode, epochs, 16), dir)
+    training::train_short(&f.faces, Some(&f.bottlenecks), (mode, epochs, 16), dir)
 }
 
 fn open(ck: &Path) -> predict::Model {
-    common::open(
+    measure::open(
         ck,
         predict::UnknownRule::Stored,
         preprocess::FaceSearch::Every,
@@ -104,7 +95,7 @@ fn agree_with(runs: &[(PathBuf, PathBuf)], faces: &Faces) {
         .zip(&expected)
         .map(|(m, e)| (m, e.as_slice()))
         .collect();
-    let results = predict::measure::agreement(&checks, faces, &msceleb(), &test).unwrap();
+    let results = measure::agreement(&checks, faces, &msceleb(), &test).unwrap();
     for ((ck, _), (agree, n, differ)) in runs.iter().zip(&results) {
         println!(
             "{}: {agree} of {n} agree with eval-tsne; {differ:#?}",
@@ -169,7 +160,7 @@ fn predict_agrees_with_eval_on_the_test_photos() {
                 iters: 250,
                 ..Default::default()
             },
-            device: artifacts::device::DeviceChoice::Cpu,
+            device: kernels::device::DeviceChoice::Cpu,
             ..Default::default()
         };
         eval_tsne::evaluate(&ecfg).unwrap();
@@ -191,15 +182,15 @@ fn strangers_are_called_unknown() {
     let faces = Faces::read(&f.faces).unwrap();
     let b = Bottlenecks::read(&f.bottlenecks).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let run = predict::measure::LeaveOut {
+    let run = measure::LeaveOut {
         faces: &faces,
         bottlenecks: &b,
         data: &msceleb(),
         leave_out: vec!["m.04mzx1q".into(), "m.06w2sn5".into()],
-        train: common::short(train::TrainMode::Probe, 8),
+        train: training::short(train::TrainMode::Probe, 8),
         dir: dir.path().to_path_buf(),
     };
-    let fig = predict::measure::leave_out(&run).unwrap();
+    let fig = measure::leave_out(&run).unwrap();
     println!("{}", fig.summary());
     assert!(fig.strangers_faces > 150, "{fig:?}");
     let v = fig.summary();

@@ -6,10 +6,10 @@
 //! Needs the Debian packages `opencv-data` and `libdlib-data` (installed by `cargo xtask
 //! deps --install`), not ../shared.
 
-mod common;
-
 use image::{Rgb, RgbImage};
 use std::path::{Path, PathBuf};
+use test_support::measure::open;
+use test_support::training::train_short;
 
 struct Person {
     skin: [u8; 3],
@@ -106,7 +106,7 @@ fn a_photo_with_two_painted_faces_gets_both_named() {
             kind: preprocess::detect::DetectorKind::Haar,
             ..Default::default()
         },
-        device: artifacts::device::DeviceChoice::Cpu,
+        device: kernels::device::DeviceChoice::Cpu,
         ..Default::default()
     };
     need(&cfg.detector.cascade.display().to_string(), "opencv-data");
@@ -127,7 +127,7 @@ fn a_photo_with_two_painted_faces_gets_both_named() {
         "the cascade took {:?} of 16 painted portraits each",
         summary.per_class
     );
-    let model = common::train_short(&faces, None, (train::TrainMode::Base, 8, 8), dir.path());
+    let model = train_short(&faces, None, (train::TrainMode::Base, 8, 8), dir.path());
 
     // Ann on the left, Bob on the right, in one photo: two of the portraits side by side.
     let mut both = RgbImage::new(600, 300);
@@ -139,7 +139,7 @@ fn a_photo_with_two_painted_faces_gets_both_named() {
     }
     let two = dir.path().join("two.png");
     both.save(&two).unwrap();
-    let m = common::open(
+    let m = open(
         &model,
         predict::UnknownRule::Off,
         preprocess::FaceSearch::Every,
@@ -158,7 +158,7 @@ fn a_photo_with_two_painted_faces_gets_both_named() {
         .collect();
     assert_eq!(named, ["ann", "bob"], "{f:?}");
     // Only the main face with --main-face.
-    let m = common::open(
+    let m = open(
         &model,
         predict::UnknownRule::Off,
         preprocess::FaceSearch::Main,

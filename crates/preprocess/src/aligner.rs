@@ -2,15 +2,16 @@
 //! its own so that `predict` shows new photos to a model exactly as its training faces were
 //! made (same detector, landmarks, alignment, mask and dlib chip).
 
+use crate::config::{load_predictor, Mode, PreprocessConfig};
 use crate::decode::{decode, Rgb};
 use crate::detect::{self, Detection, DetectorKind};
 use crate::dlib::{gray_like_dlib, ShapePredictor};
+use crate::error::{FaceError, PreprocessError};
 use crate::geometry::{
-    align_weights, centre, template, weighted_similarity_fit, Similarity, ALIGN_POINTS,
-    EYE_IMAGE_LEFT, EYE_IMAGE_RIGHT, MOUTH,
+    align_weights, box_from_landmarks, centre, template, weighted_similarity_fit, Similarity,
+    ALIGN_POINTS, EYE_IMAGE_LEFT, EYE_IMAGE_RIGHT, MOUTH,
 };
 use crate::mask::{apply_mask, gaussian_mask};
-use crate::pipeline::{load_predictor, Mode, PreprocessConfig, PreprocessError};
 use artifacts::CHIP_SIZE;
 use dlib_dnn::chip::{extract_chip, face_chip_details, RgbImage};
 use std::path::Path;
@@ -47,16 +48,15 @@ impl Aligner {
     /// detector are read. `cfg` should be [`PreprocessConfig::resolved`].
     pub fn new(cfg: &PreprocessConfig) -> Result<Aligner, PreprocessError> {
         if cfg.size < 16 {
-            return Err(PreprocessError::Config("--size must be at least 16".into()));
+            return Err(PreprocessError::SizeTooSmall(cfg.size));
         }
         if cfg.mode != Mode::AsIs {
-            detect::check_cascade(&cfg.detector.cascade).map_err(PreprocessError::Config)?;
+            detect::check_cascade(&cfg.detector.cascade)?;
         }
         let predictor = load_predictor(cfg)?;
         let cnn = match &cfg.detector.cnn_model {
             Some(path) if cfg.mode != Mode::AsIs => {
-                let device = artifacts::device::pick(cfg.device)
-                    .map_err(|e| PreprocessError::Config(e.to_string()))?;
+                let device = kernels::device::pick(cfg.device).map_err(PreprocessError::Device)?;
                 let kernels = if device.is_cpu() {
                     dlib_dnn::Kernels::CpuNhwc
                 } else {
@@ -64,7 +64,7 @@ impl Aligner {
                 };
                 Some(
                     dlib_dnn::FaceDetector::open(path, kernels, &device, candle_core::DType::F32)
-                        .map_err(|e| PreprocessError::Config(e.to_string()))?,
+                        .map_err(PreprocessError::CnnModel)?,
                 )
             }
             _ => None,
@@ -96,9 +96,9 @@ impl Aligner {
     }
 
     /// The one face a preprocessing run keeps from a photo file.
-    pub fn process_file(&self, path: &Path) -> Result<AlignedFace, String> {
+    pub fn process_file(&self, path: &Path) -> Result<AlignedFace, FaceError> {
         guarded(|| {
-            let img = decode(path).map_err(|e| e.to_string())?;
+            let img = decode(path)?;
             match self.cfg.mode {
                 Mode::AsIs => self.as_is(img),
                 Mode::Align | Mode::CropOnly => {
@@ -119,7 +119,7 @@ impl Aligner {
         &self,
         img: &Rgb,
         search: FaceSearch,
-    ) -> Result<(AllFaces, [f64; 2]), String> {
+    ) -> Result<(AllFaces, [f64; 2]), FaceError> {
         if self.cfg.mode == Mode::AsIs {
             let t = std::time::Instant::now();
             let whole = [0.0, 0.0, img.width as f32, img.height as f32];
@@ -142,8 +142,7 @@ impl Aligner {
             FaceSearch::Every => self.find_faces(img, &gray)?,
             FaceSearch::Main => match self.find_face(img, &gray) {
                 Ok(d) => vec![d],
-                Err(e) if e == NO_FACE => Vec::new(),
-                Err(e) if e.starts_with("not confirmed") => Vec::new(),
+                Err(FaceError::NoFace | FaceError::NotConfirmed) => Vec::new(),
                 Err(e) => return Err(e),
             },
         };
@@ -162,15 +161,13 @@ impl Aligner {
         Ok((faces, [detect, t.elapsed().as_secs_f64()]))
     }
 
-    fn as_is(&self, img: Rgb) -> Result<AlignedFace, String> {
+    fn as_is(&self, img: Rgb) -> Result<AlignedFace, FaceError> {
         if img.valid_rows < img.height {
-            return Err(
-                "truncated file (an --as-is image is used whole, missing rows and all)".into(),
-            );
+            return Err(FaceError::TruncatedAsIs);
         }
         let s = self.cfg.size as u32;
         let src = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data)
-            .ok_or("bad buffer")?;
+            .ok_or(FaceError::BadBuffer)?;
         let mut pixels =
             image::imageops::resize(&src, s, s, image::imageops::FilterType::Triangle).into_raw();
         if let Some(m) = &self.mask {
@@ -189,8 +186,8 @@ impl Aligner {
     }
 
     /// Landmarks, alignment (or the box's crop), mask and dlib chip for one detection.
-    pub fn align(&self, img: &Rgb, gray: &[u8], det: Detection) -> Result<AlignedFace, String> {
-        let predictor = self.predictor.as_ref().ok_or("no landmark model loaded")?;
+    pub fn align(&self, img: &Rgb, gray: &[u8], det: Detection) -> Result<AlignedFace, FaceError> {
+        let predictor = self.predictor.as_ref().ok_or(FaceError::NoLandmarkModel)?;
         let [x, y, w, h] = det.rect;
         let mut rect = [x, y, x + w - 1.0, y + h - 1.0];
         let mut lm = predictor.predict(gray, img.width, img.height, rect);
@@ -206,10 +203,7 @@ impl Aligner {
                 .iter()
                 .fold((f32::MAX, f32::MIN), |(t, b), p| (t.min(p[1]), b.max(p[1])));
             if bottom + 0.3 * (bottom - top) >= img.valid_rows as f32 {
-                return Err(
-                    "truncated file (the face reaches the part of the photo that is missing)"
-                        .into(),
-                );
+                return Err(FaceError::TruncatedFace);
             }
             tracing::info!("kept a truncated photo: its face lies in the decoded rows");
         }
@@ -225,7 +219,7 @@ impl Aligner {
                 (
                     m,
                     detect::warp(&img.data, img.width, img.height, m, size)
-                        .map_err(|e| format!("warp failed: {e}"))?,
+                        .map_err(FaceError::Warp)?,
                 )
             }
             _ => {
@@ -241,7 +235,7 @@ impl Aligner {
                 (
                     m,
                     detect::warp(&img.data, img.width, img.height, m, size)
-                        .map_err(|e| format!("crop failed: {e}"))?,
+                        .map_err(FaceError::Crop)?,
                 )
             }
         };
@@ -262,11 +256,11 @@ impl Aligner {
 
     /// The face a preprocessing run aligns, by the configured detector: the cascade's
     /// main face when the CNN confirms it, else the CNN's main face.
-    fn find_face(&self, img: &Rgb, gray: &[u8]) -> Result<Detection, String> {
+    fn find_face(&self, img: &Rgb, gray: &[u8]) -> Result<Detection, FaceError> {
         let cfg = &self.cfg.detector;
         let rgb = rgb_view(img);
-        let cnn_pick = |cnn: &dlib_dnn::FaceDetector| -> Result<Option<Detection>, String> {
-            let boxes = detect::cnn_faces(cnn, &rgb, cfg.upsample).map_err(cnn_err)?;
+        let cnn_pick = |cnn: &dlib_dnn::FaceDetector| -> Result<Option<Detection>, FaceError> {
+            let boxes = detect::cnn_faces(cnn, &rgb, cfg.upsample).map_err(FaceError::Cnn)?;
             Ok(
                 detect::pick_face(&boxes, img.width, img.height).map(|i| Detection {
                     rect: boxes[i],
@@ -275,28 +269,22 @@ impl Aligner {
                 }),
             )
         };
-        let haar = || {
-            detect::detect(gray, img.width, img.height, cfg)
-                .map_err(|e| format!("face detection failed: {e}"))
-        };
+        let haar = || detect::detect(gray, img.width, img.height, cfg).map_err(FaceError::Haar);
         match (cfg.kind, self.cnn.as_ref()) {
-            (DetectorKind::Cnn, Some(cnn)) => cnn_pick(cnn)?.ok_or_else(|| NO_FACE.into()),
+            (DetectorKind::Cnn, Some(cnn)) => cnn_pick(cnn)?.ok_or(FaceError::NoFace),
             (DetectorKind::HaarCnn, Some(cnn)) => match haar()? {
                 Some(d) if !cfg.confirm => Ok(d),
                 Some(d) => {
-                    if detect::cnn_confirms(cnn, &rgb, d.rect).map_err(cnn_err)? {
+                    if detect::cnn_confirms(cnn, &rgb, d.rect).map_err(FaceError::Cnn)? {
                         return Ok(d);
                     }
                     // The cascade's box is not a face: a face the CNN finds elsewhere in
                     // the photo still counts.
-                    cnn_pick(cnn)?.ok_or_else(|| {
-                        "not confirmed as a face (the CNN finds no face on the Haar box or elsewhere)"
-                            .into()
-                    })
+                    cnn_pick(cnn)?.ok_or(FaceError::NotConfirmed)
                 }
-                None => cnn_pick(cnn)?.ok_or_else(|| NO_FACE.into()),
+                None => cnn_pick(cnn)?.ok_or(FaceError::NoFace),
             },
-            _ => haar()?.ok_or_else(|| NO_FACE.into()),
+            _ => haar()?.ok_or(FaceError::NoFace),
         }
     }
 
@@ -305,11 +293,11 @@ impl Aligner {
     /// cascade misses profiles and tilted faces; a group photo holds more than the one
     /// face preprocess keeps). So the face a preprocessing run keeps is among them, with
     /// the box it had.
-    pub fn find_faces(&self, img: &Rgb, gray: &[u8]) -> Result<Vec<Detection>, String> {
+    pub fn find_faces(&self, img: &Rgb, gray: &[u8]) -> Result<Vec<Detection>, FaceError> {
         let cfg = &self.cfg.detector;
         let rgb = rgb_view(img);
         let cnn_all = |cnn: &dlib_dnn::FaceDetector| {
-            detect::cnn_faces(cnn, &rgb, cfg.upsample).map_err(cnn_err)
+            detect::cnn_faces(cnn, &rgb, cfg.upsample).map_err(FaceError::Cnn)
         };
         let haar = detect::haar_boxes;
         let mut boxes: Vec<([f32; 4], &'static str)> = match (cfg.kind, self.cnn.as_ref()) {
@@ -317,11 +305,12 @@ impl Aligner {
                 cnn_all(cnn)?.into_iter().map(|b| (b, "cnn")).collect()
             }
             (DetectorKind::HaarCnn, Some(cnn)) => {
-                let found = haar(gray, img.width, img.height, cfg)
-                    .map_err(|e| format!("face detection failed: {e}"))?;
+                let found = haar(gray, img.width, img.height, cfg).map_err(FaceError::Haar)?;
                 let mut kept = Vec::new();
                 for b in &found {
-                    if !cfg.confirm || detect::cnn_confirms(cnn, &rgb, *b).map_err(cnn_err)? {
+                    if !cfg.confirm
+                        || detect::cnn_confirms(cnn, &rgb, *b).map_err(FaceError::Cnn)?
+                    {
                         kept.push((*b, "haar"));
                     }
                 }
@@ -333,7 +322,7 @@ impl Aligner {
                 kept
             }
             _ => haar(gray, img.width, img.height, cfg)
-                .map_err(|e| format!("face detection failed: {e}"))?
+                .map_err(FaceError::Haar)?
                 .into_iter()
                 .map(|b| (b, "haar"))
                 .collect(),
@@ -361,21 +350,14 @@ pub enum FaceSearch {
     Main,
 }
 
-/// `find_face`'s reason when there is none.
-const NO_FACE: &str = "no face found";
-
 /// The faces of one photo, each aligned or the reason it could not be.
 pub type AllFaces = Vec<Result<AlignedFace, FaceFailure>>;
 
 /// A detected face that could not be aligned, and why.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct FaceFailure {
     pub rect: [f32; 4],
-    pub reason: String,
-}
-
-fn cnn_err(e: candle_core::Error) -> String {
-    format!("CNN face detection failed: {e}")
+    pub reason: FaceError,
 }
 
 fn rgb_view(img: &Rgb) -> RgbImage<'_> {
@@ -388,40 +370,16 @@ fn rgb_view(img: &Rgb) -> RgbImage<'_> {
 
 /// Runs `f`, turning a panic inside a codec into an error: one bad photo must not end a
 /// run of thousands.
-pub fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
-        Err("internal error while decoding (the photo is likely corrupt)".into())
-    })
-}
-
-/// The box `[l, t, r, b]` in which the predictor's mean shape best matches `landmarks`
-/// (least squares per axis): where dlib's own detector would have put the face.
-pub fn box_from_landmarks(mean: &[f32], landmarks: &[[f32; 2]]) -> [f32; 4] {
-    let fit = |axis: usize| {
-        let n = landmarks.len() as f64;
-        let (mut sm, mut sp, mut smm, mut smp) = (0f64, 0f64, 0f64, 0f64);
-        for (i, p) in landmarks.iter().enumerate() {
-            let m = mean[2 * i + axis] as f64;
-            let v = p[axis] as f64;
-            sm += m;
-            sp += v;
-            smm += m * m;
-            smp += m * v;
-        }
-        let scale = (n * smp - sm * sp) / (n * smm - sm * sm);
-        let off = (sp - scale * sm) / n;
-        (off as f32, (off + scale) as f32)
-    };
-    let (l, r) = fit(0);
-    let (t, b) = fit(1);
-    [l, t, r, b]
+pub fn guarded<T, E: From<FaceError>>(f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(FaceError::Panicked.into()))
 }
 
 /// Sanity of a landmark fit: eyes apart by a face-like share of the box, the mouth below
 /// the eyes at a face-like distance.
-fn plausible(lm: &[[f32; 2]], box_w: f32) -> Result<(), String> {
+fn plausible(lm: &[[f32; 2]], box_w: f32) -> Result<(), FaceError> {
     if lm.iter().any(|p| !p[0].is_finite() || !p[1].is_finite()) {
-        return Err("landmark fit failed: non-finite points".into());
+        return Err(FaceError::NonFinite);
     }
     let le = centre(lm, EYE_IMAGE_LEFT);
     let re = centre(lm, EYE_IMAGE_RIGHT);
@@ -429,23 +387,23 @@ fn plausible(lm: &[[f32; 2]], box_w: f32) -> Result<(), String> {
     let (ex, ey) = (re[0] - le[0], re[1] - le[1]);
     let d = ex.hypot(ey);
     if d < 0.15 * box_w || d > 0.9 * box_w {
-        return Err(format!(
-            "landmark fit failed: eye distance {d:.0}px for a {box_w:.0}px face"
-        ));
+        return Err(FaceError::EyeDistance {
+            eyes: d,
+            width: box_w,
+        });
     }
     let mid = [(le[0] + re[0]) / 2.0, (le[1] + re[1]) / 2.0];
     let (mx, my) = (mo[0] - mid[0], mo[1] - mid[1]);
     // Signed distance of the mouth below the eye line (image y grows downwards).
     let below = (ex * my - ey * mx) / d;
     if below < 0.5 * d || below > 2.0 * d {
-        return Err("landmark fit failed: mouth not below the eyes".into());
+        return Err(FaceError::MouthNotBelow);
     }
     Ok(())
 }
 
 /// dlib's face chip (`get_face_chip_details(shape, 150, 0.25)`, `extract_image_chip`).
-fn dlib_chip(img: &Rgb, landmarks: &[[f32; 2]]) -> Result<Vec<u8>, String> {
-    let d = face_chip_details(landmarks, CHIP_SIZE, 0.25)
-        .ok_or("landmarks give no face chip (degenerate shape)")?;
+fn dlib_chip(img: &Rgb, landmarks: &[[f32; 2]]) -> Result<Vec<u8>, FaceError> {
+    let d = face_chip_details(landmarks, CHIP_SIZE, 0.25).ok_or(FaceError::NoChip)?;
     Ok(extract_chip(&rgb_view(img), &d))
 }

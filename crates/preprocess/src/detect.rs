@@ -29,14 +29,19 @@ impl DetectorKind {
     }
 }
 
+/// A `--detector` value that names no detector.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown detector `{0}` (haar, cnn or haar+cnn)")]
+pub struct UnknownDetector(pub String);
+
 impl std::str::FromStr for DetectorKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownDetector;
+    fn from_str(s: &str) -> Result<Self, UnknownDetector> {
         match s {
             "haar" => Ok(DetectorKind::Haar),
             "cnn" => Ok(DetectorKind::Cnn),
             "haar+cnn" => Ok(DetectorKind::HaarCnn),
-            o => Err(format!("unknown detector `{o}` (haar, cnn or haar+cnn)")),
+            o => Err(UnknownDetector(o.to_string())),
         }
     }
 }
@@ -185,18 +190,34 @@ thread_local! {
     static CASCADE: RefCell<Option<(PathBuf, CascadeClassifier)>> = const { RefCell::new(None) };
 }
 
+/// Why the Haar cascade's file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CascadeError {
+    /// OpenCV takes the path as a UTF-8 string.
+    #[error("cascade path is not UTF-8")]
+    NotUtf8(PathBuf),
+    #[error("face cascade {0} not found; install it with `apt-get install opencv-data` or pass --cascade")]
+    Missing(PathBuf),
+    #[error("{path}: {error}")]
+    Load { path: PathBuf, error: opencv::Error },
+    #[error("{0}: not a usable cascade file")]
+    Unusable(PathBuf),
+}
+
 /// Checks that the cascade loads (once, up front, for a clear error).
-pub fn check_cascade(path: &Path) -> Result<(), String> {
-    let p = path.to_str().ok_or("cascade path is not UTF-8")?;
+pub fn check_cascade(path: &Path) -> Result<(), CascadeError> {
+    let p = path
+        .to_str()
+        .ok_or_else(|| CascadeError::NotUtf8(path.to_path_buf()))?;
     if !path.is_file() {
-        return Err(format!(
-            "face cascade {} not found; install it with `apt-get install opencv-data` or pass --cascade",
-            path.display()
-        ));
+        return Err(CascadeError::Missing(path.to_path_buf()));
     }
-    let c = CascadeClassifier::new(p).map_err(|e| format!("{}: {e}", path.display()))?;
+    let c = CascadeClassifier::new(p).map_err(|error| CascadeError::Load {
+        path: path.to_path_buf(),
+        error,
+    })?;
     if c.empty().unwrap_or(true) {
-        return Err(format!("{}: not a usable cascade file", path.display()));
+        return Err(CascadeError::Unusable(path.to_path_buf()));
     }
     Ok(())
 }
@@ -321,6 +342,7 @@ mod tests {
         assert!("hog"
             .parse::<DetectorKind>()
             .unwrap_err()
+            .to_string()
             .contains("haar+cnn"));
         assert!(!DetectorKind::Haar.needs_cnn() && DetectorKind::HaarCnn.needs_cnn());
     }

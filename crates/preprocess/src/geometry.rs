@@ -58,6 +58,29 @@ pub fn template(mean_shape: &[f32], size: usize) -> Vec<[f32; 2]> {
     pts.iter().map(|p| t.apply(*p)).collect()
 }
 
+/// The box `[l, t, r, b]` in which the predictor's mean shape best matches `landmarks`
+/// (least squares per axis): where dlib's own detector would have put the face.
+pub fn box_from_landmarks(mean: &[f32], landmarks: &[[f32; 2]]) -> [f32; 4] {
+    let fit = |axis: usize| {
+        let n = landmarks.len() as f64;
+        let (mut sm, mut sp, mut smm, mut smp) = (0f64, 0f64, 0f64, 0f64);
+        for (i, p) in landmarks.iter().enumerate() {
+            let m = mean[2 * i + axis] as f64;
+            let v = p[axis] as f64;
+            sm += m;
+            sp += v;
+            smm += m * m;
+            smp += m * v;
+        }
+        let scale = (n * smp - sm * sp) / (n * smm - sm * sm);
+        let off = (sp - scale * sm) / n;
+        (off as f32, (off + scale) as f32)
+    };
+    let (l, r) = fit(0);
+    let (t, b) = fit(1);
+    [l, t, r, b]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

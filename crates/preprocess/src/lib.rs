@@ -6,15 +6,20 @@
 //! `ALIGN_POINTS` onto a canonical template -> bilinear warp -> gaussian mask.
 
 pub mod aligner;
+pub mod config;
 pub mod decode;
 pub mod detect;
 pub mod dlib;
+pub mod error;
 pub mod geometry;
 pub mod mask;
 pub mod montage;
 pub mod pipeline;
 pub mod quality;
 pub mod split;
+pub mod walk;
 
 pub use aligner::{AlignedFace, Aligner, FaceSearch};
-pub use pipeline::{run, PreprocessConfig, Reject, RunSummary};
+pub use config::{Mode, PreprocessConfig};
+pub use error::{FaceError, PreprocessError};
+pub use pipeline::{run, Reject, RunSummary};

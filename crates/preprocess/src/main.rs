@@ -1,7 +1,7 @@
 use anyhow::Result;
 use clap::{Parser, ValueEnum};
-use preprocess::pipeline::Mode;
 use preprocess::split::SplitFractions;
+use preprocess::Mode;
 use preprocess::PreprocessConfig;
 use std::path::PathBuf;
 
@@ -70,7 +70,7 @@ struct Cli {
     no_confirm: bool,
     /// Where the CNN detector runs.
     #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda")]
-    device: artifacts::device::DeviceChoice,
+    device: kernels::device::DeviceChoice,
     /// OpenCV Haar cascade for face detection.
     #[arg(
         long,
@@ -110,10 +110,35 @@ enum SummaryFormat {
 }
 
 fn main() -> std::process::ExitCode {
-    artifacts::runtime::main(|| run(Cli::parse()))
+    kernels::runtime::main(|| run(Cli::parse()))
 }
 
 fn run(cli: Cli) -> Result<()> {
+    kernels::runtime::set_jobs(cli.jobs)?;
+    let cfg = config(&cli).resolved()?;
+    if cli.skip_if_fresh {
+        let inputs = preprocess::pipeline::provenance_inputs(&cli.input, &cfg)?;
+        if artifacts::up_to_date(
+            &cli.output,
+            artifacts::FACES_SCHEMA,
+            &serde_json::to_value(&cfg)?,
+            &inputs,
+        ) {
+            println!("preprocess: up to date, skipped ({})", cli.output.display());
+            return Ok(());
+        }
+    }
+    let s = preprocess::run(&cli.input, &cli.output, &cfg)?;
+    match cli.summary {
+        SummaryFormat::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+        SummaryFormat::Text => print!("{}", s.report(&cli.output, cfg.detector.kind)),
+    }
+    Ok(())
+}
+
+/// The run's settings from the command line (defaults that depend on the mode and the
+/// device filled in).
+fn config(cli: &Cli) -> PreprocessConfig {
     let mode = if cli.crop_only {
         Mode::CropOnly
     } else if cli.as_is {
@@ -121,7 +146,7 @@ fn run(cli: Cli) -> Result<()> {
     } else {
         Mode::Align
     };
-    let cfg = PreprocessConfig {
+    PreprocessConfig {
         mode,
         size: cli
             .size
@@ -136,96 +161,27 @@ fn run(cli: Cli) -> Result<()> {
             val: cli.val_percent,
             test: cli.test_percent,
         },
-        split_file: cli.split_file,
+        split_file: cli.split_file.clone(),
         seed: cli.seed,
         detector: preprocess::detect::DetectorConfig {
             kind: cli
                 .detector
-                .unwrap_or(if artifacts::device::cuda_available(cli.device) {
+                .unwrap_or(if kernels::device::cuda_available(cli.device) {
                     preprocess::detect::DetectorKind::Cnn
                 } else {
                     preprocess::detect::DetectorKind::HaarCnn
                 }),
-            cascade: cli.cascade,
+            cascade: cli.cascade.clone(),
             scale_factor: cli.scale_factor,
             min_neighbors: cli.min_neighbors,
-            cnn_model: cli.cnn_model,
+            cnn_model: cli.cnn_model.clone(),
             upsample: cli.upsample,
             confirm: !cli.no_confirm,
             ..Default::default()
         },
-        landmarks: cli.landmarks,
+        landmarks: cli.landmarks.clone(),
         refine: !cli.no_refine,
         eye_weight: cli.eye_weight,
         device: cli.device,
     }
-    .resolved()?;
-    if !(0.0..=100.0).contains(&(cfg.fractions.val + cfg.fractions.test))
-        || cfg.fractions.val < 0.0
-        || cfg.fractions.test < 0.0
-    {
-        anyhow::bail!("--val-percent and --test-percent must be >= 0 and add up to at most 100");
-    }
-    if cli.skip_if_fresh {
-        let inputs = preprocess::pipeline::provenance_inputs(&cli.input, &cfg)?;
-        if artifacts::up_to_date(
-            &cli.output,
-            artifacts::FACES_SCHEMA,
-            &serde_json::to_value(&cfg)?,
-            &inputs,
-        ) {
-            println!("preprocess: up to date, skipped ({})", cli.output.display());
-            return Ok(());
-        }
-    }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(cli.jobs.unwrap_or(0))
-        .build()?;
-    let s = pool.install(|| preprocess::run(&cli.input, &cli.output, &cfg))?;
-    match cli.summary {
-        SummaryFormat::Json => println!("{}", serde_json::to_string_pretty(&s)?),
-        SummaryFormat::Text => {
-            println!(
-                "preprocess: {} photos -> {} faces ({:.1}%), {} rejected, {:.1}s ({:.1} images/s) -> {}",
-                s.candidates,
-                s.faces,
-                100.0 * s.faces as f64 / s.candidates.max(1) as f64,
-                s.rejected,
-                s.seconds,
-                s.images_per_second,
-                cli.output.display()
-            );
-            for (reason, n) in &s.reasons {
-                println!("  rejected {n:>5}: {reason}");
-            }
-            let found: Vec<String> = s
-                .found_by
-                .iter()
-                .map(|(k, n)| format!("{n} by {k}"))
-                .collect();
-            println!(
-                "  detector {}: faces {}",
-                cfg.detector.kind,
-                found.join(", ")
-            );
-            if let Some(q) = &s.quality {
-                println!(
-                    "  alignment spread (px @150): eyes {:.2}, nose tip {:.2}, mouth {:.2}",
-                    q.eye_centres, q.nose_tip, q.mouth
-                );
-            }
-            for (k, q) in &s.quality_by_detector {
-                println!(
-                    "    faces by {k:<5} ({:>4}): eyes {:.2}, nose tip {:.2}, mouth {:.2}",
-                    q.images, q.eye_centres, q.nose_tip, q.mouth
-                );
-            }
-            println!(
-                "  rejects: {}  montage: {}",
-                s.rejects_file.display(),
-                s.montage_file.display()
-            );
-        }
-    }
-    Ok(())
 }

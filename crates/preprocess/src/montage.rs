@@ -2,6 +2,17 @@
 
 use std::path::Path;
 
+/// Why the contact sheet was not written (a run warns and goes on).
+#[derive(Debug, thiserror::Error)]
+pub enum MontageError {
+    #[error("bad image buffer")]
+    BadBuffer,
+    #[error("{0}")]
+    Encode(image::ImageError),
+    #[error("{0}")]
+    Write(artifacts::ArtifactError),
+}
+
 /// Writes a PNG with up to `per_row` thumbnails (`thumb` px) of each class, in row order.
 /// `images` holds HWC RGB images of `size x size`.
 pub fn write_montage(
@@ -12,7 +23,7 @@ pub fn write_montage(
     classes: usize,
     per_row: usize,
     thumb: u32,
-) -> Result<(), String> {
+) -> Result<(), MontageError> {
     let rows = classes.max(1) as u32;
     let mut sheet = image::RgbImage::from_pixel(
         per_row as u32 * thumb,
@@ -26,7 +37,7 @@ pub fn write_montage(
             continue;
         }
         let src = image::RgbImage::from_raw(size as u32, size as u32, img.to_vec())
-            .ok_or("bad image buffer")?;
+            .ok_or(MontageError::BadBuffer)?;
         let t = image::imageops::resize(&src, thumb, thumb, image::imageops::FilterType::Triangle);
         image::imageops::replace(
             &mut sheet,
@@ -39,6 +50,6 @@ pub fn write_montage(
     let mut buf = std::io::Cursor::new(Vec::new());
     sheet
         .write_to(&mut buf, image::ImageFormat::Png)
-        .map_err(|e| e.to_string())?;
-    artifacts::write_atomic(path, buf.get_ref()).map_err(|e| e.to_string())
+        .map_err(MontageError::Encode)?;
+    artifacts::write_atomic(path, buf.get_ref()).map_err(MontageError::Write)
 }

@@ -2,137 +2,18 @@
 //! splits, write the artifact, `rejects.json`, a montage and the alignment-quality report.
 
 use crate::aligner::{AlignedFace, Aligner};
-use crate::detect::{DetectorConfig, DetectorKind};
+use crate::config::{Mode, PreprocessConfig};
+use crate::detect::DetectorKind;
 use crate::dlib::ShapePredictor;
-use crate::split::{assign, read_split_file, SplitFractions};
+use crate::error::{FaceError, PreprocessError};
+use crate::quality::Quality;
+use crate::split::{assign, read_split_file};
 use artifacts::CHIP_SIZE;
 use artifacts::{FaceGeometry, Faces, Provenance, Split};
 use indicatif::ParallelProgressIterator;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-
-/// What each photo becomes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// Detect, 68 landmarks, similarity alignment, mask (the study's final preprocessing).
-    Align,
-    /// The detected box cropped and resized, no landmarks used, no mask (the study's first).
-    CropOnly,
-    /// Photos already aligned and cropped: only resized (mask only if asked).
-    AsIs,
-}
-
-/// Every setting of a preprocessing run; stored in the artifact's metadata.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PreprocessConfig {
-    pub mode: Mode,
-    /// Output side in pixels.
-    pub size: usize,
-    /// Apply the gaussian mask.
-    pub mask: bool,
-    pub sigma: f32,
-    pub fractions: SplitFractions,
-    pub split_file: Option<PathBuf>,
-    /// Salt for the split hash (0 = plain `<class>/<file>` hashing).
-    pub seed: u64,
-    pub detector: DetectorConfig,
-    pub landmarks: PathBuf,
-    /// Re-run the landmark cascade from the box that best fits the first fit (dlib's
-    /// detector boxes differ from Haar boxes; measured to tighten alignment).
-    pub refine: bool,
-    /// Weight of the 12 eye landmarks in the alignment fit (1 = faceswap's plain fit). The
-    /// study's aligned images hold the eyes fixed; 3 halves their spread at a small cost
-    /// for the mouth (measured on msceleb-samples, see README).
-    pub eye_weight: f32,
-    /// Where the CNN detector runs (CPU kernels, or candle on CUDA). Not a setting of the
-    /// result, so not recorded.
-    #[serde(skip)]
-    pub device: artifacts::device::DeviceChoice,
-}
-
-impl Default for PreprocessConfig {
-    fn default() -> Self {
-        PreprocessConfig {
-            mode: Mode::Align,
-            size: 150,
-            mask: true,
-            sigma: 2.5,
-            fractions: SplitFractions::default(),
-            split_file: None,
-            seed: 0,
-            detector: DetectorConfig::default(),
-            landmarks: PathBuf::from("/usr/share/dlib/shape_predictor_68_face_landmarks.dat"),
-            refine: true,
-            eye_weight: 3.0,
-            device: artifacts::device::DeviceChoice::Cpu,
-        }
-    }
-}
-
-impl PreprocessConfig {
-    /// The settings a run really uses: the CNN detector's model located
-    /// ([`dlib_dnn::models::locate`]). Without one, the default detector falls back to the
-    /// cascade alone with a warning; an explicit `--cnn-model` that is missing is an error.
-    pub fn resolved(&self) -> Result<PreprocessConfig, PreprocessError> {
-        let mut cfg = self.clone();
-        // Model files are recorded absolute: `predict` re-runs this preprocessing from any
-        // folder.
-        for p in [&mut cfg.landmarks, &mut cfg.detector.cascade] {
-            if let Ok(abs) = std::fs::canonicalize(&*p) {
-                *p = abs;
-            }
-        }
-        if cfg.mode == Mode::AsIs || !cfg.detector.kind.needs_cnn() {
-            cfg.detector.cnn_model = None;
-            return Ok(cfg);
-        }
-        match dlib_dnn::models::locate(
-            &dlib_dnn::models::FACE_DETECTOR,
-            cfg.detector.cnn_model.as_deref(),
-        ) {
-            Ok(p) => cfg.detector.cnn_model = Some(std::fs::canonicalize(&p).unwrap_or(p)),
-            Err(e)
-                if cfg.detector.cnn_model.is_none()
-                    && cfg.detector.kind == DetectorKind::HaarCnn =>
-            {
-                tracing::warn!(
-                    "face detection by the Haar cascade alone (no CNN check, fewer faces): {e}"
-                );
-                cfg.detector.kind = DetectorKind::Haar;
-            }
-            Err(e) => {
-                return Err(PreprocessError::Config(format!(
-                    "--detector {}: {e}",
-                    cfg.detector.kind
-                )))
-            }
-        }
-        Ok(cfg)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PreprocessError {
-    #[error("input folder {0} does not exist; put photos in <folder>/<class>/<image>.jpg")]
-    MissingInput(PathBuf),
-    #[error("no images found under {0}; expected <folder>/<class>/<image> files")]
-    NoImages(PathBuf),
-    #[error("{0}: {1}")]
-    Io(PathBuf, std::io::Error),
-    #[error("landmark model {path}: {error}; install it with `apt-get install libdlib-data` or pass --landmarks")]
-    Landmarks {
-        path: PathBuf,
-        error: crate::dlib::DlibError,
-    },
-    #[error("{0}")]
-    Config(String),
-    #[error("no photo produced a face ({0} rejected); see the rejects file")]
-    NothingKept(usize),
-    #[error(transparent)]
-    Artifact(#[from] artifacts::ArtifactError),
-}
 
 /// A skipped file and why.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -257,6 +138,55 @@ pub struct RunSummary {
     pub montage_file: PathBuf,
 }
 
+impl RunSummary {
+    /// The summary as the command line prints it, one line per figure.
+    pub fn report(&self, output: &Path, detector: DetectorKind) -> String {
+        use std::fmt::Write;
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "preprocess: {} photos -> {} faces ({:.1}%), {} rejected, {:.1}s ({:.1} images/s) -> {}",
+            self.candidates,
+            self.faces,
+            100.0 * self.faces as f64 / self.candidates.max(1) as f64,
+            self.rejected,
+            self.seconds,
+            self.images_per_second,
+            output.display()
+        );
+        for (reason, n) in &self.reasons {
+            let _ = writeln!(t, "  rejected {n:>5}: {reason}");
+        }
+        let found: Vec<String> = self
+            .found_by
+            .iter()
+            .map(|(k, n)| format!("{n} by {k}"))
+            .collect();
+        let _ = writeln!(t, "  detector {detector}: faces {}", found.join(", "));
+        if let Some(q) = &self.quality {
+            let _ = writeln!(
+                t,
+                "  alignment spread (px @150): eyes {:.2}, nose tip {:.2}, mouth {:.2}",
+                q.eye_centres, q.nose_tip, q.mouth
+            );
+        }
+        for (k, q) in &self.quality_by_detector {
+            let _ = writeln!(
+                t,
+                "    faces by {k:<5} ({:>4}): eyes {:.2}, nose tip {:.2}, mouth {:.2}",
+                q.images, q.eye_centres, q.nose_tip, q.mouth
+            );
+        }
+        let _ = writeln!(
+            t,
+            "  rejects: {}  montage: {}",
+            self.rejects_file.display(),
+            self.montage_file.display()
+        );
+        t
+    }
+}
+
 /// Side files sit next to the artifact: `rejects.json` for `faces.safetensors`, else
 /// `<stem>.rejects.json`.
 pub fn side_file(output: &Path, name: &str) -> PathBuf {
@@ -338,33 +268,6 @@ pub fn provenance_inputs(
     Ok(m)
 }
 
-/// Loads the landmark model when the mode needs it.
-/// In `--as-is` mode it is only needed to measure alignment quality, so a missing model
-/// there is a warning, not an error.
-pub fn load_predictor(cfg: &PreprocessConfig) -> Result<Option<ShapePredictor>, PreprocessError> {
-    let p = match ShapePredictor::open(&cfg.landmarks) {
-        Ok(p) => p,
-        Err(e) if cfg.mode == Mode::AsIs => {
-            tracing::warn!("no alignment-quality report: {e}");
-            return Ok(None);
-        }
-        Err(error) => {
-            return Err(PreprocessError::Landmarks {
-                path: cfg.landmarks.clone(),
-                error,
-            })
-        }
-    };
-    if p.num_parts() != 68 {
-        return Err(PreprocessError::Config(format!(
-            "{}: {} landmarks; the 68-point model is needed",
-            cfg.landmarks.display(),
-            p.num_parts()
-        )));
-    }
-    Ok(Some(p))
-}
-
 /// Runs preprocessing from `input` to `output`.
 pub fn run(
     input: &Path,
@@ -378,180 +281,35 @@ pub fn run(
         return Err(PreprocessError::NoImages(input.to_path_buf()));
     }
     let split_file = match &cfg.split_file {
-        Some(p) => Some(read_split_file(p).map_err(PreprocessError::Config)?),
+        Some(p) => Some(read_split_file(p)?),
         None => None,
     };
     let aligner = Aligner::new(cfg)?;
-    let bar = indicatif::ProgressBar::new(candidates.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template(
-            "preprocess {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec}",
-        )
-        .expect("valid template"),
-    );
-    let results: Vec<Result<AlignedFace, String>> = candidates
-        .par_iter()
-        .progress_with(bar.clone())
-        .map(|c| aligner.process_file(&c.path))
-        .collect();
-    bar.finish_and_clear();
-
-    // Keep the faces; classes are the folders that kept at least one face.
-    let mut kept: Vec<(usize, AlignedFace)> = Vec::new();
-    for (i, r) in results.into_iter().enumerate() {
-        let c = &candidates[i];
-        let r = r.and_then(|p| match &split_file {
-            Some(m) if !m.contains_key(&(c.class.clone(), c.file.clone())) => {
-                Err("not listed in the split file".to_string())
-            }
-            _ => Ok(p),
-        });
-        match r {
-            Ok(p) => kept.push((i, p)),
-            Err(reason) => rejects.push(Reject {
-                path: c.path.display().to_string(),
-                reason,
-            }),
-        }
-    }
+    let results = align_all(&aligner, &candidates);
+    let kept = keep(results, &candidates, split_file.as_ref(), &mut rejects);
     if kept.is_empty() {
         write_rejects(output, &rejects)?;
         return Err(PreprocessError::NothingKept(rejects.len()));
     }
-    let mut class_names: Vec<String> = kept
-        .iter()
-        .map(|(i, _)| candidates[*i].class.clone())
-        .collect();
-    class_names.sort();
-    class_names.dedup();
-    let class_idx: HashMap<&str, u32> = class_names
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.as_str(), i as u32))
-        .collect();
-    let keys: Vec<(String, String)> = kept
-        .iter()
-        .map(|(i, _)| {
-            let c = &candidates[*i];
-            let file = if cfg.seed == 0 {
-                c.file.clone()
-            } else {
-                format!("{}#{}", c.file, cfg.seed)
-            };
-            (c.class.clone(), file)
-        })
-        .collect();
-    let splits: Vec<Split> = match &split_file {
-        Some(m) => kept
-            .iter()
-            .map(|(i, _)| m[&(candidates[*i].class.clone(), candidates[*i].file.clone())])
-            .collect(),
-        None => assign(&keys, cfg.fractions),
-    };
-    let n = kept.len();
-    let size = cfg.size;
-    let mut faces = Faces {
-        height: size,
-        width: size,
-        images: Vec::with_capacity(n * size * size * 3),
-        labels: Vec::with_capacity(n),
-        splits,
-        class_names: class_names.clone(),
-        sources: Vec::with_capacity(n),
-        geometry: None,
-        provenance: Provenance::new(
-            env!("CARGO_PKG_NAME"),
-            artifacts::build_version(),
-            serde_json::to_value(cfg).expect("plain config"),
-        ),
-    };
+    let splits = splits_of(&kept, &candidates, split_file.as_ref(), cfg);
+    let mut faces = assemble(&kept, &candidates, splits, cfg);
     faces.provenance.inputs = provenance_inputs(input, cfg)?;
-    let mut geometry = FaceGeometry {
-        boxes: Vec::new(),
-        landmarks: Vec::new(),
-        transforms: Vec::new(),
-        chips: Some(Vec::with_capacity(kept.len() * CHIP_SIZE * CHIP_SIZE * 3)),
-    };
-    let mut per_class: BTreeMap<String, usize> = BTreeMap::new();
-    let mut multiple = 0;
-    let mut by_detector: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (face, (i, p)) in kept.iter().enumerate() {
-        by_detector
-            .entry(p.found_by.to_string())
-            .or_default()
-            .push(face);
-        let c = &candidates[*i];
-        faces.images.extend_from_slice(&p.pixels);
-        faces.labels.push(class_idx[c.class.as_str()]);
-        faces.sources.push(format!("{}/{}", c.class, c.file));
-        geometry.boxes.push(p.rect);
-        geometry.landmarks.extend(p.landmarks.iter().flatten());
-        geometry.transforms.extend(p.transform);
-        if let Some(chips) = &mut geometry.chips {
-            chips.extend_from_slice(&p.chip);
-        }
-        *per_class.entry(c.class.clone()).or_default() += 1;
-        multiple += usize::from(p.faces_found > 1);
-    }
-    faces.geometry = Some(geometry);
     faces.write(output)?;
     let rejects_file = write_rejects(output, &rejects)?;
-    let montage_file = side_file(output, "montage.png");
-    let views: Vec<&[u8]> = (0..n).map(|i| faces.image(i)).collect();
-    if let Err(e) = crate::montage::write_montage(
-        &montage_file,
-        size,
-        &views,
-        &faces.labels,
-        class_names.len(),
-        12,
-        64,
-    ) {
-        tracing::warn!("montage not written: {e}");
-    }
-    let mut quality_by_detector = BTreeMap::new();
-    let quality = match aligner.predictor() {
-        Some(p) => {
-            let q = crate::quality::measure(p, &faces, cfg.mode, aligner.template());
-            if by_detector.len() > 1 {
-                for (name, which) in &by_detector {
-                    quality_by_detector.insert(
-                        name.clone(),
-                        crate::quality::measure_some(
-                            p,
-                            &faces,
-                            cfg.mode,
-                            aligner.template(),
-                            which,
-                        ),
-                    );
-                }
-            }
-            let mut json = serde_json::to_value(&q).expect("plain");
-            json["by_detector"] = serde_json::to_value(&quality_by_detector).expect("plain");
-            let path = side_file(output, "alignment-quality.json");
-            artifacts::write_atomic(
-                &path,
-                serde_json::to_string_pretty(&json)
-                    .expect("plain")
-                    .as_bytes(),
-            )?;
-            Some(q)
-        }
-        None => None,
+    let montage_file = write_montage(output, &faces);
+    let by_detector = faces_by_detector(&kept);
+    let (quality, quality_by_detector) = match aligner.predictor() {
+        Some(p) => write_quality(output, p, &aligner, &faces, &by_detector)?,
+        None => (None, BTreeMap::new()),
     };
-    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    for r in &rejects {
-        let key = r.reason.split(':').next().unwrap_or(&r.reason).to_string();
-        *reasons.entry(key).or_default() += 1;
-    }
     let seconds = start.elapsed().as_secs_f64();
     Ok(RunSummary {
         candidates: candidates.len(),
-        faces: n,
+        faces: kept.len(),
         rejected: rejects.len(),
-        reasons,
-        per_class,
-        multiple_faces: multiple,
+        reasons: reason_counts(&rejects),
+        per_class: per_class(&kept, &candidates),
+        multiple_faces: kept.iter().filter(|(_, p)| p.faces_found > 1).count(),
         found_by: by_detector
             .iter()
             .map(|(k, v)| (k.clone(), v.len()))
@@ -565,14 +323,218 @@ pub fn run(
     })
 }
 
+/// Every candidate through the aligner, in parallel, with a progress bar.
+fn align_all(aligner: &Aligner, candidates: &[Candidate]) -> Vec<Result<AlignedFace, FaceError>> {
+    let bar = indicatif::ProgressBar::new(candidates.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "preprocess {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec}",
+        )
+        .expect("valid template"),
+    );
+    let results = candidates
+        .par_iter()
+        .progress_with(bar.clone())
+        .map(|c| aligner.process_file(&c.path))
+        .collect();
+    bar.finish_and_clear();
+    results
+}
+
+/// The faces kept (with their candidate's index); the others become rejects. A
+/// `--split-file` run keeps only the photos the file lists.
+fn keep(
+    results: Vec<Result<AlignedFace, FaceError>>,
+    candidates: &[Candidate],
+    split_file: Option<&SplitFile>,
+    rejects: &mut Vec<Reject>,
+) -> Vec<(usize, AlignedFace)> {
+    let mut kept = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        let c = &candidates[i];
+        let r = r.and_then(|p| match split_file {
+            Some(m) if !m.contains_key(&(c.class.clone(), c.file.clone())) => {
+                Err(FaceError::NotInSplitFile)
+            }
+            _ => Ok(p),
+        });
+        match r {
+            Ok(p) => kept.push((i, p)),
+            Err(reason) => rejects.push(Reject {
+                path: c.path.display().to_string(),
+                reason: reason.to_string(),
+            }),
+        }
+    }
+    kept
+}
+
+/// The split-file's photo -> split table.
+type SplitFile = HashMap<(String, String), Split>;
+
+/// Each kept face's split: from the split file, or by hashing `<class>/<file>` (salted by
+/// the seed).
+fn splits_of(
+    kept: &[(usize, AlignedFace)],
+    candidates: &[Candidate],
+    split_file: Option<&SplitFile>,
+    cfg: &PreprocessConfig,
+) -> Vec<Split> {
+    if let Some(m) = split_file {
+        return kept
+            .iter()
+            .map(|(i, _)| m[&(candidates[*i].class.clone(), candidates[*i].file.clone())])
+            .collect();
+    }
+    let keys: Vec<(String, String)> = kept
+        .iter()
+        .map(|(i, _)| {
+            let c = &candidates[*i];
+            let file = if cfg.seed == 0 {
+                c.file.clone()
+            } else {
+                format!("{}#{}", c.file, cfg.seed)
+            };
+            (c.class.clone(), file)
+        })
+        .collect();
+    assign(&keys, cfg.fractions)
+}
+
+/// The artifact of the kept faces: classes are the folders that kept at least one face.
+fn assemble(
+    kept: &[(usize, AlignedFace)],
+    candidates: &[Candidate],
+    splits: Vec<Split>,
+    cfg: &PreprocessConfig,
+) -> Faces {
+    let mut class_names: Vec<String> = kept
+        .iter()
+        .map(|(i, _)| candidates[*i].class.clone())
+        .collect();
+    class_names.sort();
+    class_names.dedup();
+    let class_idx: HashMap<&str, u32> = class_names
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i as u32))
+        .collect();
+    let (n, size) = (kept.len(), cfg.size);
+    let mut images = Vec::with_capacity(n * size * size * 3);
+    let mut labels = Vec::with_capacity(n);
+    let mut sources = Vec::with_capacity(n);
+    let mut geometry = FaceGeometry {
+        boxes: Vec::new(),
+        landmarks: Vec::new(),
+        transforms: Vec::new(),
+        chips: Some(Vec::with_capacity(n * CHIP_SIZE * CHIP_SIZE * 3)),
+    };
+    for (i, p) in kept {
+        let c = &candidates[*i];
+        images.extend_from_slice(&p.pixels);
+        labels.push(class_idx[c.class.as_str()]);
+        sources.push(format!("{}/{}", c.class, c.file));
+        geometry.boxes.push(p.rect);
+        geometry.landmarks.extend(p.landmarks.iter().flatten());
+        geometry.transforms.extend(p.transform);
+        if let Some(chips) = &mut geometry.chips {
+            chips.extend_from_slice(&p.chip);
+        }
+    }
+    Faces {
+        height: size,
+        width: size,
+        images,
+        labels,
+        splits,
+        class_names,
+        sources,
+        geometry: Some(geometry),
+        provenance: Provenance::new(
+            env!("CARGO_PKG_NAME"),
+            artifacts::build_version(),
+            serde_json::to_value(cfg).expect("plain config"),
+        ),
+    }
+}
+
+/// The montage beside the artifact; a failure to draw it is a warning, not the run's end.
+fn write_montage(output: &Path, faces: &Faces) -> PathBuf {
+    let montage_file = side_file(output, "montage.png");
+    let views: Vec<&[u8]> = (0..faces.len()).map(|i| faces.image(i)).collect();
+    if let Err(e) = crate::montage::write_montage(
+        &montage_file,
+        faces.width,
+        &views,
+        &faces.labels,
+        faces.class_names.len(),
+        12,
+        64,
+    ) {
+        tracing::warn!("montage not written: {e}");
+    }
+    montage_file
+}
+
+/// The kept faces' indices by the detector whose box they came from.
+fn faces_by_detector(kept: &[(usize, AlignedFace)]) -> BTreeMap<String, Vec<usize>> {
+    let mut by_detector: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (face, (_, p)) in kept.iter().enumerate() {
+        by_detector
+            .entry(p.found_by.to_string())
+            .or_default()
+            .push(face);
+    }
+    by_detector
+}
+
+/// The alignment-quality report (overall, and per detector when there are several),
+/// written beside the artifact.
+fn write_quality(
+    output: &Path,
+    predictor: &ShapePredictor,
+    aligner: &Aligner,
+    faces: &Faces,
+    by_detector: &BTreeMap<String, Vec<usize>>,
+) -> Result<(Option<Quality>, BTreeMap<String, Quality>), PreprocessError> {
+    let mode = aligner.config().mode;
+    let q = crate::quality::measure(predictor, faces, mode, aligner.template());
+    let mut quality_by_detector = BTreeMap::new();
+    if by_detector.len() > 1 {
+        for (name, which) in by_detector {
+            quality_by_detector.insert(
+                name.clone(),
+                crate::quality::measure_some(predictor, faces, mode, aligner.template(), which),
+            );
+        }
+    }
+    let mut json = serde_json::to_value(&q).expect("plain");
+    json["by_detector"] = serde_json::to_value(&quality_by_detector).expect("plain");
+    artifacts::write_json_atomic(&side_file(output, "alignment-quality.json"), &json)?;
+    Ok((Some(q), quality_by_detector))
+}
+
+/// Faces kept per class folder.
+fn per_class(kept: &[(usize, AlignedFace)], candidates: &[Candidate]) -> BTreeMap<String, usize> {
+    let mut per_class: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, _) in kept {
+        *per_class.entry(candidates[*i].class.clone()).or_default() += 1;
+    }
+    per_class
+}
+
+/// Rejects counted by their reason's kind (the text before the first `:`).
+fn reason_counts(rejects: &[Reject]) -> BTreeMap<String, usize> {
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for r in rejects {
+        let key = r.reason.split(':').next().unwrap_or(&r.reason).to_string();
+        *reasons.entry(key).or_default() += 1;
+    }
+    reasons
+}
+
 fn write_rejects(output: &Path, rejects: &[Reject]) -> Result<PathBuf, PreprocessError> {
     let path = side_file(output, "rejects.json");
     let json = serde_json::json!({ "count": rejects.len(), "rejects": rejects });
-    artifacts::write_atomic(
-        &path,
-        serde_json::to_string_pretty(&json)
-            .expect("plain")
-            .as_bytes(),
-    )?;
+    artifacts::write_json_atomic(&path, &json)?;
     Ok(path)
 }

@@ -1,10 +1,11 @@
 //! Alignment quality: run the landmark predictor again on the produced faces and measure
 //! how much the eye centres, nose tip and mouth centre still move between images.
 
-use crate::aligner::box_from_landmarks;
+use crate::config::Mode;
 use crate::dlib::{gray_like_dlib, ShapePredictor};
-use crate::geometry::{centre, EYE_IMAGE_LEFT, EYE_IMAGE_RIGHT, MOUTH, NOSE_TIP};
-use crate::pipeline::Mode;
+use crate::geometry::{
+    box_from_landmarks, centre, EYE_IMAGE_LEFT, EYE_IMAGE_RIGHT, MOUTH, NOSE_TIP,
+};
 use artifacts::Faces;
 use rayon::prelude::*;
 

@@ -4,7 +4,7 @@
 use artifacts::Split;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Percent of images per split; train takes the rest.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -65,9 +65,33 @@ pub fn assign(items: &[(String, String)], f: SplitFractions) -> Vec<Split> {
     out
 }
 
+/// Why a `--split-file` cannot be used; each names the file (and the line).
+#[derive(Debug, thiserror::Error)]
+pub enum SplitFileError {
+    #[error("{path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{path}:{line}: expected `entity,image,split`")]
+    Columns { path: PathBuf, line: usize },
+    /// The third column is not a split name (the text says which are).
+    #[error("{path}:{line}: {problem}")]
+    Split {
+        path: PathBuf,
+        line: usize,
+        problem: String,
+    },
+    #[error("{0}: no rows")]
+    Empty(PathBuf),
+}
+
 /// Reads `entity,image,split` rows (header optional), e.g. the study's `split_study.csv`.
-pub fn read_split_file(path: &Path) -> Result<HashMap<(String, String), Split>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn read_split_file(path: &Path) -> Result<HashMap<(String, String), Split>, SplitFileError> {
+    let text = std::fs::read_to_string(path).map_err(|error| SplitFileError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
     let mut map = HashMap::new();
     for (no, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -76,19 +100,20 @@ pub fn read_split_file(path: &Path) -> Result<HashMap<(String, String), Split>, 
         }
         let cols: Vec<&str> = line.split(',').map(str::trim).collect();
         let [class, image, split] = cols.as_slice() else {
-            return Err(format!(
-                "{}:{}: expected `entity,image,split`",
-                path.display(),
-                no + 1
-            ));
+            return Err(SplitFileError::Columns {
+                path: path.to_path_buf(),
+                line: no + 1,
+            });
         };
-        let split: Split = split
-            .parse()
-            .map_err(|e| format!("{}:{}: {e}", path.display(), no + 1))?;
+        let split: Split = split.parse().map_err(|problem| SplitFileError::Split {
+            path: path.to_path_buf(),
+            line: no + 1,
+            problem,
+        })?;
         map.insert((class.to_string(), image.to_string()), split);
     }
     if map.is_empty() {
-        return Err(format!("{}: no rows", path.display()));
+        return Err(SplitFileError::Empty(path.to_path_buf()));
     }
     Ok(map)
 }
@@ -138,6 +163,9 @@ mod tests {
         let m = read_split_file(&p).unwrap();
         assert_eq!(m[&("m.1".to_string(), "b.jpg".to_string())], Split::Test);
         std::fs::write(&p, "m.1,a.jpg,holdout\n").unwrap();
-        assert!(read_split_file(&p).unwrap_err().contains("holdout"));
+        assert!(read_split_file(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("holdout"));
     }
 }

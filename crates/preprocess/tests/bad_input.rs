@@ -1,7 +1,7 @@
 //! Bad input never panics and never loses work: each case becomes a recorded reject.
 //! Runs in `--as-is` mode so it needs no system data files.
 
-use preprocess::pipeline::Mode;
+use preprocess::Mode;
 use preprocess::{run, PreprocessConfig};
 use std::path::Path;
 

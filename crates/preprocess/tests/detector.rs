@@ -4,12 +4,8 @@
 use preprocess::detect::DetectorKind;
 use preprocess::PreprocessConfig;
 use std::path::PathBuf;
-
-fn shared() -> PathBuf {
-    std::env::var_os("CELEB_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-}
+use test_support::fixture::{Fixture, DLIB_MMOD};
+use test_support::shared;
 
 #[test]
 fn a_missing_cnn_model_falls_back_or_fails_as_asked() {
@@ -38,10 +34,7 @@ fn a_missing_cnn_model_falls_back_or_fails_as_asked() {
 #[ignore = "needs ../shared and Debian data packages"]
 fn the_cnn_finds_the_faces_the_cascade_misses() {
     // The fixture's first 16 photos are ones in which OpenCV's cascade finds no face.
-    let fixture = std::fs::read(shared().join("fixtures/dlib-mmod/reference.safetensors")).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&fixture).unwrap();
-    let photos: Vec<String> =
-        serde_json::from_str(&meta.metadata().clone().unwrap()["photos"]).unwrap();
+    let photos = Fixture::open(DLIB_MMOD).photos();
     let dir = tempfile::tempdir().unwrap();
     for p in &photos[..16] {
         let rel = PathBuf::from(p);
@@ -60,7 +53,7 @@ fn the_cnn_finds_the_faces_the_cascade_misses() {
         let mut cfg = PreprocessConfig::default();
         cfg.detector.kind = kind;
         cfg.detector.upsample = upsample;
-        cfg.detector.cnn_model = Some(shared().join("models/dlib/mmod_human_face_detector.dat"));
+        cfg.detector.cnn_model = Some(test_support::cnn_detector_model());
         preprocess::run(
             &dir.path().join("in"),
             &dir.path()

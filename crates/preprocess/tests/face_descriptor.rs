@@ -6,27 +6,15 @@ use candle_core::{DType, Device};
 use dlib_dnn::{FaceDescriptor, Kernels};
 use preprocess::{run, PreprocessConfig};
 use std::path::PathBuf;
-
-fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
-}
+use test_support::fixture::{Fixture, DLIB_FACE};
+use test_support::shared;
 
 #[test]
 #[ignore = "needs ../shared (dlib's descriptors of 28 photos) and Debian data packages"]
 fn our_pipeline_gives_dlibs_descriptors() {
-    let fixture = shared().join("fixtures/dlib-face-recognition/reference.safetensors");
-    let bytes = std::fs::read(&fixture).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let photos: Vec<String> =
-        serde_json::from_str(&meta.metadata().as_ref().unwrap()["photos"]).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let want: Vec<f32> = st
-        .tensor("descriptors")
-        .unwrap()
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let fixture = Fixture::open(DLIB_FACE);
+    let photos = fixture.photos();
+    let want = fixture.f32s("descriptors");
     // The photos as a class-folder tree (links), so preprocess sees them as it would.
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("photos");
@@ -39,13 +27,13 @@ fn our_pipeline_gives_dlibs_descriptors() {
     }
     let out = dir.path().join("faces.safetensors");
     let mut cfg = PreprocessConfig::default();
-    cfg.detector.cnn_model = Some(shared().join("models/dlib/mmod_human_face_detector.dat"));
+    cfg.detector.cnn_model = Some(test_support::cnn_detector_model());
     run(&input, &out, &cfg).unwrap();
     let faces = Faces::read(&out).unwrap();
     let g = faces.geometry.as_ref().unwrap();
     let chips = g.chips.as_ref().unwrap();
     let net = FaceDescriptor::open(
-        &shared().join("models/dlib/dlib_face_recognition_resnet_model_v1.dat"),
+        &test_support::descriptor_model(),
         Kernels::CpuNhwc,
         &Device::Cpu,
         DType::F32,

@@ -1,20 +1,14 @@
 //! Measurements on the study's photos (needs ../shared and Debian's opencv-data and
 //! libdlib-data packages).
 
-use preprocess::pipeline::Mode;
+use preprocess::Mode;
 use preprocess::{run, PreprocessConfig};
-use std::path::PathBuf;
-
-fn shared() -> PathBuf {
-    std::env::var_os("CELEB_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-}
+use test_support::shared;
 
 /// The default detector (Haar, confirmed and completed by dlib's CNN) with the shared model.
 fn with_cnn() -> PreprocessConfig {
     let mut cfg = PreprocessConfig::default();
-    cfg.detector.cnn_model = Some(shared().join("models/dlib/mmod_human_face_detector.dat"));
+    cfg.detector.cnn_model = Some(test_support::cnn_detector_model());
     cfg
 }
 

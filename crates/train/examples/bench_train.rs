@@ -6,7 +6,7 @@ use artifacts::{Bottlenecks, Faces, Provenance, Split};
 use train::{Dataset, Partition, RunFiles, TrainConfig, TrainMode, Trainer};
 
 fn main() -> anyhow::Result<()> {
-    artifacts::runtime::init();
+    kernels::runtime::init();
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     // `--runs N` first: runs per batch size, median reported (default 3).
     let runs: usize = match args.first().map(String::as_str) {
@@ -25,13 +25,8 @@ fn main() -> anyhow::Result<()> {
     };
     let n = 640;
     let size = 150;
-    let mut s = 1u64;
-    let mut rnd = move || {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (s >> 56) as u8
-    };
+    let mut lcg = test_support::Lcg::new(1);
+    let mut rnd = move || (lcg.next_u64() >> 56) as u8;
     let faces = Faces {
         height: size,
         width: size,
@@ -72,7 +67,7 @@ fn main() -> anyhow::Result<()> {
             batch: b,
             // The PyTorch peer does not augment either.
             augment: false,
-            device: artifacts::device::DeviceChoice::Cpu,
+            device: kernels::device::DeviceChoice::Cpu,
             ..Default::default()
         };
         // Median of several runs: single runs vary by +-20% on a shared 2-core VM.

@@ -2,7 +2,7 @@
 //! and report without touching a test split.
 
 use crate::training::{Partition, RunFiles, TrainConfig};
-use crate::{train, Dataset, TrainError};
+use crate::{train, ConfigError, Dataset, TrainError};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -50,9 +50,7 @@ pub fn cross_validate(
     seed: u64,
 ) -> Result<CvReport, TrainError> {
     if k < 2 {
-        return Err(TrainError::Config(
-            "cross-validation needs at least 2 folds".into(),
-        ));
+        return Err(ConfigError::TooFewFolds.into());
     }
     let labels: Vec<u32> = pool.iter().map(|&i| data.faces.labels[i]).collect();
     let fs: Vec<Vec<usize>> = folds(&labels, k, seed)

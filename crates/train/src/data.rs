@@ -1,6 +1,6 @@
 //! Loading the faces and the teacher's bottlenecks into training tensors.
 
-use crate::TrainError;
+use crate::{DataError, TrainError};
 use artifacts::{Bottlenecks, Faces, Split};
 use candle_core::{Device, Tensor};
 use std::path::Path;
@@ -20,29 +20,23 @@ impl Dataset {
     pub fn load(faces_path: &Path, bottlenecks_path: Option<&Path>) -> Result<Dataset, TrainError> {
         let faces = Faces::read(faces_path)?;
         if faces.is_empty() {
-            return Err(TrainError::Data(format!(
-                "{} holds no faces",
-                faces_path.display()
-            )));
+            return Err(DataError::NoFaces(faces_path.to_path_buf()).into());
         }
         let faces_digest = artifacts::digest_file(faces_path)?;
         let (teacher, bottlenecks_digest) = match bottlenecks_path {
             Some(p) => {
                 let b = Bottlenecks::read(p)?;
                 if b.len() != faces.len() {
-                    return Err(TrainError::Data(format!(
-                        "{} has {} rows but {} has {} faces; re-run inception-bottleneck",
-                        p.display(),
-                        b.len(),
-                        faces_path.display(),
-                        faces.len()
-                    )));
+                    return Err(DataError::RowCount {
+                        bottlenecks: p.to_path_buf(),
+                        rows: b.len(),
+                        faces_path: faces_path.to_path_buf(),
+                        faces: faces.len(),
+                    }
+                    .into());
                 }
                 if b.faces_digest != faces_digest {
-                    return Err(TrainError::Data(format!(
-                        "{} was made from another faces file (stale); re-run inception-bottleneck",
-                        p.display()
-                    )));
+                    return Err(DataError::StaleBottlenecks(p.to_path_buf()).into());
                 }
                 let d = artifacts::digest_file(p)?;
                 (Some(b), Some(d))

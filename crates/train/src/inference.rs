@@ -1,7 +1,8 @@
 //! Loading a trained checkpoint and running it: class scores and embeddings per face.
 
 use crate::data::{input_batch, rows};
-use crate::TrainError;
+use crate::layout::OPEN_SET_PREFIX;
+use crate::{CheckpointError, ConfigError, TrainError};
 use artifacts::{Bottlenecks, Checkpoint, Faces, NamedTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -33,33 +34,34 @@ pub fn student_from_weights(
     device: &Device,
 ) -> Result<(Student, StudentConfig), TrainError> {
     let cfg: StudentConfig = serde_json::from_value(ck.model_config["student"].clone())
-        .map_err(|e| TrainError::Data(format!("checkpoint model config: {e}")))?;
+        .map_err(CheckpointError::ModelConfig)?;
     let varmap = VarMap::new();
     let student = Student::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
     {
         let data = varmap.data().lock().expect("varmap lock");
-        let missing: Vec<&String> = data
+        let missing: Vec<String> = data
             .keys()
             .filter(|k| !ck.weights.contains_key(*k))
+            .cloned()
             .collect();
-        let extra: Vec<&String> = ck
+        let extra: Vec<String> = ck
             .weights
             .keys()
-            .filter(|k| !data.contains_key(*k) && !k.starts_with(crate::open_set::PREFIX))
+            .filter(|k| !data.contains_key(*k) && !k.starts_with(OPEN_SET_PREFIX))
+            .cloned()
             .collect();
         if !missing.is_empty() || !extra.is_empty() {
-            return Err(TrainError::Data(format!(
-                "checkpoint does not fit the model: missing {missing:?}, unexpected {extra:?}"
-            )));
+            return Err(CheckpointError::Misfit { missing, extra }.into());
         }
         for (k, v) in data.iter() {
             let w = &ck.weights[k];
             if w.shape != v.as_tensor().dims() {
-                return Err(TrainError::Data(format!(
-                    "weight {k}: shape {:?}, model {:?}",
-                    w.shape,
-                    v.as_tensor().dims()
-                )));
+                return Err(CheckpointError::WeightShape {
+                    name: k.clone(),
+                    shape: w.shape.clone(),
+                    model: v.as_tensor().dims().to_vec(),
+                }
+                .into());
             }
             v.set(&Tensor::from_slice(&w.data, w.shape.as_slice(), device)?)?;
         }
@@ -120,10 +122,14 @@ impl Predictor {
                 }
             }
             Some("probe") => {
-                let get = |k: &str| -> Result<Tensor, TrainError> {
-                    let w = ck.weights.get(k).ok_or_else(|| {
-                        TrainError::Data(format!("{}: probe lacks `{k}`", path.display()))
-                    })?;
+                let get = |k: &'static str| -> Result<Tensor, TrainError> {
+                    let w = ck
+                        .weights
+                        .get(k)
+                        .ok_or_else(|| CheckpointError::ProbeLacks {
+                            path: path.to_path_buf(),
+                            key: k,
+                        })?;
                     Ok(Tensor::from_slice(&w.data, w.shape.as_slice(), device)?)
                 };
                 Predictor::Probe {
@@ -134,10 +140,11 @@ impl Predictor {
                 }
             }
             other => {
-                return Err(TrainError::Data(format!(
-                    "{}: unknown model kind {other:?}",
-                    path.display()
-                )))
+                return Err(CheckpointError::UnknownKind {
+                    path: path.to_path_buf(),
+                    kind: other.map(str::to_string),
+                }
+                .into())
             }
         };
         Ok((p, ck))
@@ -172,9 +179,7 @@ impl Predictor {
                     mean,
                     std,
                 } => {
-                    let b = teacher.ok_or_else(|| {
-                        TrainError::Config("the probe needs the teacher's bottlenecks".into())
-                    })?;
+                    let b = teacher.ok_or(ConfigError::ProbeNeedsTeacher)?;
                     let x = rows(&b.features, b.dim, chunk, device)?;
                     let z = x.broadcast_sub(mean)?.broadcast_div(std)?;
                     (z.matmul(&weight.t()?)?.broadcast_add(bias)?, z)

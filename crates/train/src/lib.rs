@@ -2,43 +2,26 @@
 //! model and a linear probe on the teacher, with exact resume and k-fold cross-validation.
 //!
 //! Split like burn's guide: [`data`] (artifacts -> tensors), [`training`] (the loop),
-//! [`inference`] (checkpoint -> predictions), [`probe`], [`optim`], [`cv`].
+//! [`inference`] (checkpoint -> predictions), [`probe`], [`optim`], [`cv`]; [`open_set`]
+//! (the "unknown" rule stored with a checkpoint), [`provenance`] (what a checkpoint
+//! records of its inputs), [`layout`] (the names a checkpoint stores them under), [`cli`]
+//! (the `train` command), [`error`].
 
+pub mod cli;
 pub mod cv;
 pub mod data;
+pub mod error;
 pub mod inference;
+pub mod layout;
 pub mod open_set;
 pub mod optim;
 pub mod probe;
+pub mod provenance;
 pub mod training;
 
 pub use data::{Dataset, TargetNorm};
+pub use error::{CheckpointError, ConfigError, DataError, TrainError};
 pub use training::{Outcome, Partition, RunFiles, TrainConfig, TrainMode, Trainer};
-
-use std::path::PathBuf;
-
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error(transparent)]
-    Artifact(#[from] artifacts::ArtifactError),
-    #[error("model: {0}")]
-    Candle(#[from] candle_core::Error),
-    #[error("{0}: {1}")]
-    Io(PathBuf, std::io::Error),
-    #[error("{0}")]
-    Data(String),
-    #[error("{0}")]
-    Config(String),
-    #[error("stopped after {0} epochs as asked; continue with --resume")]
-    Interrupted(usize),
-    #[error("the loss became NaN or infinite in phase {phase}, epoch {epoch}, batch {batch}; lower --lr or check the inputs (last good checkpoint: {})", checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into()))]
-    NonFinite {
-        phase: usize,
-        epoch: usize,
-        batch: usize,
-        checkpoint: Option<PathBuf>,
-    },
-}
 
 /// The split stored in the faces artifact as a [`Partition`].
 pub fn stored_partition(data: &Dataset) -> Partition {

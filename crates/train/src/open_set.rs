@@ -1,5 +1,7 @@
-//! Saying "unknown": the open-set rule a checkpoint carries, and the record of how its
-//! inputs were made, so that `predict` can show new photos to it as its faces were shown.
+//! Saying "unknown": the open-set rule a checkpoint carries ([`OpenSet`], stored and read
+//! back by [`OpenSet::store`] / [`OpenSet::from_checkpoint`], the one schema `train` writes
+//! and `predict` reads), sealed into the checkpoint with the recipe of its inputs
+//! ([`crate::provenance::recipe`]) by [`seal`].
 //!
 //! A closed-set classifier names everybody. Each face gets a score, larger meaning less
 //! like any known person: with dlib's face teacher, how far the face's descriptor is from
@@ -17,21 +19,17 @@
 //! than the gallery's nearest faces, which follow a person's many looks.
 
 use crate::inference::Predictor;
+use crate::layout::{OPEN_SET_CONFIG_KEY, RECIPE_CONFIG_KEY};
 use crate::{Dataset, Partition, TrainError};
-use artifacts::{Bottlenecks, NamedTensor};
+use artifacts::{Checkpoint, NamedTensor};
 use candle_core::Device;
 use std::path::Path;
 
-/// Checkpoint tensors of the descriptor score: gallery descriptors [n, dim] and their
-/// classes [n] (as f32).
-pub const GALLERY_KEY: &str = "open_set.gallery";
-pub const GALLERY_LABELS_KEY: &str = "open_set.gallery_labels";
+pub use crate::layout::{GALLERY_KEY, GALLERY_LABELS_KEY, OPEN_SET_PREFIX as PREFIX};
 /// Gallery faces per person the score averages over.
 pub const GALLERY_K: usize = 5;
 /// A training face joins the gallery within this distance of its folder's centre.
 pub const GALLERY_RADIUS: f32 = 0.5;
-/// Prefix of the open-set tensors: not weights of the model.
-pub const PREFIX: &str = "open_set.";
 /// Default share of correctly named validation faces the rule may reject.
 pub const DEFAULT_RATE: f64 = 0.05;
 
@@ -75,6 +73,54 @@ pub struct OpenSet {
     pub validation_rejected: f64,
 }
 
+/// A stored open-set rule that does not fit (the messages `predict` shows).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenSetError {
+    #[error("open-set rule: {0}")]
+    Rule(serde_json::Error),
+    #[error("the open-set rule lacks `{0}`")]
+    Missing(&'static str),
+    #[error("gallery shapes {features:?} / {labels:?} do not fit")]
+    GalleryShape {
+        features: Vec<usize>,
+        labels: Vec<usize>,
+    },
+}
+
+impl OpenSet {
+    /// Stores the rule in `ck`'s model config ([`OPEN_SET_CONFIG_KEY`]) and the gallery,
+    /// when the score uses one, as the tensors [`GALLERY_KEY`] and [`GALLERY_LABELS_KEY`].
+    pub fn store(&self, gallery: Option<&Gallery>, ck: &mut Checkpoint) {
+        ck.model_config[OPEN_SET_CONFIG_KEY] = serde_json::to_value(self).expect("plain");
+        if let Some(g) = gallery {
+            ck.weights.insert(
+                GALLERY_KEY.into(),
+                NamedTensor {
+                    shape: vec![g.labels.len(), g.dim],
+                    data: g.features.clone(),
+                },
+            );
+            ck.weights.insert(
+                GALLERY_LABELS_KEY.into(),
+                NamedTensor {
+                    shape: vec![g.labels.len()],
+                    data: g.labels.iter().map(|&l| l as f32).collect(),
+                },
+            );
+        }
+    }
+
+    /// The rule stored with `ck`; `None` when it has none (no validation faces).
+    pub fn from_checkpoint(ck: &Checkpoint) -> Result<Option<OpenSet>, OpenSetError> {
+        match &ck.model_config[OPEN_SET_CONFIG_KEY] {
+            serde_json::Value::Null => Ok(None),
+            v => serde_json::from_value(v.clone())
+                .map(Some)
+                .map_err(OpenSetError::Rule),
+        }
+    }
+}
+
 /// Per-class centres [classes, dim]: the per-dimension median of the class's faces in
 /// `idx` (a median, so the folder's strays do not pull it); NaN for a class without faces
 /// there (never the nearest).
@@ -99,24 +145,7 @@ pub fn class_centres(
     out
 }
 
-/// The per-dimension median of `points` (zeros for none); also the identity analysis's
-/// folder centre (`eval_tsne::identity`).
-pub fn median(points: &[&[f32]], dim: usize) -> Vec<f32> {
-    (0..dim)
-        .map(|d| {
-            let mut v: Vec<f32> = points.iter().map(|p| p[d]).collect();
-            v.sort_by(f32::total_cmp);
-            let n = v.len();
-            if n == 0 {
-                0.0
-            } else if n % 2 == 1 {
-                v[n / 2]
-            } else {
-                (v[n / 2 - 1] + v[n / 2]) / 2.0
-            }
-        })
-        .collect()
-}
+use kernels::stats::median;
 
 /// A person's known faces in descriptor space.
 #[derive(Debug, Clone, PartialEq)]
@@ -165,6 +194,28 @@ impl Gallery {
         g
     }
 
+    /// The gallery stored with `ck` by [`OpenSet::store`], checked to fit `classes`.
+    pub fn from_checkpoint(ck: &Checkpoint, classes: usize) -> Result<Gallery, OpenSetError> {
+        let get = |k: &'static str| ck.weights.get(k).ok_or(OpenSetError::Missing(k));
+        let (f, l) = (get(GALLERY_KEY)?, get(GALLERY_LABELS_KEY)?);
+        let ok = f.shape.len() == 2
+            && l.shape == [f.shape[0]]
+            && l.data.iter().all(|&c| c >= 0.0 && (c as usize) < classes);
+        if !ok {
+            return Err(OpenSetError::GalleryShape {
+                features: f.shape.clone(),
+                labels: l.shape.clone(),
+            });
+        }
+        Ok(Gallery {
+            dim: f.shape[1],
+            features: f.data.clone(),
+            labels: l.data.iter().map(|&c| c as u32).collect(),
+            classes,
+            members: Vec::new(),
+        })
+    }
+
     /// The closest person to `x` and the score: the mean distance to that person's
     /// [`GALLERY_K`] nearest gallery faces (fewer if the person has fewer).
     pub fn score(&self, x: &[f32]) -> (usize, f32) {
@@ -211,72 +262,13 @@ pub fn threshold_for(scores: &[f32], rate: f64) -> Option<f32> {
     Some(s[s.len() - 1 - allowed])
 }
 
-/// Whether a bottlenecks artifact is dlib's face descriptor (its identity says so).
-pub fn is_face_teacher(b: &Bottlenecks) -> bool {
-    b.teacher.starts_with("dlib-face:")
-}
-
-/// A config's relative paths that exist made absolute, so the recipe works from any
-/// folder (the stages record paths as they were typed).
-fn absolute_paths(v: &mut serde_json::Value, keys: &[&[&str]]) {
-    for path in keys {
-        let Some(at) = path.iter().try_fold(&mut *v, |at, k| at.get_mut(*k)) else {
-            continue;
-        };
-        if let Some(p) = at.as_str().map(std::path::PathBuf::from) {
-            if p.is_relative() && p.exists() {
-                if let Ok(abs) = std::fs::canonicalize(&p) {
-                    *at = abs.display().to_string().into();
-                }
-            }
-        }
-    }
-}
-
-/// How the checkpoint's inputs were made: the faces artifact's producer, build and config
-/// (the preprocessing), and the teacher's identity and config. `predict` re-runs these.
-pub fn recipe(data: &Dataset) -> serde_json::Value {
-    let f = &data.faces.provenance;
-    let teacher = data.teacher.as_ref().map(|b| {
-        let mut config = b.provenance.config.clone();
-        absolute_paths(&mut config, &[&["teacher"]]);
-        serde_json::json!({
-            "identity": b.teacher,
-            "layer": b.layer,
-            "dim": b.dim,
-            "producer": b.provenance.producer,
-            "producer_version": b.provenance.producer_version,
-            "config": config,
-        })
-    });
-    let mut config = f.config.clone();
-    absolute_paths(
-        &mut config,
-        &[
-            &["landmarks"],
-            &["detector", "cascade"],
-            &["detector", "cnn_model"],
-        ],
-    );
-    serde_json::json!({
-        "faces": {
-            "producer": f.producer,
-            "producer_version": f.producer_version,
-            "config": config,
-            "inputs": f.inputs,
-            "size": data.faces.height,
-        },
-        "teacher": teacher,
-    })
-}
-
 /// Adds the recipe and the open-set rule (chosen on `part.val`) to the checkpoint at
 /// `path`, rewriting it atomically. Without validation faces the rule is left out (with a
 /// warning): `predict` then names every face unless given `--unknown-threshold`.
 pub fn seal(data: &Dataset, part: &Partition, rate: f64, path: &Path) -> Result<(), TrainError> {
     let device = Device::Cpu;
     let (predictor, mut ck) = Predictor::load(path, &device)?;
-    ck.model_config["recipe"] = recipe(data);
+    ck.model_config[RECIPE_CONFIG_KEY] = crate::provenance::recipe(data);
     let rule = calibrate(data, part, rate, &predictor, &device)?;
     match rule {
         Some((rule, gallery)) => {
@@ -287,23 +279,7 @@ pub fn seal(data: &Dataset, part: &Partition, rate: f64, path: &Path) -> Result<
                 (rule.validation_rejected * rule.validation_faces as f64).round(),
                 rule.validation_faces
             );
-            ck.model_config["open_set"] = serde_json::to_value(&rule).expect("plain");
-            if let Some(g) = gallery {
-                ck.weights.insert(
-                    GALLERY_KEY.into(),
-                    NamedTensor {
-                        shape: vec![g.labels.len(), g.dim],
-                        data: g.features,
-                    },
-                );
-                ck.weights.insert(
-                    GALLERY_LABELS_KEY.into(),
-                    NamedTensor {
-                        shape: vec![g.labels.len()],
-                        data: g.labels.iter().map(|&l| l as f32).collect(),
-                    },
-                );
-            }
+            rule.store(gallery.as_ref(), &mut ck);
         }
         None => tracing::warn!(
             "no correctly named validation faces: the checkpoint has no unknown-face threshold"
@@ -326,7 +302,10 @@ fn calibrate(
     let pred = p.argmax();
     let labels = &data.faces.labels;
     let classes = data.num_classes();
-    let face = data.teacher.as_ref().filter(|b| is_face_teacher(b));
+    let face = data
+        .teacher
+        .as_ref()
+        .filter(|b| artifacts::is_face_teacher(&b.teacher));
     let gallery = face.map(|b| Gallery::of(&b.features, b.dim, labels, &part.train, classes));
     let scores: Vec<f32> = match (&gallery, face) {
         (Some(g), Some(b)) => part.val.iter().map(|&i| g.score(b.row(i)).1).collect(),

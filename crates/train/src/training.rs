@@ -4,12 +4,12 @@
 use crate::data::{input_batch, normalize_targets, rows, Dataset, TargetNorm};
 use crate::inference::weights_of;
 use crate::optim::{AdamW, AdamWConfig};
-use crate::TrainError;
-use artifacts::device::DeviceChoice;
-use artifacts::{Checkpoint, NamedTensor, Provenance};
+use crate::{CheckpointError, ConfigError, DataError, TrainError};
+use artifacts::{Checkpoint, NamedTensor};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
-use losses::Objective;
+use kernels::device::DeviceChoice;
+use losses::{LossTerms, Objective};
 use model::{Mode as NetMode, Student, StudentConfig};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -223,6 +223,159 @@ struct State {
     samples: u64,
 }
 
+impl State {
+    fn fresh() -> State {
+        State {
+            phase: 0,
+            epoch: 0,
+            step: 0,
+            best_score: f64::NEG_INFINITY,
+            best_epoch: 0,
+            bad_epochs: 0,
+            best_epochs: vec![],
+            train_seconds: 0.0,
+            samples: 0,
+        }
+    }
+}
+
+/// The student being trained and the variables it was built on.
+struct Net {
+    student: Student,
+    varmap: VarMap,
+}
+
+/// What changes as training goes: progress, optimiser and the selected epoch's weights
+/// (all three go into the resume file).
+struct Progress {
+    state: State,
+    best: BTreeMap<String, Tensor>,
+    opt: AdamW,
+}
+
+/// Where epochs are reported: the metrics file and the progress bar.
+struct EpochLog {
+    file: Option<std::fs::File>,
+    bar: indicatif::ProgressBar,
+}
+
+/// A loss term's sum over an epoch's samples, and whether the objective has it.
+#[derive(Default)]
+struct TermSum {
+    sum: f64,
+    seen: bool,
+}
+
+impl TermSum {
+    fn add(&mut self, t: &Option<Tensor>, k: f64) -> candle_core::Result<()> {
+        if let Some(t) = t {
+            self.sum += scalar(t)? * k;
+            self.seen = true;
+        }
+        Ok(())
+    }
+    fn mean(&self, n: f64) -> Option<f64> {
+        self.seen.then_some(self.sum / n)
+    }
+}
+
+/// An epoch's running sums.
+#[derive(Default)]
+struct EpochSums {
+    loss: f64,
+    n_seen: usize,
+    correct: usize,
+    ce: TermSum,
+    mse: TermSum,
+    cos: TermSum,
+}
+
+impl EpochSums {
+    /// One batch of `n` samples (its loss terms are batch means).
+    fn add(&mut self, terms: &LossTerms, loss: f64, n: usize) -> candle_core::Result<()> {
+        let k = n as f64;
+        self.ce.add(&terms.cross_entropy, k)?;
+        self.mse.add(&terms.mse, k)?;
+        self.cos.add(&terms.cosine, k)?;
+        self.loss += loss * k;
+        self.n_seen += n;
+        Ok(())
+    }
+
+    /// The metrics line; `val` is (accuracy, loss) when there is a validation split.
+    fn metrics(
+        &self,
+        state: &State,
+        val: Option<(f64, f64)>,
+        lr: f64,
+        seconds: f64,
+    ) -> EpochMetrics {
+        let n = self.n_seen.max(1) as f64;
+        EpochMetrics {
+            phase: state.phase + 1,
+            epoch: state.epoch,
+            loss: self.loss / n,
+            cross_entropy: self.ce.mean(n),
+            mse: self.mse.mean(n),
+            cosine: self.cos.mean(n),
+            train_acc: self.correct as f64 / n,
+            val_acc: val.map(|v| v.0),
+            val_loss: val.map(|v| v.1),
+            lr,
+            seconds,
+        }
+    }
+}
+
+fn scalar(t: &Tensor) -> candle_core::Result<f64> {
+    t.to_dtype(DType::F64)?.to_scalar::<f64>()
+}
+
+/// The metrics file, created (or, resuming, trimmed to the resume point and appended to).
+fn open_metrics(files: &RunFiles, state: &State) -> Result<Option<std::fs::File>, TrainError> {
+    let Some(p) = &files.metrics else {
+        return Ok(None);
+    };
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).map_err(|e| TrainError::Io(d.to_path_buf(), e))?;
+    }
+    if files.resume {
+        trim_metrics(p, state)?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(files.resume)
+        .write(true)
+        .truncate(!files.resume)
+        .open(p)
+        .map_err(|e| TrainError::Io(p.clone(), e))?;
+    Ok(Some(f))
+}
+
+/// The epochs bar over all phases, at the position `state` has reached.
+fn progress_bar(files: &RunFiles, phases: &[Phase], state: &State) -> indicatif::ProgressBar {
+    let total_epochs: usize = phases.iter().map(|p| p.epochs).sum();
+    let bar = if files.progress {
+        indicatif::ProgressBar::new(total_epochs as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "train {msg} {bar:30} epoch {pos}/{len} [{elapsed_precise}]",
+        )
+        .expect("valid template"),
+    );
+    bar.set_position(
+        phases[..state.phase.min(phases.len())]
+            .iter()
+            .map(|p| p.epochs)
+            .sum::<usize>() as u64
+            + state.epoch as u64,
+    );
+    bar
+}
+
 struct Phase {
     objective: Objective,
     epochs: usize,
@@ -338,31 +491,28 @@ impl<'a> Trainer<'a> {
         part: &Partition,
     ) -> Result<Trainer<'a>, TrainError> {
         if cfg.mode == TrainMode::Probe {
-            return Err(TrainError::Config(
-                "the probe is trained by probe::train".into(),
-            ));
+            return Err(ConfigError::ProbeIsNotAStudent.into());
         }
         if cfg.batch == 0 {
-            return Err(TrainError::Config("--batch must be at least 1".into()));
+            return Err(ConfigError::ZeroBatch.into());
         }
         if part.train.is_empty() {
-            return Err(TrainError::Data("the training split is empty".into()));
+            return Err(DataError::EmptyTrainSplit.into());
         }
         let f = &data.faces;
         if f.height != f.width {
-            return Err(TrainError::Data(format!(
-                "faces are {}x{}; the student needs square images",
-                f.height, f.width
-            )));
+            return Err(DataError::NotSquare {
+                height: f.height,
+                width: f.width,
+            }
+            .into());
         }
-        let device = artifacts::device::pick(cfg.device)?;
+        let device = kernels::device::pick(cfg.device)?;
         let targets = if cfg.mode.needs_teacher() {
-            let b = data.teacher.as_ref().ok_or_else(|| {
-                TrainError::Config(format!(
-                    "--{} needs the teacher's bottlenecks (--bottlenecks FILE)",
-                    cfg.mode.name()
-                ))
-            })?;
+            let b = data
+                .teacher
+                .as_ref()
+                .ok_or(ConfigError::NeedsTeacher(cfg.mode.name()))?;
             Some(b)
         } else {
             None
@@ -481,290 +631,318 @@ impl<'a> Trainer<'a> {
     /// Trains through all phases; writes checkpoints and metrics per `files`.
     pub fn run(&self, part: &Partition, files: &RunFiles) -> Result<Outcome, TrainError> {
         let start = std::time::Instant::now();
-        let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &self.device);
-        // Seeded initialisation: candle's own RNG is not seedable on every backend, so the
-        // initial weights are drawn here from the run's seed (same shapes and scales).
-        let student = Student::new(&self.student_cfg, vb)?;
-        reinit_seeded(&varmap, self.cfg.seed)?;
+        let net = self.seeded_student()?;
         let phases = phases(&self.cfg, part.train.len());
-        let mut state = State {
-            phase: 0,
-            epoch: 0,
-            step: 0,
-            best_score: f64::NEG_INFINITY,
-            best_epoch: 0,
-            bad_epochs: 0,
-            best_epochs: vec![],
-            train_seconds: 0.0,
-            samples: 0,
+        let mut p = Progress {
+            state: State::fresh(),
+            best: snapshot(&net.varmap)?,
+            opt: AdamW::new(vars_of(&net.varmap), self.cfg.optim)?,
         };
-        let mut best: BTreeMap<String, Tensor> = snapshot(&varmap)?;
-        let mut opt = AdamW::new(vars_of(&varmap), self.cfg.optim)?;
         if files.resume {
-            let path = files
-                .resume_file
-                .as_ref()
-                .ok_or_else(|| TrainError::Config("no resume file".into()))?;
-            if path.exists() {
-                let ck = Checkpoint::read(path)?;
-                let saved: TrainConfig =
-                    serde_json::from_value(ck.train_state["config"].clone())
-                        .map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
-                if saved != self.cfg {
-                    return Err(TrainError::Config(format!(
-                        "{} was made with other settings; resume with the same flags or start afresh without --resume",
-                        path.display()
-                    )));
-                }
-                state = serde_json::from_value(ck.train_state["state"].clone())
-                    .map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
-                load_into(&varmap, &ck.weights, &self.device)?;
-                for (name, t) in &ck.optimizer {
-                    let tensor = Tensor::from_slice(&t.data, t.shape.as_slice(), &self.device)?;
-                    if let Some(n) = name.strip_prefix("m/") {
-                        opt.m.insert(n.to_string(), tensor);
-                    } else if let Some(n) = name.strip_prefix("v/") {
-                        opt.v.insert(n.to_string(), tensor);
-                    } else if let Some(n) = name.strip_prefix("best/") {
-                        best.insert(n.to_string(), tensor);
-                    }
-                }
-                opt.step = state.step;
-                tracing::info!(
-                    "resumed from {} at phase {} epoch {}",
-                    path.display(),
-                    state.phase,
-                    state.epoch
-                );
-            } else {
-                tracing::warn!(
-                    "--resume: {} does not exist; starting afresh",
-                    path.display()
-                );
-            }
+            self.resume(&net.varmap, &mut p, files)?;
         }
-        let mut metrics_file = match &files.metrics {
-            Some(p) => {
-                if let Some(d) = p.parent() {
-                    std::fs::create_dir_all(d).map_err(|e| TrainError::Io(d.to_path_buf(), e))?;
-                }
-                if files.resume {
-                    trim_metrics(p, &state)?;
-                }
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(files.resume)
-                    .write(true)
-                    .truncate(!files.resume)
-                    .open(p)
-                    .map_err(|e| TrainError::Io(p.clone(), e))?;
-                Some(f)
-            }
-            None => None,
+        let mut log = EpochLog {
+            file: open_metrics(files, &p.state)?,
+            bar: progress_bar(files, &phases, &p.state),
         };
-        let total_epochs: usize = phases.iter().map(|p| p.epochs).sum();
-        let bar = if files.progress {
-            indicatif::ProgressBar::new(total_epochs as u64)
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "train {msg} {bar:30} epoch {pos}/{len} [{elapsed_precise}]",
-            )
-            .expect("valid template"),
-        );
-        bar.set_position(
-            phases[..state.phase.min(phases.len())]
-                .iter()
-                .map(|p| p.epochs)
-                .sum::<usize>() as u64
-                + state.epoch as u64,
-        );
-        let mut epochs_here = 0usize;
-        while state.phase < phases.len() {
-            let ph = &phases[state.phase];
-            let done = state.epoch >= ph.epochs
-                || (self.cfg.patience > 0 && state.bad_epochs >= self.cfg.patience);
-            if done {
-                // End of phase: continue from (and keep) the selected epoch's weights.
-                if state.epoch > 0 {
-                    load_tensors(&varmap, &best)?;
-                }
-                state.best_epochs.push(state.best_epoch);
-                state.phase += 1;
-                state.epoch = 0;
-                state.best_score = f64::NEG_INFINITY;
-                state.bad_epochs = 0;
-                state.step = 0;
-                opt = AdamW::new(vars_of(&varmap), self.cfg.optim)?;
-                if let Some(p) = &files.resume_file {
-                    self.checkpoint(&varmap, Some((&opt, &best)), &state)?
-                        .write(p)?;
-                }
-                continue;
-            }
-            let frozen = |name: &str| {
-                ph.freeze_trunk
-                    && Student::trunk_prefixes()
-                        .iter()
-                        .any(|p| name.starts_with(p))
-            };
-            let m = self.epoch(
-                &student, &varmap, &mut opt, &mut best, &mut state, part, ph, &frozen, files,
-            )?;
-            if let Some(f) = metrics_file.as_mut() {
-                let line = serde_json::to_string(&m).expect("plain");
-                writeln!(f, "{line}")
-                    .map_err(|e| TrainError::Io(files.metrics.clone().unwrap_or_default(), e))?;
-            }
-            bar.set_message(format!(
-                "{} p{} loss {:.4} acc {:.3}{}",
-                self.cfg.mode.name(),
-                state.phase + 1,
-                m.loss,
-                m.train_acc,
-                m.val_acc
-                    .map(|v| format!(" val {v:.3}"))
-                    .unwrap_or_default()
-            ));
-            bar.inc(1);
-            if let Some(p) = &files.resume_file {
-                self.checkpoint(&varmap, Some((&opt, &best)), &state)?
-                    .write(p)?;
-            }
-            epochs_here += 1;
-            if files.interrupt_after == Some(epochs_here) {
-                return Err(TrainError::Interrupted(epochs_here));
-            }
-        }
-        bar.finish_and_clear();
-        let test_acc = if part.test.is_empty() {
-            None
-        } else {
-            Some(
-                self.evaluate(&student, &part.test, &Objective::CrossEntropy)?
-                    .1,
-            )
-        };
-        let val_acc = if part.val.is_empty() {
-            None
-        } else {
-            Some(
-                self.evaluate(&student, &part.val, &Objective::CrossEntropy)?
-                    .1,
-            )
-        };
+        self.train_phases(&net, &mut p, &phases, part, files, &mut log)?;
+        log.bar.finish_and_clear();
+        let test_acc = self.final_accuracy(&net.student, &part.test)?;
+        let val_acc = self.final_accuracy(&net.student, &part.val)?;
         if let Some(out) = &files.output {
-            self.checkpoint(&varmap, None, &state)?.write(out)?;
+            self.checkpoint(&net.varmap, None, &p.state)?.write(out)?;
         }
         let secs = start.elapsed().as_secs_f64();
         Ok(Outcome {
             mode: self.cfg.mode,
             test_acc,
             val_acc,
-            best_epochs: state.best_epochs.clone(),
-            epochs_run: total_epochs,
+            best_epochs: p.state.best_epochs.clone(),
+            epochs_run: phases.iter().map(|p| p.epochs).sum(),
             seconds: secs,
-            samples_per_second: state.samples as f64 / state.train_seconds.max(1e-9),
-            device: artifacts::device::describe(&self.device),
+            samples_per_second: p.state.samples as f64 / p.state.train_seconds.max(1e-9),
+            device: kernels::device::describe(&self.device),
             mirrored_targets: self.mirrored_targets(),
         })
     }
 
+    /// The student with every weight drawn from the run's seed: candle's own RNG is not
+    /// seedable on every backend, so the initial weights are drawn here (same shapes and
+    /// scales).
+    fn seeded_student(&self) -> Result<Net, TrainError> {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &self.device);
+        let student = Student::new(&self.student_cfg, vb)?;
+        reinit_seeded(&varmap, self.cfg.seed)?;
+        Ok(Net { student, varmap })
+    }
+
+    /// `--resume`: weights, optimiser moments, the best epoch's weights and the progress
+    /// from the resume file, when it exists and was made with the same settings.
+    fn resume(
+        &self,
+        varmap: &VarMap,
+        p: &mut Progress,
+        files: &RunFiles,
+    ) -> Result<(), TrainError> {
+        let path = files
+            .resume_file
+            .as_ref()
+            .ok_or(ConfigError::NoResumeFile)?;
+        if !path.exists() {
+            tracing::warn!(
+                "--resume: {} does not exist; starting afresh",
+                path.display()
+            );
+            return Ok(());
+        }
+        let ck = Checkpoint::read(path)?;
+        let parse_err = |error| CheckpointError::ResumeState {
+            path: path.clone(),
+            error,
+        };
+        let saved: TrainConfig =
+            serde_json::from_value(ck.train_state["config"].clone()).map_err(parse_err)?;
+        if saved != self.cfg {
+            return Err(ConfigError::ResumeSettings(path.clone()).into());
+        }
+        p.state = serde_json::from_value(ck.train_state["state"].clone()).map_err(parse_err)?;
+        load_into(varmap, &ck.weights, &self.device)?;
+        for (name, t) in &ck.optimizer {
+            let tensor = Tensor::from_slice(&t.data, t.shape.as_slice(), &self.device)?;
+            if let Some(n) = name.strip_prefix("m/") {
+                p.opt.m.insert(n.to_string(), tensor);
+            } else if let Some(n) = name.strip_prefix("v/") {
+                p.opt.v.insert(n.to_string(), tensor);
+            } else if let Some(n) = name.strip_prefix("best/") {
+                p.best.insert(n.to_string(), tensor);
+            }
+        }
+        p.opt.step = p.state.step;
+        tracing::info!(
+            "resumed from {} at phase {} epoch {}",
+            path.display(),
+            p.state.phase,
+            p.state.epoch
+        );
+        Ok(())
+    }
+
+    /// The epochs of every phase from where `p` stands; a resume checkpoint after each.
+    fn train_phases(
+        &self,
+        net: &Net,
+        p: &mut Progress,
+        phases: &[Phase],
+        part: &Partition,
+        files: &RunFiles,
+        log: &mut EpochLog,
+    ) -> Result<(), TrainError> {
+        let mut epochs_here = 0usize;
+        while p.state.phase < phases.len() {
+            let ph = &phases[p.state.phase];
+            let done = p.state.epoch >= ph.epochs
+                || (self.cfg.patience > 0 && p.state.bad_epochs >= self.cfg.patience);
+            if done {
+                self.next_phase(&net.varmap, p, files)?;
+                continue;
+            }
+            let m = self.epoch(net, p, part, ph, files)?;
+            self.log_epoch(&m, p.state.phase, log, files)?;
+            self.save_resume(&net.varmap, p, files)?;
+            epochs_here += 1;
+            if files.interrupt_after == Some(epochs_here) {
+                return Err(TrainError::Interrupted(epochs_here));
+            }
+        }
+        Ok(())
+    }
+
+    /// End of phase: continue from (and keep) the selected epoch's weights, with a fresh
+    /// optimiser.
+    fn next_phase(
+        &self,
+        varmap: &VarMap,
+        p: &mut Progress,
+        files: &RunFiles,
+    ) -> Result<(), TrainError> {
+        let state = &mut p.state;
+        if state.epoch > 0 {
+            load_tensors(varmap, &p.best)?;
+        }
+        state.best_epochs.push(state.best_epoch);
+        state.phase += 1;
+        state.epoch = 0;
+        state.best_score = f64::NEG_INFINITY;
+        state.bad_epochs = 0;
+        state.step = 0;
+        p.opt = AdamW::new(vars_of(varmap), self.cfg.optim)?;
+        self.save_resume(varmap, p, files)
+    }
+
+    /// The resume file, when the run keeps one.
+    fn save_resume(
+        &self,
+        varmap: &VarMap,
+        p: &Progress,
+        files: &RunFiles,
+    ) -> Result<(), TrainError> {
+        if let Some(path) = &files.resume_file {
+            self.checkpoint(varmap, Some((&p.opt, &p.best)), &p.state)?
+                .write(path)?;
+        }
+        Ok(())
+    }
+
+    /// One metrics line and the progress bar's message.
+    fn log_epoch(
+        &self,
+        m: &EpochMetrics,
+        phase: usize,
+        log: &mut EpochLog,
+        files: &RunFiles,
+    ) -> Result<(), TrainError> {
+        if let Some(f) = log.file.as_mut() {
+            let line = serde_json::to_string(m).expect("plain");
+            writeln!(f, "{line}")
+                .map_err(|e| TrainError::Io(files.metrics.clone().unwrap_or_default(), e))?;
+        }
+        log.bar.set_message(format!(
+            "{} p{} loss {:.4} acc {:.3}{}",
+            self.cfg.mode.name(),
+            phase + 1,
+            m.loss,
+            m.train_acc,
+            m.val_acc
+                .map(|v| format!(" val {v:.3}"))
+                .unwrap_or_default()
+        ));
+        log.bar.inc(1);
+        Ok(())
+    }
+
+    /// Accuracy on `idx` at the end (`None` for an empty split).
+    fn final_accuracy(&self, student: &Student, idx: &[usize]) -> Result<Option<f64>, TrainError> {
+        if idx.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.evaluate(student, idx, &Objective::CrossEntropy)?.1,
+        ))
+    }
+
     /// One epoch of `ph`: shuffled seeded batches, updates, validation, selection.
-    #[allow(clippy::too_many_arguments)]
     fn epoch(
         &self,
-        student: &Student,
-        varmap: &VarMap,
-        opt: &mut AdamW,
-        best: &mut BTreeMap<String, Tensor>,
-        state: &mut State,
+        net: &Net,
+        p: &mut Progress,
         part: &Partition,
         ph: &Phase,
-        frozen: &dyn Fn(&str) -> bool,
         files: &RunFiles,
     ) -> Result<EpochMetrics, TrainError> {
         let t0 = std::time::Instant::now();
-        let lr = lr_at(&self.cfg, state.epoch, ph.epochs);
-        let mut rng = epoch_rng(self.cfg.seed, state.phase, state.epoch);
+        let lr = lr_at(&self.cfg, p.state.epoch, ph.epochs);
+        let mut rng = epoch_rng(self.cfg.seed, p.state.phase, p.state.epoch);
         let mut order = part.train.clone();
         order.shuffle(&mut rng);
-        let (mut sum, mut n_seen, mut correct) = (0f64, 0usize, 0usize);
-        let (mut ce_sum, mut mse_sum, mut cos_sum) = (0f64, 0f64, 0f64);
-        let (mut has_ce, mut has_mse, mut has_cos) = (false, false, false);
-        for (b, chunk) in order.chunks(self.cfg.batch).enumerate() {
-            let aug: Option<Vec<(bool, i32, i32)>> = self.cfg.augment.then(|| {
-                chunk
+        let frozen = |name: &str| {
+            ph.freeze_trunk
+                && Student::trunk_prefixes()
                     .iter()
-                    .map(|_| {
-                        (
-                            rng.gen_bool(0.5),
-                            rng.gen_range(-4..=4),
-                            rng.gen_range(-4..=4),
-                        )
-                    })
-                    .collect()
-            });
-            let x = input_batch(
-                &self.data.faces,
-                chunk,
-                &self.mean,
-                aug.as_deref(),
-                &self.device,
-            )?;
-            let keep = self.student_cfg.keep_prob;
-            let hidden = self.student_cfg.hidden[0];
-            let mask: Vec<f32> = (0..chunk.len() * hidden)
-                .map(|_| {
-                    if rng.gen::<f32>() < keep {
-                        1.0 / keep
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            let mask = Tensor::from_vec(mask, (chunk.len(), hidden), &self.device)?;
-            let out = student.forward_masked(&x, &mask)?;
-            let y = self.labels(chunk)?;
-            let flipped: Option<Vec<bool>> = aug.as_ref().map(|a| a.iter().map(|s| s.0).collect());
-            let t = self.teacher_rows(chunk, flipped.as_deref())?;
-            let terms =
-                ph.objective
-                    .compute(&out.logits, &y, self.pick_bottleneck(&out), t.as_ref())?;
-            let loss = terms.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                    .any(|p| name.starts_with(p))
+        };
+        let mut sums = EpochSums::default();
+        for (b, chunk) in order.chunks(self.cfg.batch).enumerate() {
+            let (out, terms) = self.forward_batch(&net.student, chunk, &mut rng, ph)?;
+            let loss = scalar(&terms.total)?;
             if !loss.is_finite() {
                 return Err(TrainError::NonFinite {
-                    phase: state.phase + 1,
-                    epoch: state.epoch + 1,
+                    phase: p.state.phase + 1,
+                    epoch: p.state.epoch + 1,
                     batch: b + 1,
                     checkpoint: files.resume_file.clone(),
                 });
             }
-            opt.backward_step(&terms.total, lr, frozen)?;
-            let k = chunk.len() as f64;
-            let add =
-                |t: &Option<Tensor>, acc: &mut f64, has: &mut bool| -> candle_core::Result<()> {
-                    if let Some(t) = t {
-                        *acc += t.to_dtype(DType::F64)?.to_scalar::<f64>()? * k;
-                        *has = true;
-                    }
-                    Ok(())
-                };
-            add(&terms.cross_entropy, &mut ce_sum, &mut has_ce)?;
-            add(&terms.mse, &mut mse_sum, &mut has_mse)?;
-            add(&terms.cosine, &mut cos_sum, &mut has_cos)?;
-            sum += loss * k;
-            n_seen += chunk.len();
-            correct += count_correct(&out.logits, chunk, &self.data.faces.labels)?;
+            p.opt.backward_step(&terms.total, lr, &frozen)?;
+            sums.add(&terms, loss, chunk.len())?;
+            sums.correct += count_correct(&out.logits, chunk, &self.data.faces.labels)?;
         }
-        state.samples += n_seen as u64;
-        state.step = opt.step;
-        let (val_loss, val_acc) = self.evaluate(student, &part.val, &ph.objective)?;
-        // Selection: accuracy, ties broken by loss; the MSE phase by loss alone. Without a
-        // validation split the latest epoch is kept.
+        p.state.samples += sums.n_seen as u64;
+        p.state.step = p.opt.step;
+        let (val_loss, val_acc) = self.evaluate(&net.student, &part.val, &ph.objective)?;
+        self.select(&net.varmap, p, part, ph, (val_loss, val_acc))?;
+        let secs = t0.elapsed().as_secs_f64();
+        p.state.train_seconds += secs;
+        let has_val = !part.val.is_empty();
+        Ok(sums.metrics(&p.state, has_val.then_some((val_acc, val_loss)), lr, secs))
+    }
+
+    /// One training batch forward: augmentation and dropout drawn from `rng` (in that
+    /// order), the student's outputs and the phase's loss terms.
+    fn forward_batch(
+        &self,
+        student: &Student,
+        chunk: &[usize],
+        rng: &mut StdRng,
+        ph: &Phase,
+    ) -> Result<(model::StudentOutput, losses::LossTerms), TrainError> {
+        let aug: Option<Vec<(bool, i32, i32)>> = self.cfg.augment.then(|| {
+            chunk
+                .iter()
+                .map(|_| {
+                    (
+                        rng.gen_bool(0.5),
+                        rng.gen_range(-4..=4),
+                        rng.gen_range(-4..=4),
+                    )
+                })
+                .collect()
+        });
+        let x = input_batch(
+            &self.data.faces,
+            chunk,
+            &self.mean,
+            aug.as_deref(),
+            &self.device,
+        )?;
+        let mask = self.dropout_mask(chunk.len(), rng)?;
+        let out = student.forward_masked(&x, &mask)?;
+        let y = self.labels(chunk)?;
+        let flipped: Option<Vec<bool>> = aug.as_ref().map(|a| a.iter().map(|s| s.0).collect());
+        let t = self.teacher_rows(chunk, flipped.as_deref())?;
+        let terms =
+            ph.objective
+                .compute(&out.logits, &y, self.pick_bottleneck(&out), t.as_ref())?;
+        Ok((out, terms))
+    }
+
+    /// Inverted dropout after the first hidden layer: kept units scaled by 1/keep.
+    fn dropout_mask(&self, n: usize, rng: &mut StdRng) -> candle_core::Result<Tensor> {
+        let keep = self.student_cfg.keep_prob;
+        let hidden = self.student_cfg.hidden[0];
+        let mask: Vec<f32> = (0..n * hidden)
+            .map(|_| {
+                if rng.gen::<f32>() < keep {
+                    1.0 / keep
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Tensor::from_vec(mask, (n, hidden), &self.device)
+    }
+
+    /// Selection after an epoch: accuracy, ties broken by loss; the MSE phase by loss
+    /// alone. Without a validation split the latest epoch is kept.
+    fn select(
+        &self,
+        varmap: &VarMap,
+        p: &mut Progress,
+        part: &Partition,
+        ph: &Phase,
+        (val_loss, val_acc): (f64, f64),
+    ) -> candle_core::Result<()> {
+        let state = &mut p.state;
         let score = if part.val.is_empty() {
             state.epoch as f64
         } else if ph.by_accuracy {
@@ -777,27 +955,11 @@ impl<'a> Trainer<'a> {
             state.best_score = score;
             state.best_epoch = state.epoch;
             state.bad_epochs = 0;
-            *best = snapshot(varmap)?;
+            p.best = snapshot(varmap)?;
         } else {
             state.bad_epochs += 1;
         }
-        let secs = t0.elapsed().as_secs_f64();
-        state.train_seconds += secs;
-        let n = n_seen.max(1) as f64;
-        let has_val = !part.val.is_empty();
-        Ok(EpochMetrics {
-            phase: state.phase + 1,
-            epoch: state.epoch,
-            loss: sum / n,
-            cross_entropy: has_ce.then_some(ce_sum / n),
-            mse: has_mse.then_some(mse_sum / n),
-            cosine: has_cos.then_some(cos_sum / n),
-            train_acc: correct as f64 / n,
-            val_acc: has_val.then_some(val_acc),
-            val_loss: has_val.then_some(val_loss),
-            lr,
-            seconds: secs,
-        })
+        Ok(())
     }
 
     fn checkpoint(
@@ -836,18 +998,6 @@ impl<'a> Trainer<'a> {
             );
         }
         let f = &self.data.faces;
-        let mut prov = Provenance::new(
-            env!("CARGO_PKG_NAME"),
-            artifacts::build_version(),
-            serde_json::to_value(&self.cfg).expect("plain"),
-        )
-        .with_input("faces", self.data.faces_digest.clone());
-        if let Some(d) = &self.data.bottlenecks_digest {
-            prov = prov.with_input("bottlenecks", d.clone());
-        }
-        if let Some(d) = &self.data.exclusions_digest {
-            prov = prov.with_input("exclusions", d.clone());
-        }
         Ok(Checkpoint {
             weights: weights_of(varmap)?,
             optimizer,
@@ -857,12 +1007,12 @@ impl<'a> Trainer<'a> {
             },
             model_config: serde_json::json!({ "kind": "student", "student": self.student_cfg, "class_names": f.class_names }),
             train_state: serde_json::json!({ "config": self.cfg, "state": state, "final": train.is_none(), "mirrored_targets": self.mirrored_targets() }),
-            provenance: prov,
+            provenance: crate::provenance::of_checkpoint(&self.cfg, self.data),
         })
     }
 }
 
-fn named(t: &Tensor) -> Result<NamedTensor, TrainError> {
+pub(crate) fn named(t: &Tensor) -> Result<NamedTensor, TrainError> {
     Ok(NamedTensor {
         shape: t.dims().to_vec(),
         data: t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
@@ -897,11 +1047,13 @@ fn load_into(
     device: &Device,
 ) -> Result<(), TrainError> {
     let data = varmap.data().lock().expect("varmap lock");
-    let missing: Vec<&String> = data.keys().filter(|k| !ws.contains_key(*k)).collect();
+    let missing: Vec<String> = data
+        .keys()
+        .filter(|k| !ws.contains_key(*k))
+        .cloned()
+        .collect();
     if !missing.is_empty() {
-        return Err(TrainError::Data(format!(
-            "checkpoint lacks weights: {missing:?}"
-        )));
+        return Err(CheckpointError::MissingWeights(missing).into());
     }
     for (k, v) in data.iter() {
         let w = &ws[k];

@@ -1,7 +1,7 @@
 //! The study's own 4x20 subset with its TensorFlow bottlenecks (needs ../shared):
 //! the aligned corpus as is, the study's 64/16 split, default settings.
 
-use std::path::PathBuf;
+use test_support::shared;
 use train::{Dataset, RunFiles, TrainConfig, TrainMode};
 
 /// Floors with some margin under the figures measured on 2026-11-29 with the defaults
@@ -11,18 +11,12 @@ const MIN_SPLIT: f64 = 0.8125;
 const MIN_SPLIT_MEAN: f64 = 0.75;
 const MIN_CV: f64 = 0.80;
 
-fn shared() -> PathBuf {
-    std::env::var_os("CELEB_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-}
-
 /// Faces (as is, study split) and the imported TensorFlow bottlenecks.
 fn study_data(dir: &std::path::Path) -> Dataset {
     let seed = shared().join("data/seed-4x20");
     let faces = dir.join("faces.safetensors");
     let cfg = preprocess::PreprocessConfig {
-        mode: preprocess::pipeline::Mode::AsIs,
+        mode: preprocess::Mode::AsIs,
         mask: false,
         split_file: Some(seed.join("split_study.csv")),
         ..Default::default()
@@ -61,7 +55,7 @@ fn accuracy(data: &Dataset, cfg: &TrainConfig) -> f64 {
 fn cosine() -> TrainConfig {
     TrainConfig {
         mode: TrainMode::Cosine,
-        device: artifacts::device::DeviceChoice::Cpu,
+        device: kernels::device::DeviceChoice::Cpu,
         ..Default::default()
     }
 }
@@ -119,7 +113,7 @@ fn probe_on_the_tensorflow_bottlenecks() {
         &TrainConfig {
             mode: TrainMode::Probe,
             epochs: 200,
-            device: artifacts::device::DeviceChoice::Cpu,
+            device: kernels::device::DeviceChoice::Cpu,
             ..Default::default()
         },
     );

@@ -22,7 +22,7 @@ fn cfg(mode: TrainMode) -> TrainConfig {
         target_norm: TargetNorm::Standardize,
         // The fitting tests are about the objectives; determinism covers augmentation.
         augment: false,
-        device: artifacts::device::DeviceChoice::Cpu,
+        device: kernels::device::DeviceChoice::Cpu,
         optim: train::optim::AdamWConfig {
             lr: 3e-3,
             ..Default::default()
@@ -42,6 +42,17 @@ fn metrics(dir: &Path, name: &str) -> Vec<serde_json::Value> {
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// [`metrics`] with the timings zeroed: what two equal runs must log alike.
+fn metrics_untimed(dir: &Path, name: &str) -> Vec<serde_json::Value> {
+    metrics(dir, name)
+        .into_iter()
+        .map(|mut m| {
+            m["seconds"] = 0.into();
+            m
+        })
         .collect()
 }
 
@@ -140,17 +151,9 @@ fn same_seed_same_result() {
     let a = Checkpoint::read(&dir.path().join("a.safetensors")).unwrap();
     let b = Checkpoint::read(&dir.path().join("b.safetensors")).unwrap();
     assert_eq!(a.weights, b.weights);
-    let strip = |v: Vec<serde_json::Value>| {
-        v.into_iter()
-            .map(|mut m| {
-                m["seconds"] = 0.into();
-                m
-            })
-            .collect::<Vec<_>>()
-    };
     assert_eq!(
-        strip(metrics(dir.path(), "a")),
-        strip(metrics(dir.path(), "b"))
+        metrics_untimed(dir.path(), "a"),
+        metrics_untimed(dir.path(), "b")
     );
     train::train(
         &data,
@@ -206,16 +209,10 @@ fn resume_equals_an_uninterrupted_run() {
     let whole = Checkpoint::read(&dir.path().join("whole.safetensors")).unwrap();
     let parts = Checkpoint::read(&dir.path().join("parts.safetensors")).unwrap();
     assert_eq!(whole.weights, parts.weights);
-    let without_time = |name: &str| -> Vec<serde_json::Value> {
-        metrics(dir.path(), name)
-            .into_iter()
-            .map(|mut m| {
-                m["seconds"] = 0.into();
-                m
-            })
-            .collect()
-    };
-    assert_eq!(without_time("whole"), without_time("parts"));
+    assert_eq!(
+        metrics_untimed(dir.path(), "whole"),
+        metrics_untimed(dir.path(), "parts")
+    );
     // Resuming with other settings is refused.
     let other = TrainConfig { beta: 0.5, ..c };
     let mut f2 = files(dir.path(), "parts");

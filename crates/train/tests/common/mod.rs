@@ -9,13 +9,8 @@ pub const SIZE: usize = 32;
 
 /// 3 classes told apart by colour and a bright square's position, with pixel noise.
 pub fn dataset(n_per: usize) -> Dataset {
-    let mut s = 7u64;
-    let mut rnd = move || {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (s >> 33) as u32
-    };
+    let mut lcg = test_support::Lcg::new(7);
+    let mut rnd = move || (lcg.next_u64() >> 33) as u32;
     let mut images = Vec::new();
     let mut labels = Vec::new();
     let mut splits = Vec::new();

@@ -1,13 +1,26 @@
 //! The measurements behind predict's claims: agreement with eval-tsne's labels on the
 //! faces artifact's own photos, and the open-set rule on people the model never saw
-//! (their folders left out of training). Used by the tests and the `strangers` example.
+//! (their folders left out of training). Experiment code: it trains models, so it lives
+//! here for predict's tests and its `strangers` example, not in predict's library.
 
-use crate::model::{Model, ModelOptions, UnknownRule};
-use crate::run::{predict_photos, FaceResult, PhotoResult};
-use crate::PredictError;
+use anyhow::{bail, Context, Result};
 use artifacts::{Bottlenecks, Faces, Split};
-use std::collections::BTreeMap;
+use predict::{FaceResult, Model, ModelOptions, PhotoResult, UnknownRule};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+
+/// `ck` opened on the CPU with the given unknown rule and face search.
+pub fn open(ck: &Path, unknown: UnknownRule, faces: preprocess::FaceSearch) -> Model {
+    Model::open(
+        ck,
+        &ModelOptions {
+            device: kernels::device::DeviceChoice::Cpu,
+            unknown,
+            faces,
+        },
+    )
+    .unwrap()
+}
 
 /// The face of `photo` whose box is the one a faces artifact recorded (`[x, y, w, h]` in
 /// decoded pixels): the best overlap, at least 0.5 IoU.
@@ -29,10 +42,10 @@ pub fn write_without(
     b: &Bottlenecks,
     leave_out: &[String],
     dir: &Path,
-) -> Result<(PathBuf, PathBuf), PredictError> {
+) -> Result<(PathBuf, PathBuf)> {
     for c in leave_out {
         if !faces.class_names.contains(c) {
-            return Err(PredictError::Config(format!("no class `{c}` to leave out")));
+            bail!("no class `{c}` to leave out");
         }
     }
     let keep_class: Vec<bool> = faces
@@ -40,6 +53,32 @@ pub fn write_without(
         .iter()
         .map(|c| !leave_out.contains(c))
         .collect();
+    let rows: Vec<usize> = (0..faces.len())
+        .filter(|&i| keep_class[faces.labels[i] as usize])
+        .collect();
+    let sub = faces_rows(faces, &keep_class, &rows);
+    std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    let fp = dir.join("faces.safetensors");
+    sub.write(&fp)?;
+    let sb = Bottlenecks {
+        dim: b.dim,
+        features: rows
+            .iter()
+            .flat_map(|&i| b.row(i).iter().copied())
+            .collect(),
+        mirrored: None,
+        teacher: b.teacher.clone(),
+        layer: b.layer.clone(),
+        faces_digest: artifacts::digest_file(&fp)?,
+        provenance: b.provenance.clone(),
+    };
+    let bp = dir.join("bottlenecks.safetensors");
+    sb.write(&bp)?;
+    Ok((fp, bp))
+}
+
+/// The faces `rows` of `faces`, of the classes kept (`keep_class`), labels renumbered.
+fn faces_rows(faces: &Faces, keep_class: &[bool], rows: &[usize]) -> Faces {
     let mut new_label = vec![u32::MAX; faces.class_names.len()];
     let mut names = Vec::new();
     for (c, name) in faces.class_names.iter().enumerate() {
@@ -48,9 +87,6 @@ pub fn write_without(
             names.push(name.clone());
         }
     }
-    let rows: Vec<usize> = (0..faces.len())
-        .filter(|&i| keep_class[faces.labels[i] as usize])
-        .collect();
     let px = faces.height * faces.width * 3;
     let mut sub = Faces {
         height: faces.height,
@@ -66,48 +102,26 @@ pub fn write_without(
         geometry: None,
         provenance: faces.provenance.clone(),
     };
-    for &i in &rows {
+    for &i in rows {
         sub.images.extend_from_slice(faces.image(i));
     }
-    if let Some(g) = &faces.geometry {
-        sub.geometry = Some(artifacts::FaceGeometry {
-            boxes: rows.iter().map(|&i| g.boxes[i]).collect(),
-            landmarks: rows
-                .iter()
-                .flat_map(|&i| g.landmarks[i * 136..(i + 1) * 136].iter().copied())
-                .collect(),
-            transforms: rows
-                .iter()
-                .flat_map(|&i| g.transforms[i * 6..(i + 1) * 6].iter().copied())
-                .collect(),
-            chips: g.chips.as_ref().map(|_| {
-                rows.iter()
-                    .flat_map(|&i| g.chip(i).expect("present").iter().copied())
-                    .collect()
-            }),
-        });
-    }
-    std::fs::create_dir_all(dir).map_err(|e| PredictError::Io(dir.to_path_buf(), e))?;
-    let fp = dir.join("faces.safetensors");
-    sub.write(&fp)
-        .map_err(|e| PredictError::Output(e.to_string()))?;
-    let sb = Bottlenecks {
-        dim: b.dim,
-        features: rows
+    sub.geometry = faces.geometry.as_ref().map(|g| artifacts::FaceGeometry {
+        boxes: rows.iter().map(|&i| g.boxes[i]).collect(),
+        landmarks: rows
             .iter()
-            .flat_map(|&i| b.row(i).iter().copied())
+            .flat_map(|&i| g.landmarks[i * 136..(i + 1) * 136].iter().copied())
             .collect(),
-        mirrored: None,
-        teacher: b.teacher.clone(),
-        layer: b.layer.clone(),
-        faces_digest: artifacts::digest_file(&fp)
-            .map_err(|e| PredictError::Output(e.to_string()))?,
-        provenance: b.provenance.clone(),
-    };
-    let bp = dir.join("bottlenecks.safetensors");
-    sb.write(&bp)
-        .map_err(|e| PredictError::Output(e.to_string()))?;
-    Ok((fp, bp))
+        transforms: rows
+            .iter()
+            .flat_map(|&i| g.transforms[i * 6..(i + 1) * 6].iter().copied())
+            .collect(),
+        chips: g.chips.as_ref().map(|_| {
+            rows.iter()
+                .flat_map(|&i| g.chip(i).expect("present").iter().copied())
+                .collect()
+        }),
+    });
+    sub
 }
 
 /// The open-set rule on strangers and on known people's test photos.
@@ -187,48 +201,10 @@ pub struct LeaveOut<'a> {
 
 /// Trains without the left-out people, then predicts their photos and the known people's
 /// test photos from the raw files.
-pub fn leave_out(run: &LeaveOut) -> Result<OpenSetFigures, PredictError> {
-    let (fp, bp) = write_without(run.faces, run.bottlenecks, &run.leave_out, &run.dir)?;
-    let teacher = run.train.mode.needs_teacher().then_some(bp.as_path());
-    let data =
-        train::Dataset::load(&fp, teacher).map_err(|e| PredictError::Config(e.to_string()))?;
-    let ck = run
-        .dir
-        .join(format!("student-{}.safetensors", run.train.mode.name()));
-    let mut files = train::RunFiles::beside(&ck);
-    files.progress = false;
-    train::train(&data, &run.train, &train::stored_partition(&data), &files)
-        .map_err(|e| PredictError::Config(format!("training: {e}")))?;
-    let model = Model::open(
-        &ck,
-        &ModelOptions {
-            device: artifacts::device::DeviceChoice::Cpu,
-            unknown: UnknownRule::Stored,
-            faces: preprocess::FaceSearch::Every,
-        },
-    )?;
+pub fn leave_out(run: &LeaveOut) -> Result<OpenSetFigures> {
+    let model = train_without(run)?;
     let f = run.faces;
-    let boxes = &f
-        .geometry
-        .as_ref()
-        .ok_or_else(|| PredictError::Config("the faces artifact records no boxes".into()))?
-        .boxes;
-    let by_source: BTreeMap<&str, usize> = f
-        .sources
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.as_str(), i))
-        .collect();
-    // The strangers' photos: every file of their folders, faces kept by preprocess or not.
-    let mut stranger_photos = Vec::new();
-    for c in &run.leave_out {
-        let dir = run.data.join(c);
-        stranger_photos.extend(
-            crate::list_photos(std::slice::from_ref(&dir))?
-                .into_iter()
-                .map(|i| i.path),
-        );
-    }
+    let boxes = recorded_boxes(f)?;
     let known: Vec<usize> = (0..f.len())
         .filter(|&i| {
             f.splits[i] == Split::Test
@@ -239,9 +215,68 @@ pub fn leave_out(run: &LeaveOut) -> Result<OpenSetFigures, PredictError> {
         .iter()
         .map(|&i| run.data.join(&f.sources[i]))
         .collect();
-    let (strangers, _) = predict_photos(&model, &stranger_photos, |_, _| Ok(()))?;
-    let (known_res, _) = predict_photos(&model, &known_photos, |_, _| Ok(()))?;
-    let flagged: std::collections::HashSet<usize> = eval_tsne::identity::analyse(
+    let (strangers, _) = predict::predict_photos(&model, &stranger_photos(run)?, |_, _| Ok(()))?;
+    let (known_res, _) = predict::predict_photos(&model, &known_photos, |_, _| Ok(()))?;
+    let flagged = flagged_by_identity(run);
+    let mut fig = OpenSetFigures {
+        left_out: run.leave_out.clone(),
+        threshold: model.rule.as_ref().map(|r| r.threshold),
+        strangers_photos: strangers.len(),
+        ..Default::default()
+    };
+    count_strangers(&mut fig, run, &strangers, boxes, &flagged);
+    count_known(&mut fig, f, known_res.iter().zip(&known), boxes, &flagged);
+    Ok(fig)
+}
+
+/// The model trained on `run`'s data without its left-out people, opened on the CPU.
+fn train_without(run: &LeaveOut) -> Result<Model> {
+    let (fp, bp) = write_without(run.faces, run.bottlenecks, &run.leave_out, &run.dir)?;
+    let teacher = run.train.mode.needs_teacher().then_some(bp.as_path());
+    let data = train::Dataset::load(&fp, teacher)?;
+    let ck = run
+        .dir
+        .join(format!("student-{}.safetensors", run.train.mode.name()));
+    let mut files = train::RunFiles::beside(&ck);
+    files.progress = false;
+    train::train(&data, &run.train, &train::stored_partition(&data), &files).context("training")?;
+    Ok(Model::open(
+        &ck,
+        &ModelOptions {
+            device: kernels::device::DeviceChoice::Cpu,
+            unknown: UnknownRule::Stored,
+            faces: preprocess::FaceSearch::Every,
+        },
+    )?)
+}
+
+fn recorded_boxes(f: &Faces) -> Result<&[[f32; 4]]> {
+    Ok(&f
+        .geometry
+        .as_ref()
+        .context("the faces artifact records no boxes")?
+        .boxes)
+}
+
+/// The strangers' photos: every file of their folders, faces kept by preprocess or not.
+fn stranger_photos(run: &LeaveOut) -> Result<Vec<PathBuf>> {
+    let mut photos = Vec::new();
+    for c in &run.leave_out {
+        let dir = run.data.join(c);
+        photos.extend(
+            predict::list_photos(std::slice::from_ref(&dir))?
+                .into_iter()
+                .map(|i| i.path),
+        );
+    }
+    Ok(photos)
+}
+
+/// The faces eval-tsne's identity analysis takes for someone other than their folder's
+/// person.
+fn flagged_by_identity(run: &LeaveOut) -> HashSet<usize> {
+    let f = run.faces;
+    eval_tsne::identity::analyse(
         &run.bottlenecks.features,
         run.bottlenecks.dim,
         &f.labels,
@@ -252,14 +287,24 @@ pub fn leave_out(run: &LeaveOut) -> Result<OpenSetFigures, PredictError> {
     .suspects
     .iter()
     .map(|s| s.index)
-    .collect();
-    let mut fig = OpenSetFigures {
-        left_out: run.leave_out.clone(),
-        threshold: model.rule.as_ref().map(|r| r.threshold),
-        strangers_photos: strangers.len(),
-        ..Default::default()
-    };
-    for p in &strangers {
+    .collect()
+}
+
+fn count_strangers(
+    fig: &mut OpenSetFigures,
+    run: &LeaveOut,
+    strangers: &[PhotoResult],
+    boxes: &[[f32; 4]],
+    flagged: &HashSet<usize>,
+) {
+    let by_source: BTreeMap<&str, usize> = run
+        .faces
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.as_str(), i))
+        .collect();
+    for p in strangers {
         for face in p.faces.iter().filter(|x| x.error.is_none()) {
             fig.strangers_faces += 1;
             fig.strangers_unknown += usize::from(face.unknown);
@@ -281,34 +326,41 @@ pub fn leave_out(run: &LeaveOut) -> Result<OpenSetFigures, PredictError> {
             }
         }
     }
-    for (p, &i) in known_res.iter().zip(&known) {
+}
+
+fn count_known<'a>(
+    fig: &mut OpenSetFigures,
+    f: &Faces,
+    known: impl Iterator<Item = (&'a PhotoResult, &'a usize)>,
+    boxes: &[[f32; 4]],
+    flagged: &HashSet<usize>,
+) {
+    for (p, &i) in known {
         fig.known_faces += 1;
         let truth = &f.class_names[f.labels[i] as usize];
         let clean = !flagged.contains(&i);
         fig.clean_known_faces += usize::from(clean);
-        match matching_face(p, boxes[i]) {
-            None => fig.known_not_found += 1,
-            Some(face) => {
-                let best = face.best.as_ref().map(|b| &b.person);
-                let (closed, open) = (best == Some(truth), face.person.as_ref() == Some(truth));
-                fig.known_correct_closed += usize::from(closed);
-                fig.known_correct_open += usize::from(open);
-                fig.known_unknown += usize::from(face.unknown);
-                if closed && face.unknown {
-                    fig.known_rejected.push(format!(
-                        "{}{}",
-                        f.sources[i],
-                        if clean { "" } else { " (flagged)" }
-                    ));
-                }
-                if clean {
-                    fig.clean_known_correct_closed += usize::from(closed);
-                    fig.clean_known_correct_open += usize::from(open);
-                }
-            }
+        let Some(face) = matching_face(p, boxes[i]) else {
+            fig.known_not_found += 1;
+            continue;
+        };
+        let best = face.best.as_ref().map(|b| &b.person);
+        let (closed, open) = (best == Some(truth), face.person.as_ref() == Some(truth));
+        fig.known_correct_closed += usize::from(closed);
+        fig.known_correct_open += usize::from(open);
+        fig.known_unknown += usize::from(face.unknown);
+        if closed && face.unknown {
+            fig.known_rejected.push(format!(
+                "{}{}",
+                f.sources[i],
+                if clean { "" } else { " (flagged)" }
+            ));
+        }
+        if clean {
+            fig.clean_known_correct_closed += usize::from(closed);
+            fig.clean_known_correct_open += usize::from(open);
         }
     }
-    Ok(fig)
 }
 
 /// Labels of predict on the photos of `faces`' faces `idx` against `expected` (class per
@@ -319,15 +371,11 @@ pub fn agreement(
     faces: &Faces,
     data: &Path,
     idx: &[usize],
-) -> Result<Vec<(usize, usize, Vec<String>)>, PredictError> {
-    let boxes = &faces
-        .geometry
-        .as_ref()
-        .ok_or_else(|| PredictError::Config("the faces artifact records no boxes".into()))?
-        .boxes;
+) -> Result<Vec<(usize, usize, Vec<String>)>> {
+    let boxes = recorded_boxes(faces)?;
     let photos: Vec<PathBuf> = idx.iter().map(|&i| data.join(&faces.sources[i])).collect();
     let models: Vec<&Model> = checks.iter().map(|(m, _)| *m).collect();
-    let results = crate::run::predict_photos_many(&models, &photos)?;
+    let results = predict::run::predict_photos_many(&models, &photos)?;
     let mut out = Vec::new();
     for ((model, expected), res) in checks.iter().zip(&results) {
         let mut agree = 0;

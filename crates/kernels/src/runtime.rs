@@ -54,3 +54,15 @@ pub fn main<E: std::fmt::Display>(body: impl FnOnce() -> Result<(), E>) -> std::
         }
     }
 }
+
+/// `--jobs N`: the global rayon pool's size (every stage's parallel work and GEMMs run
+/// there); `None` keeps rayon's default, one thread per core. Call before any parallel
+/// work; the one place the stage binaries set it.
+pub fn set_jobs(jobs: Option<usize>) -> Result<(), rayon::ThreadPoolBuildError> {
+    match jobs {
+        Some(j) => rayon::ThreadPoolBuilder::new()
+            .num_threads(j)
+            .build_global(),
+        None => Ok(()),
+    }
+}

@@ -13,6 +13,8 @@ pub struct ModelFile {
     pub sha256: &'static str,
     /// dlib's official download (bzip2).
     pub url: &'static str,
+    /// Size of the `.bz2` download, about (for a download's progress bar).
+    pub bz2_bytes: u64,
     /// The function of the Python package `face_recognition_models` that returns its copy.
     pub python_fn: &'static str,
     /// What it is, for messages.
@@ -24,6 +26,7 @@ pub const FACE_DESCRIPTOR: ModelFile = ModelFile {
     file: "dlib_face_recognition_resnet_model_v1.dat",
     sha256: "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
     url: "http://dlib.net/files/dlib_face_recognition_resnet_model_v1.dat.bz2",
+    bz2_bytes: 21_428_389,
     python_fn: "face_recognition_model_location",
     what: "dlib's face descriptor model",
 };
@@ -33,6 +36,7 @@ pub const FACE_DETECTOR: ModelFile = ModelFile {
     file: "mmod_human_face_detector.dat",
     sha256: "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
     url: "http://dlib.net/files/mmod_human_face_detector.dat.bz2",
+    bz2_bytes: 694_709,
     python_fn: "cnn_face_detector_model_location",
     what: "dlib's CNN face detector model",
 };
@@ -45,7 +49,7 @@ pub fn model_cache() -> PathBuf {
 }
 
 /// Where `face_recognition_models` put its copy, if Python has the package.
-fn python_package_copy(m: &ModelFile) -> Option<PathBuf> {
+pub fn python_package_copy(m: &ModelFile) -> Option<PathBuf> {
     let out = std::process::Command::new("python3")
         .args([
             "-c",
