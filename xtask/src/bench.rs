@@ -1,4 +1,4 @@
-//! `cargo xtask bench [preprocess|bottleneck|train|tsne|predict|all]`: release builds, 2 threads,
+//! `cargo xtask bench [preprocess|bottleneck|train|tsne|predict|group|all]`: release builds, 2 threads,
 //! one table, JSON in `target/bench/`. Python peers (torchvision, PyTorch, openTSNE) run in
 //! the same invocation on the same data when they are importable.
 
@@ -189,13 +189,14 @@ const WHAT: &[&str] = &[
     "train",
     "tsne",
     "predict",
+    "group",
     "all",
 ];
 
 pub fn run(args: &[String]) -> Result<()> {
     let what = args.first().map(String::as_str).unwrap_or("all");
     if !WHAT.contains(&what) {
-        bail!("bench what? preprocess, bottleneck, train, tsne, predict or all");
+        bail!("bench what? preprocess, bottleneck, train, tsne, predict, group or all");
     }
     let dir = PathBuf::from("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -216,6 +217,9 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     if wanted("predict") {
         results["predict"] = bench_predict(args, &dir, &mut table)?;
+    }
+    if wanted("group") {
+        results["group"] = bench_group(args, &dir, &mut table)?;
     }
     println!(
         "
@@ -604,6 +608,63 @@ fn bench_predict(args: &[String], dir: &Path, table: &mut Vec<Row>) -> Result<Va
     Ok(
         json!({"pipeline": pipeline, "photos": sample.len(), "runs": runs, "dlib_face_recognition_recipe": peer}),
     )
+}
+
+/// dlib's Chinese whispers on the same descriptors and link (dlib's Python module).
+const DLIB_GROUP: &str = r#"
+import sys, time, json, numpy as np, dlib
+rows = np.fromfile(sys.argv[1], dtype='<f4').reshape(int(sys.argv[2]), -1)
+vs = [dlib.vector(r.astype(float).tolist()) for r in rows]
+times = []
+for _ in range(5):
+    t = time.time(); labels = dlib.chinese_whispers_clustering(vs, float(sys.argv[3])); times.append(time.time() - t)
+times.sort()
+print(json.dumps({"group_seconds": times[2], "groups": len(set(labels))}))
+"#;
+
+/// `bench group`: `predict --group-unknowns`'s clustering of 1,000 unknown faces (their
+/// descriptors computed: a pipeline run's face descriptors), against dlib's own.
+fn bench_group(args: &[String], dir: &Path, table: &mut Vec<Row>) -> Result<Value> {
+    let pipeline = pipeline_dir(args)?;
+    let rows = dir.join("group-descriptors.f32");
+    let n = 1000;
+    let ours = example(
+        "predict",
+        "bench_group",
+        &[
+            pipeline
+                .join("bottlenecks-face.safetensors")
+                .display()
+                .to_string(),
+            n.to_string(),
+            rows.display().to_string(),
+        ],
+    )?;
+    let ours = ours
+        .first()
+        .cloned()
+        .context("bench_group printed nothing")?;
+    let secs = ours["group_seconds"].as_f64().unwrap_or(0.0);
+    let peer = if python_has("dlib, numpy") {
+        let link = ours["link"].as_f64().unwrap_or(0.6).to_string();
+        python(
+            DLIB_GROUP,
+            &[rows.display().to_string(), n.to_string(), link],
+        )?
+        .first()
+        .cloned()
+    } else {
+        None
+    };
+    let p = peer.as_ref().and_then(|p| p["group_seconds"].as_f64());
+    table.push((
+        format!("group {n} unknown faces"),
+        format!("{secs:.3} s ({} groups)", ours["groups"]),
+        p.map(|p| format!("dlib {p:.3} s"))
+            .unwrap_or_else(|| "dlib not importable (pip install dlib-bin)".into()),
+        p.map(|p| ratio(p, secs)).unwrap_or_else(|| "-".into()),
+    ));
+    Ok(json!({"ours": ours, "dlib": peer}))
 }
 
 /// `--pipeline DIR`, else CI's or the default run folder when it has face descriptors.

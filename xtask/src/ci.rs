@@ -44,7 +44,9 @@ impl Steps {
 }
 
 /// Tests the main run skips: the README's 5-seed sweep (its own command:
-/// `cargo test --release -p train --test seed_4x20 -- --ignored`, about 10 min), and
+/// `cargo test --release -p train --test seed_4x20 -- --ignored`, about 10 min), adding
+/// grouped strangers as people (`cargo test --release -p predict --test add_people --
+/// --ignored`: two pipeline runs, about 10 min), and
 /// predict's msceleb checks, run after the pipeline on its faces and models instead (they
 /// would otherwise preprocess the photos again).
 const CI_SKIPS: &[&str] = &[
@@ -52,6 +54,8 @@ const CI_SKIPS: &[&str] = &[
     "predict_agrees_with_eval",
     "strangers_are_called_unknown",
     "a_photo_with_two_faces",
+    "strangers_are_grouped",
+    "named_groups_teach",
 ];
 
 pub fn ci(args: &[String]) -> Result<()> {
@@ -135,6 +139,7 @@ fn ci_options(shared: &Path, out: &Path) -> Options {
         cuda: false,
         install_deps: util::is_root(),
         download_lfw: false,
+        add: None,
     }
 }
 

@@ -201,7 +201,7 @@ pub fn check(args: &[String]) -> Result<()> {
         "--workspace",
         "--features",
     ])
-        .arg("preprocess/cuda,inception-bottleneck/cuda,train/cuda,eval-tsne/cuda,predict/cuda,model/cuda,losses/cuda,artifacts/cuda")
+        .arg("preprocess/cuda,inception-bottleneck/cuda,train/cuda,eval-tsne/cuda,predict/cuda,model/cuda,losses/cuda,kernels/cuda,dlib-dnn/cuda")
         .arg("--target-dir")
         .arg(&target_dir)
         .env("CUDA_HOME", &home)

@@ -49,6 +49,7 @@ pub fn index_html(s: &Value, out: &Path) -> String {
     h.push_str(&tsne_section(s, out));
     h.push_str(&identity_section(s, out));
     h.push_str(&suspects_section(s, out));
+    h.push_str(&unknowns_section(out));
     h.push_str(&settings_section(s));
     h.push_str("</body></html>\n");
     h
@@ -289,6 +290,57 @@ fn suspects_section(s: &Value, out: &Path) -> String {
     h
 }
 
+/// The groups of unknown faces under `<out>/unknowns/` (`predict --group-unknowns`), by
+/// their folder names (renamed ones are named people), each with its montage.
+fn unknowns_section(out: &Path) -> String {
+    let mut h = String::from("<h2 id=\"unknowns\">Unknown faces, grouped</h2>");
+    let dir = out.join("unknowns");
+    let mut groups: Vec<(String, usize)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let record = read_json(&e.path().join("group.json"))?;
+            let faces = record["faces"].as_array().map(|f| f.len()).unwrap_or(0);
+            Some((e.file_name().to_string_lossy().into_owned(), faces))
+        })
+        .collect();
+    let how = "<code>cargo run --release -p predict -- PHOTOS --group-unknowns data/artifacts/unknowns</code> groups the faces a model calls unknown into people; rename a group's folder to the person's name (or delete the faces that are not them) and <code>cargo xtask pipeline --add data/artifacts/unknowns</code> adds the named ones to the data and trains again";
+    if groups.is_empty() {
+        h.push_str(&format!("<p class=\"note\">{how}.</p>"));
+        return h;
+    }
+    // Largest first, as predict numbers them; named ones (renamed folders) before.
+    groups.sort_by(|a, b| {
+        (a.0.starts_with("unknown-"), std::cmp::Reverse(a.1), &a.0).cmp(&(
+            b.0.starts_with("unknown-"),
+            std::cmp::Reverse(b.1),
+            &b.0,
+        ))
+    });
+    let named = groups
+        .iter()
+        .filter(|g| !g.0.starts_with("unknown-"))
+        .count();
+    h.push_str(&format!(
+        "<p>{} groups in <a href=\"unknowns/groups.csv\">unknowns/</a>, {named} named. {how}.</p><div class=\"grid\">",
+        groups.len()
+    ));
+    for (name, faces) in groups {
+        let montage = format!("unknowns/{name}/montage.png");
+        if !out.join(&montage).is_file() {
+            continue;
+        }
+        h.push_str(&format!(
+            "<figure><a href=\"{0}\"><img src=\"{0}\" alt=\"{1}\"></a><figcaption>{1}: {faces} faces</figcaption></figure>",
+            esc(&montage),
+            esc(&name)
+        ));
+    }
+    h.push_str("</div>");
+    h
+}
+
 fn settings_section(s: &Value) -> String {
     let mut h = format!(
         "<h2 id=\"settings\">Run settings and timings</h2><p>seed {}, device {}, teachers: inception <code>{}</code> (layer {}, {}x{} grid), face <code>{}</code>; total {} s.</p><table><tr><th>stage</th><th>seconds</th></tr>",
@@ -401,8 +453,20 @@ mod tests {
             "face_teacher": "dlib-face", "seconds": 30.0,
             "timings": [{"stage": "preprocess", "seconds": 1.0}],
         });
+        for (g, faces) in [("unknown-002", 2), ("Ada", 3)] {
+            let d = out.join("unknowns").join(g);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("montage.png"), b"png").unwrap();
+            let list: Vec<_> = (0..faces).map(|k| json!({"face": k})).collect();
+            std::fs::write(d.join("group.json"), json!({"faces": list}).to_string()).unwrap();
+        }
+        std::fs::write(out.join("unknowns/groups.csv"), b"group").unwrap();
         let page = index_html(&s, out);
+        assert!(page.contains("2 groups in"), "unknown groups");
+        let at = |t: &str| page.find(t).unwrap_or_else(|| panic!("{t}"));
+        assert!(at("Ada: 3 faces") < at("unknown-002: 2 faces"));
         for section in [
+            "id=\"unknowns\"",
             "id=\"data\"",
             "id=\"results\"",
             "id=\"tsne\"",

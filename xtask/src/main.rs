@@ -28,11 +28,13 @@ commands:
                --config pipeline.toml  --features cuda  --install-deps
                --download-lfw (when data/raw is missing: fetch LFW, people with >= 20
                photos, checksum verified; asked interactively without the flag)
+               --add DIR (a `predict --group-unknowns` folder: its renamed groups join
+               --data as people, then the stages redo what changed)
   ci           fmt, clippy, tests (with ../shared: including ignored ones, except the 5-seed
                sweep), a pipeline run on ../shared/data/msceleb-samples with both teachers;
                prints the time of each part (also in target/ci-times.json);
                --pipeline-only skips fmt, clippy and the tests
-  bench [preprocess|bottleneck|train|tsne|predict|all] [--pipeline DIR]
+  bench [preprocess|bottleneck|train|tsne|predict|group|all] [--pipeline DIR]
                throughput benchmarks (release, 2 threads), JSON in target/bench/
   deps         check the Debian packages the build and the stages need; --install
                installs the missing ones (root, or through sudo)

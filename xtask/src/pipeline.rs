@@ -40,6 +40,8 @@ pub struct Options {
     pub cuda: bool,
     pub install_deps: bool,
     pub download_lfw: bool,
+    /// A `predict --group-unknowns` folder whose named groups join the data first.
+    pub add: Option<PathBuf>,
 }
 
 impl Options {
@@ -59,6 +61,7 @@ impl Options {
             "--seed",
             "--config",
             "--features",
+            "--add",
         ];
         let mut i = 0;
         while i < args.len() {
@@ -106,6 +109,7 @@ impl Options {
             cuda: features == "cuda",
             install_deps: has_flag(args, "--install-deps"),
             download_lfw: has_flag(args, "--download-lfw"),
+            add: flag_value(args, "--add").map(PathBuf::from),
         })
     }
 }
@@ -230,6 +234,9 @@ pub fn run(o: &Options) -> Result<Value> {
     crate::deps::ensure(o.install_deps)?;
     find_data(o)?;
     build_stages(o.cuda)?;
+    if let Some(groups) = &o.add {
+        add_groups(o, groups)?;
+    }
     std::fs::create_dir_all(&o.out)?;
     let faces = preprocess(o, &mut log)?;
     let teachers = bottlenecks(o, &faces, &mut log)?;
@@ -253,6 +260,19 @@ pub fn run(o: &Options) -> Result<Value> {
     print_table(&summary);
     print_footer(o, &log, best.is_some());
     Ok(summary)
+}
+
+/// The named groups of `groups` join the data (`predict --add-groups`, all or nothing);
+/// the stages below then redo what the new photos change (the teacher's cache keeps every
+/// other face's output).
+fn add_groups(o: &Options, groups: &Path) -> Result<()> {
+    crate::util::run(
+        Command::new(bin("predict"))
+            .arg("--add-groups")
+            .arg(groups)
+            .arg("--data")
+            .arg(&o.data),
+    )
 }
 
 /// The photos folder must exist: LFW is offered for the default folder (or with

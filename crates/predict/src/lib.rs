@@ -2,9 +2,12 @@
 //! "unknown" for faces too far from everyone the model knows.
 //!
 //! [`model`] loads a checkpoint with its recorded preprocessing, teacher and open-set rule;
-//! [`run`] takes photos through them; [`output`] prints; [`annotate`] draws.
+//! [`run`] takes photos through them; [`output`] prints; [`annotate`] draws; [`group`]
+//! gathers the unknown faces into people and [`add`] adds the named ones to the data.
 
+pub mod add;
 pub mod annotate;
+pub mod group;
 pub mod model;
 pub mod output;
 pub mod run;

@@ -23,7 +23,7 @@ are still reported)."
 )]
 struct Cli {
     /// Photos, and folders searched recursively for photos.
-    #[arg(required = true, value_name = "PHOTO|FOLDER")]
+    #[arg(required_unless_present = "add_groups", value_name = "PHOTO|FOLDER")]
     photos: Vec<PathBuf>,
     /// A checkpoint made by `train` (a student or a probe) [default: the best model of the
     /// last `cargo xtask pipeline` by validation accuracy, from <PIPELINE>/summary.json].
@@ -60,6 +60,27 @@ struct Cli {
     /// TTF font for --annotate.
     #[arg(long, default_value = draw::DEFAULT_FONT)]
     font: PathBuf,
+    /// Group the faces called unknown, over all the photos, into people (by dlib's face
+    /// descriptor, linked below a distance calibrated on the model's training faces) and
+    /// write each group into this folder: `unknown-001/` (face crops, links to their
+    /// photos, a montage), ... largest first, faces seen once last, with `groups.csv` and
+    /// `groups.json`. Rename a group's folder to the person's name to name them. An
+    /// existing non-empty folder is never overwritten.
+    #[arg(long, value_name = "DIR", conflicts_with = "closed_set")]
+    group_unknowns: Option<PathBuf>,
+    /// Add the named groups of a `--group-unknowns` folder to the training data (`--data`)
+    /// and exit: each face as a crop of its photo, into the folder of the group's name
+    /// (renamed folder or `--name`), a new person or one already there. All or nothing:
+    /// a bad name, an empty group or a group added before changes nothing. Then run
+    /// `cargo xtask pipeline` to train with them (`cargo xtask pipeline --add DIR` does both).
+    #[arg(long, value_name = "DIR", requires = "data")]
+    add_groups: Option<PathBuf>,
+    /// The training data (`<DATA>/<person>/<photo>`) that `--add-groups` adds to.
+    #[arg(long, value_name = "DATA")]
+    data: Option<PathBuf>,
+    /// Names a group not renamed: `--name unknown-003=Ada` (repeatable).
+    #[arg(long, value_name = "GROUP=NAME", requires = "add_groups")]
+    name: Vec<String>,
     /// Write where the time went (per stage) as JSON to this file.
     #[arg(long, value_name = "FILE")]
     timings: Option<PathBuf>,
@@ -81,6 +102,17 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     kernels::runtime::set_jobs(cli.jobs).context("--jobs")?;
+    if let (Some(groups), Some(data)) = (&cli.add_groups, &cli.data) {
+        let added = predict::add::apply(predict::add::plan(groups, &cli.name, data)?, data)?;
+        for note in &added.notes {
+            tracing::info!("{note}");
+        }
+        for (name, n, new) in &added.people {
+            let what = if *new { "new person" } else { "added to" };
+            println!("{what} {name}: {n} faces -> {}", data.join(name).display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if cli.unknown_threshold.is_some_and(|t| !t.is_finite()) {
         bail!("--unknown-threshold must be a number");
     }
@@ -94,6 +126,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
     };
     if cli.annotate.is_some() {
         draw::load_font(&cli.font)?;
+    }
+    if let Some(dir) = &cli.group_unknowns {
+        predict::group::check_target(dir)?;
     }
     let opts = ModelOptions {
         device: cli.device,
@@ -115,7 +150,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let paths: Vec<PathBuf> = photos.iter().map(|p| p.path.clone()).collect();
     let mut k = 0;
     let mut annotate_failed = 0;
-    let (results, timings) = predict::predict_photos(&model, &paths, |photo, img| {
+    let mut unknowns = predict::group::Unknowns::default();
+    let (results, timings) = predict::predict_photos(&model, &paths, |photo, img, aligned| {
+        if cli.group_unknowns.is_some() {
+            unknowns.take(photo, aligned);
+        }
         if let (Some(dir), Some(img)) = (&cli.annotate, img) {
             let out = predict::annotate::annotated_path(dir, &photos[k].relative);
             if let Err(e) = predict::annotate::annotate(img, photo, &out) {
@@ -137,6 +176,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         artifacts::write_json_atomic(p, &output::timings_json(&timings, &about))?;
     }
     tracing::info!("{}", output::summary_line(&results, &timings));
+    if let Some(dir) = &cli.group_unknowns {
+        let s = predict::group::group_unknowns(&model, unknowns, cli.device, dir)?;
+        tracing::info!("{}", s.line());
+    }
     if annotate_failed > 0 {
         bail!("{annotate_failed} annotated copies could not be written");
     }

@@ -108,7 +108,8 @@ pub fn table(photos: &[PhotoResult]) -> String {
 /// CSV header.
 pub const CSV_COLUMNS: &str = "photo,status,face,x,y,w,h,found_by,person,unknown,best,probability,score,top2,probability2,top3,probability3,reason";
 
-fn csv_field(s: &str) -> String {
+/// A CSV field, quoted where it holds a comma, a quote or a line break.
+pub fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -258,6 +259,7 @@ mod tests {
             score: Some(0.42),
             unknown: person.is_none(),
             error: None,
+            descriptor: None,
         }
     }
 

@@ -36,6 +36,10 @@ pub struct FaceResult {
     pub unknown: bool,
     /// Why a detected face got no prediction (its landmarks did not fit, say).
     pub error: Option<String>,
+    /// dlib's face descriptor, when the model's teacher is the face teacher (for grouping
+    /// the unknown faces; not printed).
+    #[serde(skip)]
+    pub descriptor: Option<Vec<f32>>,
 }
 
 /// One photo.
@@ -112,12 +116,13 @@ struct Aligned {
     secs: [f64; 3],
 }
 
-/// Runs the model on `photos`, calling `each` with every photo's result (and its decoded
-/// image, for `--annotate`) in input order.
+/// Runs the model on `photos`, calling `each` with every photo's result, its decoded image
+/// (for `--annotate`) and its aligned faces (`[k]` is face `k`; for `--group-unknowns`),
+/// in input order.
 pub fn predict_photos(
     model: &Model,
     photos: &[PathBuf],
-    mut each: impl FnMut(&PhotoResult, Option<&Rgb>) -> Result<(), PredictError>,
+    mut each: impl FnMut(&PhotoResult, Option<&Rgb>, &[Option<AlignedFace>]) -> Result<(), PredictError>,
 ) -> Result<(Vec<PhotoResult>, Timings), PredictError> {
     let start = Instant::now();
     let mut t = Timings {
@@ -138,7 +143,7 @@ pub fn predict_photos(
         let mut named: Vec<PhotoResult> = aligned.iter().map(|a| a.photo.clone()).collect();
         classify(model, &faces, &mut named, &mut t)?;
         for (a, photo) in aligned.iter_mut().zip(named) {
-            each(&photo, a.image.as_ref())?;
+            each(&photo, a.image.as_ref(), &a.faces)?;
             t.faces += photo.faces.len();
             out.push(photo);
         }
@@ -220,6 +225,7 @@ fn align_photo(model: &Model, path: &Path) -> Aligned {
                             score: None,
                             unknown: false,
                             error: None,
+                            descriptor: None,
                         });
                         kept.push(Some(f));
                     }
@@ -233,6 +239,7 @@ fn align_photo(model: &Model, path: &Path) -> Aligned {
                             score: None,
                             unknown: false,
                             error: Some(fail.reason.to_string()),
+                            descriptor: None,
                         });
                         kept.push(None);
                     }
@@ -364,6 +371,10 @@ fn classify(
         f.best = Some(best);
         f.score = score;
         f.unknown = unknown;
+        f.descriptor = match (&model.teacher, &bottlenecks) {
+            (Some(t), Some(b)) if t.uses_chips() => Some(b.row(j).to_vec()),
+            _ => None,
+        };
     }
     Ok(())
 }

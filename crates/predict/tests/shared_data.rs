@@ -231,7 +231,7 @@ fn a_photo_with_two_faces_gets_both_named() {
         .take(40)
         .map(|&i| msceleb().join(&faces.sources[i]))
         .collect();
-    let (alone, _) = predict::predict_photos(&model, &photos, |_, _| Ok(())).unwrap();
+    let (alone, _) = predict::predict_photos(&model, &photos, |_, _, _| Ok(())).unwrap();
     let sure: Vec<&predict::PhotoResult> = alone
         .iter()
         .filter(|p| {
@@ -258,7 +258,7 @@ fn a_photo_with_two_faces_gets_both_named() {
     image::imageops::replace(&mut both, &ib, ia.width() as i64, 0);
     let path = dir.path().join("two.png");
     both.save(&path).unwrap();
-    let (res, _) = predict::predict_photos(&model, &[path], |_, _| Ok(())).unwrap();
+    let (res, _) = predict::predict_photos(&model, &[path], |_, _, _| Ok(())).unwrap();
     let named: Vec<_> = res[0]
         .faces
         .iter()
@@ -285,4 +285,73 @@ fn a_photo_with_two_faces_gets_both_named() {
         "{r2:?} vs {rb:?}"
     );
     assert!((res[0].faces[0].rect[0] - ra[0]).abs() <= 0.1 * ra[2]);
+}
+
+/// `--group-unknowns` on the study's 4x20 crops (four people, none in msceleb-samples):
+/// the faces called unknown are grouped into their people (adjusted Rand index against
+/// their folders), and no group mixes two people with more than one face each.
+#[test]
+#[ignore = "needs ../shared (msceleb-samples, seed-4x20, dlib's models)"]
+fn strangers_are_grouped_into_their_people() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = train_model(dir.path(), train::TrainMode::Probe, 8);
+    let corpus = test_support::shared().join("data/seed-4x20/crop_4_20/corpus");
+    let groups = dir.path().join("groups");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_predict"))
+        .arg("--model")
+        .arg(&ck)
+        .args(["--device", "cpu", "--format", "json", "--output"])
+        .arg(dir.path().join("results.json"))
+        .arg("--group-unknowns")
+        .arg(&groups)
+        .arg(&corpus)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(groups.join("groups.json")).unwrap())
+            .unwrap();
+    let (mut group_of, mut person_of) = (Vec::new(), Vec::new());
+    let mut people: Vec<String> = Vec::new();
+    for (k, grp) in g["groups"].as_array().unwrap().iter().enumerate() {
+        let name = grp["group"].as_str().unwrap();
+        assert!(groups.join(name).join("montage.png").is_file(), "{name}");
+        let mut here: std::collections::BTreeMap<String, usize> = Default::default();
+        for f in grp["faces"].as_array().unwrap() {
+            let photo = PathBuf::from(f["photo"].as_str().unwrap());
+            let person = photo
+                .parent()
+                .and_then(|p| p.file_name())
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            *here.entry(person.clone()).or_default() += 1;
+            if !people.contains(&person) {
+                people.push(person.clone());
+            }
+            group_of.push(k);
+            person_of.push(people.iter().position(|p| *p == person).unwrap());
+        }
+        println!("{name}: {here:?}");
+        let mixed = here.values().filter(|&&n| n > 1).count();
+        assert!(mixed <= 1, "{name} mixes people: {here:?}");
+    }
+    let ari = predict::group::adjusted_rand_index(&group_of, &person_of);
+    println!(
+        "grouping: {} unknown faces of {} people -> {} groups, ARI {ari:.3}, link {}",
+        group_of.len(),
+        people.len(),
+        g["groups"].as_array().unwrap().len(),
+        g["link"]
+    );
+    assert!(
+        group_of.len() >= 60,
+        "{} of 80 faces grouped\n{log}",
+        group_of.len()
+    );
+    // #27 aims at 0.9; measured 0.890 here, with every group one person's and three
+    // people split in two (dlib's own Chinese whispers on the same descriptors: 0.895; the
+    // study's 100 px crops put same-person pairs up to 0.85 apart). A regression guard:
+    assert!(ari >= 0.85, "ARI {ari:.3}");
 }

@@ -145,7 +145,7 @@ fn a_photo_with_two_painted_faces_gets_both_named() {
         preprocess::FaceSearch::Every,
     );
     let photos: Vec<PathBuf> = vec![two];
-    let (res, _) = predict::predict_photos(&m, &photos, |_, _| Ok(())).unwrap();
+    let (res, _) = predict::predict_photos(&m, &photos, |_, _, _| Ok(())).unwrap();
     let f = &res[0].faces;
     assert_eq!(f.len(), 2, "{f:?}");
     assert!(
@@ -163,6 +163,6 @@ fn a_photo_with_two_painted_faces_gets_both_named() {
         predict::UnknownRule::Off,
         preprocess::FaceSearch::Main,
     );
-    let (res, _) = predict::predict_photos(&m, &photos, |_, _| Ok(())).unwrap();
+    let (res, _) = predict::predict_photos(&m, &photos, |_, _, _| Ok(())).unwrap();
     assert_eq!(res[0].faces.len(), 1, "{:?}", res[0].faces);
 }

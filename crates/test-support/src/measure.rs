@@ -215,8 +215,8 @@ pub fn leave_out(run: &LeaveOut) -> Result<OpenSetFigures> {
         .iter()
         .map(|&i| run.data.join(&f.sources[i]))
         .collect();
-    let (strangers, _) = predict::predict_photos(&model, &stranger_photos(run)?, |_, _| Ok(()))?;
-    let (known_res, _) = predict::predict_photos(&model, &known_photos, |_, _| Ok(()))?;
+    let (strangers, _) = predict::predict_photos(&model, &stranger_photos(run)?, |_, _, _| Ok(()))?;
+    let (known_res, _) = predict::predict_photos(&model, &known_photos, |_, _, _| Ok(()))?;
     let flagged = flagged_by_identity(run);
     let mut fig = OpenSetFigures {
         left_out: run.leave_out.clone(),
