@@ -113,7 +113,8 @@ pub struct IdentityReport {
     pub strangers: usize,
 }
 
-fn dist(a: &[f32], b: &[f32]) -> f32 {
+/// Euclidean distance between two descriptors.
+pub fn dist(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
         .zip(b)
         .map(|(x, y)| (x - y) * (x - y))

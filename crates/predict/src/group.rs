@@ -7,6 +7,7 @@
 //! [`MAX_DIFFERENT_LINKED`] of different people's pairs, and never above dlib's 0.6.
 
 use crate::run::PhotoResult;
+use eval_tsne::identity::dist;
 use preprocess::AlignedFace;
 use std::path::{Path, PathBuf};
 
@@ -144,7 +145,7 @@ impl Link {
         let (mut same, mut different) = (Vec::new(), Vec::new());
         for (a, &i) in rows.iter().enumerate() {
             for &j in &rows[a + 1..] {
-                let d = distance(row(i), row(j));
+                let d = dist(row(i), row(j));
                 if labels[i] == labels[j] {
                     same.push(d);
                 } else {
@@ -168,14 +169,6 @@ impl Link {
             training_faces: rows.len(),
         }
     }
-}
-
-fn distance(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f32>()
-        .sqrt()
 }
 
 /// The faces (by index into `descriptors`) grouped into people: largest group first, ties
@@ -383,7 +376,7 @@ fn write_into(
             )
             .map_err(|e| GroupError::Image(png.clone(), e))?;
             link_photo(&gdir, k, &f.photo);
-            let d = distance(descriptors[i], &centre);
+            let d = dist(descriptors[i], &centre);
             let [x, y, w, h] = f.rect;
             csv.push_str(&format!(
                 "{name},{file},{},{x:.0},{y:.0},{w:.0},{h:.0},{d:.4}\n",

@@ -36,8 +36,8 @@ pub struct FaceResult {
     pub unknown: bool,
     /// Why a detected face got no prediction (its landmarks did not fit, say).
     pub error: Option<String>,
-    /// dlib's face descriptor, when the model's teacher is the face teacher (for grouping
-    /// the unknown faces; not printed).
+    /// dlib's face descriptor of an unknown face, when the model's teacher is the face
+    /// teacher (for grouping the unknown faces; not printed).
     #[serde(skip)]
     pub descriptor: Option<Vec<f32>>,
 }
@@ -372,7 +372,7 @@ fn classify(
         f.score = score;
         f.unknown = unknown;
         f.descriptor = match (&model.teacher, &bottlenecks) {
-            (Some(t), Some(b)) if t.uses_chips() => Some(b.row(j).to_vec()),
+            (Some(t), Some(b)) if unknown && t.uses_chips() => Some(b.row(j).to_vec()),
             _ => None,
         };
     }
