@@ -1,4 +1,4 @@
-//! `cargo xtask bench [preprocess|bottleneck|train|tsne|predict|group|all]`: release builds, 2 threads,
+//! `cargo xtask bench [preprocess|bottleneck|train|tsne|predict|group|student|all]`: release builds, 2 threads,
 //! one table, JSON in `target/bench/`. Python peers (torchvision, PyTorch, openTSNE) run in
 //! the same invocation on the same data when they are importable.
 
@@ -190,13 +190,14 @@ const WHAT: &[&str] = &[
     "tsne",
     "predict",
     "group",
+    "student",
     "all",
 ];
 
 pub fn run(args: &[String]) -> Result<()> {
     let what = args.first().map(String::as_str).unwrap_or("all");
     if !WHAT.contains(&what) {
-        bail!("bench what? preprocess, bottleneck, train, tsne, predict, group or all");
+        bail!("bench what? preprocess, bottleneck, train, tsne, predict, group, student or all");
     }
     let dir = PathBuf::from("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -220,6 +221,9 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     if wanted("group") {
         results["group"] = bench_group(args, &dir, &mut table)?;
+    }
+    if wanted("student") {
+        results["student"] = bench_student(&mut table)?;
     }
     println!(
         "
@@ -486,6 +490,50 @@ fn bench_train(table: &mut Vec<Row>) -> Result<Value> {
         }));
     }
     Ok(json!({"rounds": ROUNDS, "interleaved": true, "batches": rows}))
+}
+
+/// `bench student`: the students' CPU throughput at batch 32 (eval) against the face
+/// teacher's on the same CPU in the same run: a distilled student is only worth having when
+/// it is much cheaper than the teacher it imitates (#25: at least 5x).
+fn bench_student(table: &mut Vec<Row>) -> Result<Value> {
+    let students = example("model", "student_speed", &["32".into(), THREADS.into()])?;
+    let teacher = match shared_dir() {
+        Some(shared) => {
+            let args = [
+                shared
+                    .join("models/dlib/dlib_face_recognition_resnet_model_v1.dat")
+                    .display()
+                    .to_string(),
+                shared
+                    .join("fixtures/dlib-face-recognition/reference.safetensors")
+                    .display()
+                    .to_string(),
+                "32".into(),
+            ];
+            example("dlib-dnn", "bench_face", &args)?.into_iter().next()
+        }
+        None => None,
+    };
+    let chips = teacher
+        .as_ref()
+        .and_then(|t| t["chips_per_second"].as_f64());
+    for s in &students {
+        let ips = s["images_per_s"].as_f64().unwrap_or(0.0);
+        table.push((
+            format!(
+                "student {} ({:.0} MFLOP, {:.2} M params) batch 32",
+                s["student"].as_str().unwrap_or(""),
+                s["mflop_per_image"].as_f64().unwrap_or(0.0),
+                s["parameters"].as_f64().unwrap_or(0.0) / 1e6
+            ),
+            format!("{ips:.0} images/s"),
+            chips
+                .map(|c| format!("dlib face teacher {c:.1} chips/s"))
+                .unwrap_or_else(|| "teacher needs ../shared".into()),
+            chips.map(|c| ratio(ips, c)).unwrap_or_else(|| "-".into()),
+        ));
+    }
+    Ok(json!({"students": students, "face_teacher": teacher}))
 }
 
 /// `bench tsne`: our t-SNE against openTSNE at two sizes, both maps scored by our exact KL.

@@ -133,6 +133,8 @@ fn ci_options(shared: &Path, out: &Path) -> Options {
         teacher_layer: "Mixed_6c".into(),
         teacher_grid: 2,
         modes: MODES.iter().map(|s| s.to_string()).collect(),
+        views: 4,
+        inception_views: 0,
         device: "cpu".into(),
         seed: 42,
         config: Some(PathBuf::from("xtask/ci-pipeline.toml")),

@@ -120,7 +120,7 @@ fn results_section(s: &Value, out: &Path) -> String {
             esc(&rel(r["report"].as_str().unwrap_or(""), out)),
         ));
     }
-    h.push_str("</table><p class=\"note\">Teachers: <b>inception</b>, the study's ImageNet Inception-v3; <b>face</b>, dlib's face descriptor (trained for identity). <i>base</i> learns from the labels alone; <i>probe</i> is a linear classifier on the teacher's features. The best model is chosen by validation accuracy, never by test accuracy. Figures move by a point or two with the seed and with the CPU kind.</p>");
+    h.push_str("</table><p class=\"note\">Teachers: <b>inception</b>, the study's ImageNet Inception-v3; <b>face</b>, dlib's face descriptor (trained for identity). <i>base</i> learns from the labels alone; <i>probe</i> is a linear classifier on the teacher's features; <i>distill</i> is a deeper student trained on views of each face cut from the photo, matching the teacher's output on the very same view (its probe's probabilities, its descriptor, the distances between faces); <i>distill-base</i> is that student, views and schedule from the labels alone, so the gap between the two is the teacher's. The best model is chosen by validation accuracy, never by test accuracy. Figures move by a point or two with the seed and with the CPU kind.</p>");
     if let Some(b) = s["best"].as_object() {
         let ck = rel(
             b.get("checkpoint").and_then(|v| v.as_str()).unwrap_or(""),

@@ -24,7 +24,10 @@ commands:
                --cnn-model FILE (dlib's CNN face detector for preprocess; else looked up)
                --exclusions FILE (the cleaning loop: flags.csv edited; default
                <out>/exclusions.csv when present: faces marked drop leave training and eval)
-               --modes base,two-step,cosine,probe  --device auto|cpu|cuda  --seed N (42)
+               --modes base,two-step,cosine,probe,distill-base,distill
+               --views K (8: views per face the face teacher embeds for the distill modes)
+               --inception-views K (0: the same for Inception, ~8x the cost a view)
+               --device auto|cpu|cuda  --seed N (42)
                --config pipeline.toml  --features cuda  --install-deps
                --download-lfw (when data/raw is missing: fetch LFW, people with >= 20
                photos, checksum verified; asked interactively without the flag)
@@ -34,7 +37,7 @@ commands:
                sweep), a pipeline run on ../shared/data/msceleb-samples with both teachers;
                prints the time of each part (also in target/ci-times.json);
                --pipeline-only skips fmt, clippy and the tests
-  bench [preprocess|bottleneck|train|tsne|predict|group|all] [--pipeline DIR]
+  bench [preprocess|bottleneck|train|tsne|predict|group|student|all] [--pipeline DIR]
                throughput benchmarks (release, 2 threads), JSON in target/bench/
   deps         check the Debian packages the build and the stages need; --install
                installs the missing ones (root, or through sudo)

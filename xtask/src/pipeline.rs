@@ -12,7 +12,20 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-pub const MODES: &[&str] = &["base", "two-step", "cosine", "probe"];
+pub const MODES: &[&str] = &[
+    "base",
+    "two-step",
+    "cosine",
+    "probe",
+    "distill-base",
+    "distill",
+];
+/// Modes that train on the teacher stage's views (`--views`); `distill-base` is `distill`'s
+/// student, views and schedule from the labels alone (no teacher term): the base row a
+/// distilled student is compared with.
+const VIEW_MODES: &[&str] = &["distill-base", "distill"];
+/// Default views per face for the teacher stage (`--views`): measured, see the README.
+pub const DEFAULT_VIEWS: usize = 8;
 /// The teachers a run compares: the study's ImageNet Inception-v3 and dlib's face descriptor.
 pub const TEACHERS: &[&str] = &["inception", "face"];
 
@@ -34,6 +47,11 @@ pub struct Options {
     /// Side of the pooling grid over the teacher layer (1 = global average pool).
     pub teacher_grid: usize,
     pub modes: Vec<String>,
+    /// Views per face the face teacher embeds for the distill modes (0: none).
+    pub views: usize,
+    /// The same for Inception, whose passes cost ~8x the face teacher's (0 by default: its
+    /// distill student then trains on the faces with one target each).
+    pub inception_views: usize,
     pub device: String,
     pub seed: u64,
     pub config: Option<PathBuf>,
@@ -57,6 +75,8 @@ impl Options {
             "--teacher-layer",
             "--teacher-grid",
             "--modes",
+            "--views",
+            "--inception-views",
             "--device",
             "--seed",
             "--config",
@@ -102,6 +122,8 @@ impl Options {
             exclusions: flag_value(args, "--exclusions").map(PathBuf::from),
             teacher_layer: flag_value(args, "--teacher-layer").unwrap_or_else(|| "pool".into()),
             teacher_grid: number_flag(args, "--teacher-grid", 1)?,
+            views: number_flag(args, "--views", DEFAULT_VIEWS)?,
+            inception_views: number_flag(args, "--inception-views", 0)?,
             modes,
             device: flag_value(args, "--device").unwrap_or_else(|| "auto".into()),
             seed: number_flag(args, "--seed", 42)?,
@@ -384,6 +406,15 @@ fn bottlenecks<'a>(
             ])
             .args(extra_args(&o.config, "bottleneck")?);
         }
+        let views = if t == "face" {
+            o.views
+        } else {
+            o.inception_views
+        };
+        if views > 0 && o.modes.iter().any(|m| VIEW_MODES.contains(&m.as_str())) {
+            cmd.args(["--views", &views.to_string(), "--photos"])
+                .arg(&o.data);
+        }
         log.stage(&format!("bottlenecks {t}"), &mut cmd)?;
         teachers.push((t.as_str(), path));
     }
@@ -395,9 +426,13 @@ fn bottlenecks<'a>(
 fn planned_runs<'a>(o: &'a Options, teachers: &[(&'a str, PathBuf)]) -> Vec<Run<'a>> {
     let mut runs = Vec::new();
     for mode in &o.modes {
-        if mode == "base" {
+        if mode == "base" || mode == "distill-base" {
+            // distill-base cuts its views from the face teacher's bank (its views are the
+            // ones the distill student it is compared with sees).
             let b = teachers
-                .first()
+                .iter()
+                .find(|t| mode == "distill-base" && t.0 == "face")
+                .or(teachers.first())
                 .map(|t| t.1.clone())
                 .unwrap_or_else(|| o.out.join("bottlenecks.safetensors"));
             runs.push(Run {
@@ -448,11 +483,16 @@ fn train_and_eval(
     let tag = r.tag();
     let seed = o.seed.to_string();
     let ck = o.out.join(format!("student-{tag}.safetensors"));
+    let (mode_args, extra) = mode_args(r.mode);
+    let mut extra_train = extra_args(&o.config, "train")?;
+    if VIEW_MODES.contains(&r.mode) {
+        extra_train.extend(extra_args(&o.config, "train-distill")?);
+    }
     log.stage(
         &format!("train {tag}"),
         Command::new(bin("train"))
+            .args(mode_args)
             .args([
-                format!("--{}", r.mode).as_str(),
                 "--skip-if-fresh",
                 "--seed",
                 &seed,
@@ -466,7 +506,8 @@ fn train_and_eval(
             .arg("--output")
             .arg(&ck)
             .args(excl_args)
-            .args(extra_args(&o.config, "train")?),
+            .args(extra_train)
+            .args(extra),
     )?;
     let eval_dir = o.out.join(format!("eval-{tag}"));
     log.stage(
@@ -492,6 +533,39 @@ fn train_and_eval(
     )?;
     result_row(r, &ck, &eval_dir)
 }
+
+/// `train`'s flags for a pipeline mode, and flags that must come after the config's
+/// (`distill-base` switches every teacher term off, whatever `[train-distill]` says).
+fn mode_args(mode: &str) -> (Vec<String>, Vec<&'static str>) {
+    // The distill modes' schedule (a config's `[train]` / `[train-distill]` flags come
+    // after these and win): chosen on validation accuracy, see the README.
+    let distill = || -> Vec<String> { DISTILL_TRAIN.iter().map(|s| s.to_string()).collect() };
+    match mode {
+        "distill" => (distill(), vec![]),
+        "distill-base" => (
+            distill(),
+            vec!["--kl", "0", "--cos", "0", "--rkd", "0", "--angle", "0"],
+        ),
+        m => (vec![format!("--{m}")], vec![]),
+    }
+}
+
+/// `train`'s flags for the distill modes in a pipeline run.
+const DISTILL_TRAIN: &[&str] = &[
+    "--distill",
+    "--epochs",
+    "150",
+    "--min-steps",
+    "0",
+    "--patience",
+    "0",
+    "--batch",
+    "64",
+    "--lr",
+    "2e-3",
+    "--warmup",
+    "5",
+];
 
 /// A run's row: eval's report and the training summary beside the checkpoint.
 fn result_row(r: &Run, ck: &Path, eval_dir: &Path) -> Result<Value> {

@@ -17,6 +17,8 @@ pub struct Bottlenecks {
     /// standardised Mixed_6c grid features of msceleb-samples), so `train` takes its target
     /// from here when it flips an image.
     pub mirrored: Option<Vec<f32>>,
+    /// The teacher's outputs on K jittered views of each face (`--views K`).
+    pub views: Option<ViewBank>,
     /// Teacher identity: hub repo id and revision, or a file digest.
     pub teacher: String,
     /// Which layer was pooled (`pool` = the 2048-d average pool).
@@ -26,11 +28,41 @@ pub struct Bottlenecks {
     pub provenance: Provenance,
 }
 
+/// The teacher's outputs on K views of every face (consistent distillation: the student
+/// trains on a view and is pulled towards the teacher's output on that same view).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewBank {
+    pub k: usize,
+    /// f32 [N,K,D] (`view_features`).
+    pub features: Vec<f32>,
+    /// f32 [N,K,P] (`view_params`): each view's jitter, as `preprocess::views` writes it.
+    pub params: Vec<f32>,
+    pub params_width: usize,
+    /// How the views were drawn (seed, ranges, the photos' folder), so `train` cuts the
+    /// same pixels.
+    pub recipe: serde_json::Value,
+}
+
+impl ViewBank {
+    /// Face `i`'s view `v` teacher row.
+    pub fn row(&self, dim: usize, i: usize, v: usize) -> &[f32] {
+        let o = (i * self.k + v) * dim;
+        &self.features[o..o + dim]
+    }
+    /// Face `i`'s view `v` parameters.
+    pub fn params_of(&self, i: usize, v: usize) -> &[f32] {
+        let o = (i * self.k + v) * self.params_width;
+        &self.params[o..o + self.params_width]
+    }
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Extra {
     teacher: String,
     layer: String,
     faces_digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    views: Option<serde_json::Value>,
 }
 
 impl Bottlenecks {
@@ -63,6 +95,7 @@ impl Bottlenecks {
                 teacher: self.teacher.clone(),
                 layer: self.layer.clone(),
                 faces_digest: self.faces_digest.clone(),
+                views: self.views.as_ref().map(|v| v.recipe.clone()),
             })
             .expect("plain strings"),
         };
@@ -88,6 +121,33 @@ impl Bottlenecks {
                 m,
             ));
         }
+        if let Some(v) = &self.views {
+            let n = self.len();
+            if v.k == 0
+                || v.features.len() != n * v.k * self.dim
+                || v.params.len() != n * v.k * v.params_width
+            {
+                return Err(crate::ArtifactError::Invalid {
+                    path: path.to_path_buf(),
+                    problem: format!(
+                        "{} view values and {} view parameters are not {n} faces x {} views",
+                        v.features.len(),
+                        v.params.len(),
+                        v.k
+                    ),
+                });
+            }
+            tensors.push(OutTensor::f32(
+                "view_features",
+                vec![n, v.k, self.dim],
+                &v.features,
+            ));
+            tensors.push(OutTensor::f32(
+                "view_params",
+                vec![n, v.k, v.params_width],
+                &v.params,
+            ));
+        }
         write_artifact(path, &header, &tensors)
     }
 
@@ -107,7 +167,39 @@ impl Bottlenecks {
             None
         };
         let extra: Extra = l.extra()?;
+        let views = if l.has("view_features") {
+            let (vs, features) = l.f32("view_features", Some(3))?;
+            if vs[0] != shape[0] || vs[2] != shape[1] || vs[1] == 0 {
+                return Err(l.bad(
+                    "view_features",
+                    format!("shape {vs:?}, but features are {shape:?}"),
+                ));
+            }
+            if let Some(i) = features.iter().position(|v| !v.is_finite()) {
+                return Err(l.bad(
+                    "view_features",
+                    format!("non-finite value at flat index {i}"),
+                ));
+            }
+            let (ps, params) = l.f32("view_params", Some(3))?;
+            if ps[..2] != vs[..2] {
+                return Err(l.bad(
+                    "view_params",
+                    format!("shape {ps:?}, but view_features are {vs:?}"),
+                ));
+            }
+            Some(ViewBank {
+                k: vs[1],
+                features,
+                params,
+                params_width: ps[2],
+                recipe: extra.views.clone().unwrap_or(serde_json::Value::Null),
+            })
+        } else {
+            None
+        };
         Ok(Bottlenecks {
+            views,
             dim: shape[1],
             features,
             mirrored,

@@ -18,7 +18,7 @@ mod faces;
 mod io;
 pub mod models;
 
-pub use bottlenecks::{Bottlenecks, BOTTLENECKS_SCHEMA};
+pub use bottlenecks::{Bottlenecks, ViewBank, BOTTLENECKS_SCHEMA};
 pub use checkpoint::{Checkpoint, NamedTensor, CHECKPOINT_SCHEMA};
 pub use embeddings::{Embeddings, EMBEDDINGS_SCHEMA};
 pub use faces::{FaceGeometry, Faces, CHIP_SIZE, FACES_SCHEMA};

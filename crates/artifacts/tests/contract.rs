@@ -53,6 +53,7 @@ fn faces_round_trip() {
 fn bottlenecks_checkpoint_embeddings_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let b = Bottlenecks {
+        views: None,
         dim: 3,
         features: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
         mirrored: None,
@@ -66,6 +67,7 @@ fn bottlenecks_checkpoint_embeddings_round_trip() {
     assert_eq!(Bottlenecks::read(&p).unwrap(), b);
     // The mirrored views travel as a second tensor, which must match the first's shape.
     let bm = Bottlenecks {
+        views: None,
         mirrored: Some(vec![6.0, 5.0, 4.0, 3.0, 2.0, 1.0]),
         ..b.clone()
     };
@@ -73,6 +75,7 @@ fn bottlenecks_checkpoint_embeddings_round_trip() {
     bm.write(&pm).unwrap();
     assert_eq!(Bottlenecks::read(&pm).unwrap(), bm);
     let short = Bottlenecks {
+        views: None,
         mirrored: Some(vec![1.0; 3]),
         ..b.clone()
     };

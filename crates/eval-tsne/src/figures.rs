@@ -6,6 +6,7 @@ use crate::plots::{self, PlotError, Tile};
 use crate::suspects::Suspect;
 use crate::tsne::TsneResult;
 use artifacts::{Embeddings, Faces, Split};
+use plotters::style::RGBColor;
 use std::path::{Path, PathBuf};
 
 /// Face tiles are shown at this size, this many to a row.
@@ -83,6 +84,67 @@ pub(crate) fn overview(
         images.push(("Misclassified test faces".into(), p));
     }
     Ok(images)
+}
+
+/// `curve.png` from the checkpoint's metrics file (`<stem>.metrics.jsonl` beside it):
+/// training and validation accuracy per epoch, the selected epochs marked. `None` when the
+/// checkpoint has no metrics file (the probe, or a copied checkpoint).
+pub(crate) fn curve(out: &Path, checkpoint: &Path) -> Result<Option<(String, PathBuf)>, PlotError> {
+    let stem = checkpoint
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let metrics = checkpoint.with_file_name(format!("{stem}.metrics.jsonl"));
+    let Ok(text) = std::fs::read_to_string(&metrics) else {
+        return Ok(None);
+    };
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    let mut train = Vec::new();
+    let mut val = Vec::new();
+    for (x, m) in lines.iter().enumerate() {
+        let x = (x + 1) as f64;
+        if let Some(a) = m["train_acc"].as_f64() {
+            train.push((x, a));
+        }
+        if let Some(a) = m["val_acc"].as_f64() {
+            val.push((x, a));
+        }
+    }
+    let best = |pts: &[(f64, f64)]| {
+        pts.iter()
+            .copied()
+            .fold(None, |b: Option<(f64, f64)>, p| match b {
+                Some(b) if b.1 >= p.1 => Some(b),
+                _ => Some(p),
+            })
+    };
+    let selected: Vec<f64> = best(&val).map(|b| vec![b.0]).unwrap_or_default();
+    let series = [
+        plots::Series {
+            name: "training (augmented views)".into(),
+            colour: RGBColor(120, 120, 120),
+            points: train,
+        },
+        plots::Series {
+            name: "validation".into(),
+            colour: RGBColor(30, 90, 200),
+            points: val,
+        },
+    ];
+    let p = out.join("curve.png");
+    plots::curve_png(
+        &p,
+        &format!("learning curve ({} epochs)", lines.len()),
+        &series,
+        &selected,
+    )?;
+    Ok(Some(("Learning curve".into(), p)))
 }
 
 /// `suspects-<class>.png`: up to 30 neighbour/medoid suspects per class that has any.

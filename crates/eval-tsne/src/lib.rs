@@ -144,7 +144,7 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
     let maps = steps::maps(cfg, &run, &scored);
     let (emb, emb_path) = steps::write_embeddings(cfg, &run, &scored, &maps)?;
     let faces = &run.faces;
-    let overview = figures::overview(
+    let mut overview = figures::overview(
         &cfg.out,
         faces,
         &emb,
@@ -152,6 +152,7 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<Report, EvalError> {
         maps.teacher.as_ref(),
         scored.test.as_ref(),
     )?;
+    overview.extend(figures::curve(&cfg.out, &cfg.checkpoint)?);
     let sus = steps::suspects(cfg, &run, &scored);
     let suspect_images = figures::suspects(&cfg.out, faces, &sus)?;
     let identity = steps::identity(&run, &scored.dropped);

@@ -183,6 +183,63 @@ pub fn confusion_png(
     Ok(())
 }
 
+/// One line of [`curve_png`]: its name, colour and (epoch, value) points.
+pub struct Series {
+    pub name: String,
+    pub colour: RGBColor,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// `curve.png`: accuracy against epochs (every phase in a row), the training curve
+/// a checkpoint's metrics file holds; a vertical line at each selected epoch.
+pub fn curve_png(
+    path: &Path,
+    title: &str,
+    series: &[Series],
+    selected: &[f64],
+) -> Result<(), PlotError> {
+    let root = BitMapBackend::new(path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let last = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .fold(1.0f64, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0f64..last, 0f64..1f64)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc("accuracy")
+        .label_style(("sans-serif", 13))
+        .draw()?;
+    for &e in selected {
+        chart.draw_series(LineSeries::new([(e, 0.0), (e, 1.0)], BLACK.mix(0.3)))?;
+    }
+    for s in series {
+        let colour = s.colour;
+        chart
+            .draw_series(LineSeries::new(
+                s.points.iter().copied(),
+                colour.stroke_width(2),
+            ))?
+            .label(s.name.as_str())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
 /// A face with its caption lines.
 pub struct Tile<'a> {
     pub pixels: &'a [u8],

@@ -5,10 +5,11 @@ use crate::face_teacher;
 use crate::inception::{block_channels, InceptionV3};
 use crate::teacher::{self, Preprocessing, ResolvedTeacher};
 use crate::Error;
-use artifacts::{Bottlenecks, Faces, Provenance};
+use artifacts::{Bottlenecks, Faces, Provenance, ViewBank};
 use candle_core::{DType, Device, Tensor};
 use image::imageops::FilterType;
 use kernels::device::DeviceChoice;
+use preprocess::views::{draw_views, ViewRecipe, ViewSource, VIEW_PARAMS};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -28,6 +29,13 @@ pub struct ExtractConfig {
     /// uses for flipped images. Left out of the JSON when off, like `grid`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub mirror: bool,
+    /// K views of every face through the teacher (`view_features`), view 0 the face itself:
+    /// the consistent targets of `train --distill`. 0 = none; left out of the JSON then.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub views: usize,
+    /// How the views are drawn and where their photos are (needed when `views > 0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_recipe: Option<ViewRecipe>,
     pub batch: usize,
     pub device: DeviceChoice,
     /// `f32`, `f16` or `bf16` (half precision only on CUDA).
@@ -49,6 +57,10 @@ fn is_one(v: &usize) -> bool {
     *v == 1
 }
 
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
 fn is_false(v: &bool) -> bool {
     !*v
 }
@@ -61,6 +73,8 @@ impl Default for ExtractConfig {
             layer: "pool".into(),
             grid: 1,
             mirror: false,
+            views: 0,
+            view_recipe: None,
             batch: 8,
             device: DeviceChoice::Auto,
             dtype: "f32".into(),
@@ -358,18 +372,34 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
         },
         todo.len()
     );
-    compute(&teacher, &views, &todo, cfg.batch, |i, row| {
-        if let Some(c) = &cache {
-            if let Err(e) = c.put(&keys[i], row) {
-                tracing::warn!("bottleneck cache write failed: {e}");
+    let bar = bar(todo.len());
+    let job = |j: usize| views.get(j);
+    compute(
+        &teacher,
+        &job,
+        (views.height, views.width),
+        &todo,
+        cfg.batch,
+        &bar,
+        |i, row| {
+            if let Some(c) = &cache {
+                if let Err(e) = c.put(&keys[i], row) {
+                    tracing::warn!("bottleneck cache write failed: {e}");
+                }
             }
-        }
-        features[i * dim..(i + 1) * dim].copy_from_slice(row);
-    })?;
+            features[i * dim..(i + 1) * dim].copy_from_slice(row);
+        },
+    )?;
+    bar.finish_and_clear();
+    let bank = match cfg.views {
+        0 => None,
+        k => Some(view_bank(&faces, &teacher, cache.as_ref(), k, cfg)?),
+    };
     let (faces_digest, provenance) = faces_provenance(faces_path, cfg)?;
     let provenance = provenance.with_input("teacher", teacher.resolved.identity.clone());
     let mirrored = cfg.mirror.then(|| features.split_off(n * dim));
     Bottlenecks {
+        views: bank,
         dim,
         features,
         mirrored,
@@ -462,23 +492,29 @@ fn open_cache(teacher: &Teacher, cfg: &ExtractConfig) -> Result<Option<Bottlenec
     }
 }
 
-/// Runs the teacher over the jobs `todo` in batches, handing each job's row to `done`.
-/// Batch k+1 is prepared on a helper thread (rayon inside) while the model runs batch k.
-fn compute(
-    teacher: &Teacher,
-    views: &Views,
-    todo: &[usize],
-    batch: usize,
-    mut done: impl FnMut(usize, &[f32]),
-) -> Result<(), Error> {
-    let dim = teacher.dim();
-    let (vh, vw) = (views.height, views.width);
-    let bar = indicatif::ProgressBar::new(todo.len() as u64).with_style(
+/// The teacher stage's progress bar.
+fn bar(len: usize) -> indicatif::ProgressBar {
+    indicatif::ProgressBar::new(len as u64).with_style(
         indicatif::ProgressStyle::with_template(
             "bottlenecks {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec}",
         )
         .expect("valid template"),
-    );
+    )
+}
+
+/// Runs the teacher over the jobs `todo` in batches (job `j`'s pixels are `get(j)`, `hw`
+/// in size), handing each job's row to `done`. Batch k+1 is prepared on a helper thread
+/// (rayon inside) while the model runs batch k.
+fn compute<'p>(
+    teacher: &Teacher,
+    get: &(dyn Fn(usize) -> std::borrow::Cow<'p, [u8]> + Sync),
+    (vh, vw): (usize, usize),
+    todo: &[usize],
+    batch: usize,
+    bar: &indicatif::ProgressBar,
+    mut done: impl FnMut(usize, &[f32]),
+) -> Result<(), Error> {
+    let dim = teacher.dim();
     let chunks: Vec<Vec<usize>> = todo.chunks(batch).map(|c| c.to_vec()).collect();
     std::thread::scope(|scope| -> Result<(), Error> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<usize>, Vec<f32>)>(2);
@@ -486,7 +522,7 @@ fn compute(
             for chunk in chunks {
                 let prepared: Vec<f32> = chunk
                     .par_iter()
-                    .flat_map_iter(|&j| teacher.prepare(&views.get(j), vh, vw))
+                    .flat_map_iter(|&j| teacher.prepare(&get(j), vh, vw))
                     .collect();
                 if tx.send((chunk, prepared)).is_err() {
                     break;
@@ -501,9 +537,90 @@ fn compute(
             bar.inc(chunk.len() as u64);
         }
         Ok(())
-    })?;
+    })
+}
+
+/// Faces whose views are cut and embedded together: bounds the pixels held at once.
+const VIEW_CHUNK: usize = 64;
+
+/// `--views K`: the teacher on K views of every face (view 0 the face as preprocess cut
+/// it), each view's pixels cut from its photo and cached by content like the faces.
+fn view_bank(
+    faces: &Faces,
+    teacher: &Teacher,
+    cache: Option<&BottleneckCache>,
+    k: usize,
+    cfg: &ExtractConfig,
+) -> Result<ViewBank, Error> {
+    let recipe = cfg.view_recipe.as_ref().ok_or(Error::ViewsNeedPhotos)?;
+    let source = ViewSource::new(faces, &recipe.photos)?;
+    let (n, dim) = (faces.len(), teacher.dim());
+    let side = if teacher.uses_chips() {
+        artifacts::CHIP_SIZE
+    } else {
+        faces.height
+    };
+    let drawn: Vec<_> = (0..n)
+        .map(|i| draw_views(&recipe.jitter, recipe.seed, &faces.sources[i], k))
+        .collect();
+    let mut features = vec![0f32; n * k * dim];
+    let (mut computed, bar) = (0usize, bar(n * k));
+    bar.set_message("views");
+    for first in (0..n).step_by(VIEW_CHUNK) {
+        let ids: Vec<usize> = (first..(first + VIEW_CHUNK).min(n)).collect();
+        // Job j of this chunk: face ids[j / k], view j % k.
+        let pixels: Vec<Vec<u8>> = ids
+            .par_iter()
+            .map(|&i| source.render(i, &drawn[i]))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .map(|v| if teacher.uses_chips() { v.chip } else { v.face })
+            .collect();
+        let keys: Vec<String> = pixels
+            .par_iter()
+            .map(|p| image_key(side, side, p))
+            .collect();
+        let row = |j: usize| (ids[j / k] * k + j % k) * dim;
+        let mut todo = Vec::new();
+        for (j, key) in keys.iter().enumerate() {
+            match cache.and_then(|c| c.get(key, Some(dim))) {
+                Some(v) => features[row(j)..row(j) + dim].copy_from_slice(&v),
+                None => todo.push(j),
+            }
+        }
+        bar.inc((keys.len() - todo.len()) as u64);
+        computed += todo.len();
+        let get = |j: usize| std::borrow::Cow::Borrowed(pixels[j].as_slice());
+        compute(
+            teacher,
+            &get,
+            (side, side),
+            &todo,
+            cfg.batch,
+            &bar,
+            |j, out| {
+                if let Some(c) = cache {
+                    if let Err(e) = c.put(&keys[j], out) {
+                        tracing::warn!("bottleneck cache write failed: {e}");
+                    }
+                }
+                features[row(j)..row(j) + dim].copy_from_slice(out);
+            },
+        )?;
+    }
     bar.finish_and_clear();
-    Ok(())
+    tracing::info!(
+        "{n} faces x {k} views: {computed} computed, {} from the cache",
+        n * k - computed
+    );
+    Ok(ViewBank {
+        k,
+        features,
+        params: drawn.iter().flatten().flat_map(|p| p.to_row()).collect(),
+        params_width: VIEW_PARAMS,
+        recipe: serde_json::to_value(recipe).expect("plain"),
+    })
 }
 
 /// Builds a `Bottlenecks` artifact from `retrain.py` text files matching the faces' sources.
@@ -516,12 +633,16 @@ pub fn import_retrain(
     if cfg.mirror {
         return Err(Error::MirrorNeedsTeacher);
     }
+    if cfg.views > 0 {
+        return Err(Error::ViewsNeedTeacher);
+    }
     let start = std::time::Instant::now();
     let faces = Faces::read(faces_path)?;
     let (dim, features) = crate::retrain::import(dir, &faces.sources)?;
     let teacher = format!("retrain-import:{}", dir.display());
     let (faces_digest, provenance) = faces_provenance(faces_path, cfg)?;
     Bottlenecks {
+        views: None,
         dim,
         features,
         mirrored: None,

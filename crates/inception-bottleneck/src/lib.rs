@@ -55,6 +55,12 @@ pub enum Error {
         "{0} holds no dlib face chips (made by an older preprocess, or --as-is): re-run preprocess"
     )]
     NoChips(PathBuf),
+    #[error(transparent)]
+    Views(#[from] preprocess::views::ViewError),
+    #[error("--views needs --photos: the folder preprocess read, where the views are cut from")]
+    ViewsNeedPhotos,
+    #[error("--views needs the teacher itself: retrain.py files hold one output per face")]
+    ViewsNeedTeacher,
     #[error("--mirror needs the teacher itself: retrain.py files hold no mirrored views")]
     MirrorNeedsTeacher,
     #[error("{bottlenecks} has {rows} rows but {faces_path} has {faces} faces")]

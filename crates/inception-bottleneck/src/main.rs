@@ -2,6 +2,7 @@ use anyhow::Result;
 use clap::Parser;
 use inception_bottleneck::{extract, ExtractConfig};
 use kernels::device::DeviceChoice;
+use preprocess::views::{ViewJitter, ViewRecipe};
 use std::path::PathBuf;
 
 /// The teacher stage: run every face through a teacher and keep its output, the
@@ -39,6 +40,33 @@ struct Cli {
     /// target, instead of the unflipped one's. Doubles the teacher's work.
     #[arg(long)]
     mirror: bool,
+    /// Also run the teacher on K views of every face (view 0 the face itself, the others
+    /// jittered: rotation, zoom, shift, mirror, colour), each cut from its photo exactly as
+    /// the student's input will be (`view_features` [N,K,D], `view_params` [N,K,8]): the
+    /// consistent targets of `train --distill`. Costs K teacher passes a face (cached).
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    views: usize,
+    /// The folder preprocess read (`<class>/<file>`): where --views cuts its views from.
+    #[arg(long, value_name = "DIR")]
+    photos: Option<PathBuf>,
+    /// Seed of the views' jitter (the views of a face depend only on it and the face's path).
+    #[arg(long, default_value_t = 0)]
+    view_seed: u64,
+    /// Largest rotation of a view, degrees.
+    #[arg(long, default_value_t = 10.0)]
+    view_rotate: f32,
+    /// Largest relative zoom of a view (0.1: 0.9x to 1.1x).
+    #[arg(long, default_value_t = 0.1)]
+    view_scale: f32,
+    /// Largest shift of a view, pixels of the 150-px face.
+    #[arg(long, default_value_t = 8.0)]
+    view_shift: f32,
+    /// Largest relative brightness / contrast / saturation change of a view.
+    #[arg(long, default_value_t = 0.2)]
+    view_color: f32,
+    /// Mirror half of the views.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    view_flip: bool,
     /// Images per forward pass (8: the fastest on 2 CPU cores in `cargo xtask bench
     /// bottleneck`, with 1-32 within 20%; larger batches help on CUDA).
     #[arg(long, default_value_t = 8)]
@@ -106,6 +134,24 @@ fn run(cli: Cli) -> Result<()> {
         layer: cli.layer,
         grid: cli.grid,
         mirror: cli.mirror,
+        views: cli.views,
+        view_recipe: match (&cli.photos, cli.views) {
+            (_, 0) => None,
+            (None, _) => return Err(inception_bottleneck::Error::ViewsNeedPhotos.into()),
+            (Some(p), _) => Some(ViewRecipe {
+                seed: cli.view_seed,
+                jitter: ViewJitter {
+                    rotate_deg: cli.view_rotate,
+                    scale: cli.view_scale,
+                    shift_px: cli.view_shift,
+                    flip: cli.view_flip,
+                    color: cli.view_color,
+                },
+                // Absolute: `train` re-cuts the views from any folder.
+                photos: std::fs::canonicalize(p)
+                    .map_err(|e| anyhow::anyhow!("--photos {}: {e}", p.display()))?,
+            }),
+        },
         batch: cli.batch,
         device: cli.device,
         dtype: cli.dtype,
@@ -142,7 +188,11 @@ fn run(cli: Cli) -> Result<()> {
     println!(
         "bottlenecks: {} images{} ({} computed, {} cached), {}-d, teacher {}, {:.1}s -> {}",
         summary.images,
-        if cfg.mirror { " x 2 views" } else { "" },
+        match (cfg.mirror, cfg.views) {
+            (_, k) if k > 0 => format!(" + {k} views each"),
+            (true, _) => " x 2 views".into(),
+            _ => String::new(),
+        },
         summary.computed,
         summary.from_cache,
         summary.dim,

@@ -310,6 +310,7 @@ fn classify(
                 rows.extend(teacher.embed(&prepared, part.len())?);
             }
             Some(Bottlenecks {
+                views: None,
                 dim: teacher.dim(),
                 features: rows,
                 mirrored: None,

@@ -17,6 +17,7 @@ pub mod montage;
 pub mod pipeline;
 pub mod quality;
 pub mod split;
+pub mod views;
 pub mod walk;
 
 pub use aligner::{AlignedFace, Aligner, FaceSearch};

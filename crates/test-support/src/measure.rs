@@ -61,6 +61,7 @@ pub fn write_without(
     let fp = dir.join("faces.safetensors");
     sub.write(&fp)?;
     let sb = Bottlenecks {
+        views: None,
         dim: b.dim,
         features: rows
             .iter()

@@ -39,6 +39,7 @@ fn main() -> anyhow::Result<()> {
         provenance: Provenance::new("bench", "0", serde_json::json!({})),
     };
     let teacher = Bottlenecks {
+        views: None,
         dim: 2048,
         features: (0..n * 2048).map(|i| (i % 97) as f32 / 97.0).collect(),
         mirrored: None,

@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 
 /// Train the student: `--cosine` (cross entropy + beta x cosine distance to the teacher's
 /// bottleneck, the default), `--two-step` (MSE to the teacher, then cross entropy),
-/// `--base` (no transfer) or `--probe` (linear classifier on the teacher's features).
+/// `--base` (no transfer), `--probe` (linear classifier on the teacher's features) or
+/// `--distill` (function matching on consistent views with a metric teacher's losses).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
-#[command(group(ArgGroup::new("mode").args(["cosine", "two_step", "base", "probe"])))]
+#[command(version, about, long_about = None, args_override_self = true)]
+#[command(group(ArgGroup::new("mode").args(["cosine", "two_step", "base", "probe", "distill"])))]
 pub struct Cli {
     /// Cross entropy + beta x cosine distance to the teacher bottleneck (default mode).
     #[arg(long)]
@@ -28,6 +29,17 @@ pub struct Cli {
     /// A linear softmax classifier on the teacher's bottlenecks alone.
     #[arg(long)]
     pub probe: bool,
+    /// Function matching: the student sees view v of a face (the bottlenecks' `--views`,
+    /// cut from the photo) and learns the labels plus the teacher's output on that same
+    /// view: KL to the teacher's probe (--kl, --temperature), cosine to its descriptor
+    /// (--cos), RKD on the batch's distances (--rkd, --angle); --mixup blends views.
+    #[arg(long)]
+    pub distill: bool,
+    /// Student architecture: `study` (the study's 3 conv + 2 FC) or `deep` (5 conv with a
+    /// residual block on the 2x2-pooled face, ~0.7 M parameters; `cargo xtask bench
+    /// student`) [default: deep for --distill, study for the study's modes].
+    #[arg(long)]
+    pub arch: Option<model::Arch>,
     /// Faces artifact.
     #[arg(long, default_value = "data/artifacts/faces.safetensors")]
     pub faces: PathBuf,
@@ -55,6 +67,39 @@ pub struct Cli {
     pub weight_decay: f64,
     #[arg(long, value_enum, default_value = "cosine")]
     pub schedule: Schedule,
+    /// Epochs of linear learning-rate warm-up before the schedule.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
+    /// --distill: weight of the labels' cross entropy.
+    #[arg(long, default_value_t = 1.0)]
+    pub ce: f64,
+    /// --distill: weight of the KL to the teacher probe's probabilities on the same view.
+    #[arg(long, default_value_t = 1.0)]
+    pub kl: f64,
+    /// --distill: temperature of the KL term.
+    #[arg(long, default_value_t = 4.0)]
+    pub temperature: f64,
+    /// --distill: weight of the cosine distance between the student's embedding and the
+    /// teacher's (centred) descriptor.
+    #[arg(long, default_value_t = 1.0)]
+    pub cos: f64,
+    /// --distill: weight of the RKD distance loss (the batch's pairwise distances).
+    #[arg(long, default_value_t = 1.0)]
+    pub rkd: f64,
+    /// --distill: weight of the RKD angle loss (the batch's triplets).
+    #[arg(long, default_value_t = 0.0)]
+    pub angle: f64,
+    /// --distill: share of batches mixed up (pixels and every target blended).
+    #[arg(long, default_value_t = 0.0)]
+    pub mixup: f64,
+    /// --distill: compare each view with the teacher's output on that view (`consistent`)
+    /// or on the unaugmented face (`fixed`, the study's one target per photo).
+    #[arg(long, value_enum, default_value = "consistent")]
+    pub view_targets: crate::distill::ViewTargets,
+    /// --distill: the folder of the photos the views are cut from [default: the one the
+    /// bottlenecks recorded].
+    #[arg(long, value_name = "DIR")]
+    pub photos: Option<PathBuf>,
     /// Stop a phase after this many epochs without a better validation score (0 = never).
     #[arg(long, default_value_t = 20)]
     pub patience: usize,
@@ -80,9 +125,14 @@ pub struct Cli {
     /// Filters of the student's three conv layers (the study's 32,32,8).
     #[arg(long, value_delimiter = ',', num_args = 1, default_value = "32,32,8")]
     pub filters: Vec<usize>,
-    /// Widths of the student's two hidden FC layers (the study's 100,100).
-    #[arg(long, value_delimiter = ',', num_args = 1, default_value = "100,100")]
-    pub hidden: Vec<usize>,
+    /// Widths of the student's two hidden FC layers [default: the study's 100,100; 256,256
+    /// for --arch deep].
+    #[arg(long, value_delimiter = ',', num_args = 1)]
+    pub hidden: Option<Vec<usize>>,
+    /// Average-pool the student's input by this factor first [default: 1 for the study's
+    /// student, 2 for --arch deep].
+    #[arg(long)]
+    pub input_pool: Option<usize>,
     /// Dropout keep probability after the first hidden layer (the study's 0.75; 1 = off).
     #[arg(long, default_value_t = 0.75)]
     pub keep_prob: f32,
@@ -125,6 +175,8 @@ impl Cli {
             TrainMode::Base
         } else if self.probe {
             TrainMode::Probe
+        } else if self.distill {
+            TrainMode::Distill
         } else {
             TrainMode::Cosine
         }
@@ -138,16 +190,27 @@ impl Cli {
             .as_slice()
             .try_into()
             .map_err(|_| ConfigError::Filters(self.filters.clone()))?;
-        let hidden: [usize; 2] = self
-            .hidden
-            .as_slice()
-            .try_into()
-            .map_err(|_| ConfigError::Hidden(self.hidden.clone()))?;
+        let arch = self.arch.unwrap_or(match self.mode() {
+            TrainMode::Distill => model::Arch::Deep,
+            _ => model::Arch::Study,
+        });
+        let base = match arch {
+            model::Arch::Study => StudentConfig::default(),
+            model::Arch::Deep => StudentConfig::deep(),
+        };
+        let hidden: [usize; 2] = match &self.hidden {
+            Some(h) => h
+                .as_slice()
+                .try_into()
+                .map_err(|_| ConfigError::Hidden(h.clone()))?,
+            None => base.hidden,
+        };
         let cfg = StudentConfig {
             filters,
             hidden,
             keep_prob: self.keep_prob,
-            ..StudentConfig::default()
+            input_pool: self.input_pool.unwrap_or(base.input_pool),
+            ..base
         };
         // Before the data is loaded, so that a bad flag fails at once.
         cfg.validate().map_err(ConfigError::Student)?;
@@ -178,6 +241,18 @@ impl Cli {
             device: self.device,
             student: self.student_config()?,
             unknown_rate: self.unknown_rate,
+            warmup: self.warmup,
+            distill: crate::distill::DistillConfig {
+                ce: self.ce,
+                kl: self.kl,
+                temperature: self.temperature,
+                cos: self.cos,
+                rkd: self.rkd,
+                angle: self.angle,
+                mixup: self.mixup,
+                view_targets: self.view_targets,
+            },
+            photos: self.photos.clone(),
         })
     }
 

@@ -101,11 +101,30 @@ pub fn input_batch(
     aug: Option<&[(bool, i32, i32)]>,
     device: &Device,
 ) -> candle_core::Result<Tensor> {
-    let (h, w) = (faces.height, faces.width);
+    pixels_batch(
+        |k| faces.image(idx[k]),
+        idx.len(),
+        (faces.height, faces.width),
+        mean,
+        aug,
+        device,
+    )
+}
+
+/// [`input_batch`] over any `n` HWC images `image(0..n)` of size `(h, w)` (the faces, or
+/// `--distill`'s views).
+pub fn pixels_batch<'a>(
+    image: impl Fn(usize) -> &'a [u8],
+    n: usize,
+    (h, w): (usize, usize),
+    mean: &[f32],
+    aug: Option<&[(bool, i32, i32)]>,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
     let row = w * 3;
-    let mut out = vec![0f32; idx.len() * h * row];
-    for (k, &i) in idx.iter().enumerate() {
-        let img = faces.image(i);
+    let mut out = vec![0f32; n * h * row];
+    for k in 0..n {
+        let img = image(k);
         let (flip, dx, dy) = aug.map(|a| a[k]).unwrap_or((false, 0, 0));
         let dst = &mut out[k * h * row..(k + 1) * h * row];
         for y in 0..h {
@@ -128,7 +147,7 @@ pub fn input_batch(
             }
         }
     }
-    Tensor::from_vec(out, (idx.len(), h, w, 3), device)
+    Tensor::from_vec(out, (n, h, w, 3), device)
 }
 
 /// Rows of a [N,D] feature matrix.

@@ -17,6 +17,8 @@ pub enum TrainError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Views(#[from] preprocess::views::ViewError),
     #[error("stopped after {0} epochs as asked; continue with --resume")]
     Interrupted(usize),
     #[error("the loss became NaN or infinite in phase {phase}, epoch {epoch}, batch {batch}; lower --lr or check the inputs (last good checkpoint: {})", checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into()))]
@@ -33,6 +35,8 @@ pub enum TrainError {
 pub enum ConfigError {
     #[error("the probe is trained by probe::train")]
     ProbeIsNotAStudent,
+    #[error("the bottlenecks' view recipe is unreadable (made by another release?): {0}")]
+    ViewRecipe(String),
     #[error("--batch must be at least 1")]
     ZeroBatch,
     /// The mode (its name, e.g. `cosine`) distils from a teacher that was not given.

@@ -2,7 +2,8 @@
 //! model and a linear probe on the teacher, with exact resume and k-fold cross-validation.
 //!
 //! Split like burn's guide: [`data`] (artifacts -> tensors), [`training`] (the loop),
-//! [`inference`] (checkpoint -> predictions), [`probe`], [`optim`], [`cv`]; [`open_set`]
+//! [`inference`] (checkpoint -> predictions), [`distill`] (consistent views and a metric
+//! teacher's losses), [`probe`], [`optim`], [`cv`]; [`open_set`]
 //! (the "unknown" rule stored with a checkpoint), [`provenance`] (what a checkpoint
 //! records of its inputs), [`layout`] (the names a checkpoint stores them under), [`cli`]
 //! (the `train` command), [`error`].
@@ -10,6 +11,7 @@
 pub mod cli;
 pub mod cv;
 pub mod data;
+pub mod distill;
 pub mod error;
 pub mod inference;
 pub mod layout;

@@ -1,7 +1,8 @@
 //! The training loop: phases, seeded batches, AdamW, validation-based selection, atomic
 //! per-epoch checkpoints that resume exactly, and a NaN guard.
 
-use crate::data::{input_batch, normalize_targets, rows, Dataset, TargetNorm};
+use crate::data::{input_batch, normalize_targets, pixels_batch, rows, Dataset, TargetNorm};
+use crate::distill::{DistillConfig, DistillData};
 use crate::inference::weights_of;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::{CheckpointError, ConfigError, DataError, TrainError};
@@ -32,6 +33,9 @@ pub enum TrainMode {
     Cosine,
     /// Linear softmax classifier on the teacher's bottlenecks alone.
     Probe,
+    /// Function matching on consistent views: cross entropy + KL to the teacher's probe +
+    /// cosine to its descriptor + RKD on the batch's distances ([`crate::distill`]).
+    Distill,
 }
 
 impl TrainMode {
@@ -41,6 +45,7 @@ impl TrainMode {
             TrainMode::TwoStep => "two-step",
             TrainMode::Cosine => "cosine",
             TrainMode::Probe => "probe",
+            TrainMode::Distill => "distill",
         }
     }
     pub fn needs_teacher(self) -> bool {
@@ -104,6 +109,15 @@ pub struct TrainConfig {
     /// ([`crate::open_set`]).
     #[serde(default = "default_unknown_rate")]
     pub unknown_rate: f64,
+    /// Epochs of linear learning-rate warm-up before the schedule (0 = none).
+    #[serde(default)]
+    pub warmup: usize,
+    /// `--distill`'s loss weights and views.
+    #[serde(default)]
+    pub distill: DistillConfig,
+    /// Where `--distill` cuts the views from, instead of the folder the bank recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub photos: Option<PathBuf>,
 }
 
 fn default_unknown_rate() -> f64 {
@@ -130,6 +144,9 @@ impl Default for TrainConfig {
             device: DeviceChoice::Auto,
             student: StudentConfig::default(),
             unknown_rate: crate::open_set::DEFAULT_RATE,
+            warmup: 0,
+            distill: DistillConfig::default(),
+            photos: None,
         }
     }
 }
@@ -186,6 +203,13 @@ pub struct EpochMetrics {
     pub cross_entropy: Option<f64>,
     pub mse: Option<f64>,
     pub cosine: Option<f64>,
+    /// `--distill`'s terms (absent in other modes' lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rkd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub angle: Option<f64>,
     pub train_acc: f64,
     pub val_acc: Option<f64>,
     pub val_loss: Option<f64>,
@@ -288,6 +312,9 @@ struct EpochSums {
     ce: TermSum,
     mse: TermSum,
     cos: TermSum,
+    kl: TermSum,
+    rkd: TermSum,
+    angle: TermSum,
 }
 
 impl EpochSums {
@@ -297,6 +324,9 @@ impl EpochSums {
         self.ce.add(&terms.cross_entropy, k)?;
         self.mse.add(&terms.mse, k)?;
         self.cos.add(&terms.cosine, k)?;
+        self.kl.add(&terms.kl, k)?;
+        self.rkd.add(&terms.rkd, k)?;
+        self.angle.add(&terms.angle, k)?;
         self.loss += loss * k;
         self.n_seen += n;
         Ok(())
@@ -318,6 +348,9 @@ impl EpochSums {
             cross_entropy: self.ce.mean(n),
             mse: self.mse.mean(n),
             cosine: self.cos.mean(n),
+            kl: self.kl.mean(n),
+            rkd: self.rkd.mean(n),
+            angle: self.angle.mean(n),
             train_acc: self.correct as f64 / n,
             val_acc: val.map(|v| v.0),
             val_loss: val.map(|v| v.1),
@@ -416,10 +449,23 @@ fn phases(cfg: &TrainConfig, n_train: usize) -> Vec<Phase> {
             by_accuracy: true,
             freeze_trunk: false,
         }],
+        TrainMode::Distill => vec![Phase {
+            objective: cfg.distill.objective(),
+            epochs: at_least(cfg.epochs),
+            by_accuracy: true,
+            freeze_trunk: false,
+        }],
     }
 }
 
+/// The learning rate of `epoch` (0-based) of a phase of `total` epochs: a linear warm-up
+/// over `cfg.warmup` epochs, then the schedule over the rest.
 fn lr_at(cfg: &TrainConfig, epoch: usize, total: usize) -> f64 {
+    let warm = cfg.warmup.min(total.saturating_sub(1));
+    if epoch < warm {
+        return cfg.optim.lr * (epoch + 1) as f64 / (warm + 1) as f64;
+    }
+    let (epoch, total) = (epoch - warm, total - warm);
     match cfg.schedule {
         Schedule::Constant => cfg.optim.lr,
         Schedule::Cosine => {
@@ -482,6 +528,8 @@ pub struct Trainer<'a> {
     /// `Some(n)`: rows `n..2n` of `targets` are the teacher's mirrored views, the targets
     /// of flipped training images.
     mirror_offset: Option<usize>,
+    /// `--distill`: the views and the teacher's outputs on them.
+    distill: Option<DistillData>,
 }
 
 impl<'a> Trainer<'a> {
@@ -508,6 +556,9 @@ impl<'a> Trainer<'a> {
             .into());
         }
         let device = kernels::device::pick(cfg.device)?;
+        if cfg.mode == TrainMode::Distill {
+            return Self::new_distill(data, cfg, part, device);
+        }
         let targets = if cfg.mode.needs_teacher() {
             let b = data
                 .teacher
@@ -564,6 +615,44 @@ impl<'a> Trainer<'a> {
             targets,
             target_stats,
             mirror_offset,
+            distill: None,
+        })
+    }
+
+    /// `--distill`: the student's embedding is as wide as the teacher's descriptor; its
+    /// targets come from the views ([`DistillData`]), centred, not standardised (a
+    /// metric teacher's distances are what the student should keep).
+    fn new_distill(
+        data: &'a Dataset,
+        cfg: &TrainConfig,
+        part: &Partition,
+        device: Device,
+    ) -> Result<Trainer<'a>, TrainError> {
+        let d = DistillData::build(
+            data,
+            &part.train,
+            &part.val,
+            &cfg.distill,
+            cfg.photos.as_ref(),
+            &device,
+        )?;
+        let f = &data.faces;
+        let student_cfg = StudentConfig {
+            image_size: f.height,
+            num_classes: data.num_classes(),
+            bottleneck: Some(d.dim),
+            ..cfg.student.clone()
+        };
+        Ok(Trainer {
+            mean: data.mean_image(&part.train),
+            data,
+            cfg: cfg.clone(),
+            device,
+            student_cfg,
+            targets: None,
+            target_stats: (d.mean.clone(), vec![1.0; d.dim]),
+            mirror_offset: None,
+            distill: Some(d),
         })
     }
 
@@ -614,6 +703,12 @@ impl<'a> Trainer<'a> {
         if idx.is_empty() {
             return Ok((f64::NAN, f64::NAN));
         }
+        // A distilled student is selected by its labels' cross entropy: the teacher's
+        // outputs on the validation faces' views are not the point there.
+        let objective = match objective {
+            Objective::Distill { .. } => &Objective::CrossEntropy,
+            o => o,
+        };
         let (mut loss, mut correct) = (0f64, 0usize);
         for chunk in idx.chunks(128) {
             let x = input_batch(&self.data.faces, chunk, &self.mean, None, &self.device)?;
@@ -886,6 +981,9 @@ impl<'a> Trainer<'a> {
         rng: &mut StdRng,
         ph: &Phase,
     ) -> Result<(model::StudentOutput, losses::LossTerms), TrainError> {
+        if let Some(d) = &self.distill {
+            return self.distill_batch(d, student, chunk, rng, ph);
+        }
         let aug: Option<Vec<(bool, i32, i32)>> = self.cfg.augment.then(|| {
             chunk
                 .iter()
@@ -913,6 +1011,86 @@ impl<'a> Trainer<'a> {
         let terms =
             ph.objective
                 .compute(&out.logits, &y, self.pick_bottleneck(&out), t.as_ref())?;
+        Ok((out, terms))
+    }
+
+    /// One `--distill` batch: a random view of each face (drawn before dropout), mixed up
+    /// with another face of the batch when the batch is chosen for it, and the teacher's
+    /// outputs on exactly those views (mixed alike).
+    fn distill_batch(
+        &self,
+        d: &DistillData,
+        student: &Student,
+        chunk: &[usize],
+        rng: &mut StdRng,
+        ph: &Phase,
+    ) -> Result<(model::StudentOutput, losses::LossTerms), TrainError> {
+        let n = chunk.len();
+        let views: Vec<usize> = chunk.iter().map(|_| rng.gen_range(0..d.k)).collect();
+        let mix = self.cfg.distill.mixup > 0.0 && rng.gen_bool(self.cfg.distill.mixup.min(1.0));
+        let (partner, lam): (Vec<usize>, Vec<f32>) = if mix {
+            let mut p: Vec<usize> = (0..n).collect();
+            p.shuffle(rng);
+            (p, (0..n).map(|_| rng.gen::<f32>()).collect())
+        } else {
+            ((0..n).collect(), vec![1.0; n])
+        };
+        let (h, w) = (self.data.faces.height, self.data.faces.width);
+        let x = pixels_batch(
+            |j| d.pixels(chunk[j], views[j]),
+            n,
+            (h, w),
+            &self.mean,
+            None,
+            &self.device,
+        )?;
+        let classes = d.classes;
+        // Row j is lam_j * (sample j) + (1 - lam_j) * (sample partner_j).
+        let blend =
+            |width: usize, row: &dyn Fn(usize) -> Vec<f32>| -> candle_core::Result<Tensor> {
+                let mut out = Vec::with_capacity(n * width);
+                for j in 0..n {
+                    let (a, b) = (row(j), row(partner[j]));
+                    out.extend(
+                        a.iter()
+                            .zip(&b)
+                            .map(|(a, b)| lam[j] * a + (1.0 - lam[j]) * b),
+                    );
+                }
+                Tensor::from_vec(out, (n, width), &self.device)
+            };
+        let x = if mix {
+            let l = Tensor::from_slice(&lam, (n, 1, 1, 1), &self.device)?;
+            let p: Vec<u32> = partner.iter().map(|&j| j as u32).collect();
+            let xp = x.index_select(&Tensor::from_vec(p, n, &self.device)?, 0)?;
+            (x.broadcast_mul(&l)? + xp.broadcast_mul(&(1.0 - &l)?)?)?
+        } else {
+            x
+        };
+        let labels = blend(classes, &|j| {
+            let mut v = vec![0f32; classes];
+            v[self.data.faces.labels[chunk[j]] as usize] = 1.0;
+            v
+        })?;
+        let teacher = blend(d.dim, &|j| d.target(chunk[j], views[j]).to_vec())?;
+        let probs = if d.probs.is_empty() {
+            None
+        } else {
+            Some(blend(classes, &|j| {
+                d.prob(chunk[j], views[j]).unwrap_or(&[]).to_vec()
+            })?)
+        };
+        let mask = self.dropout_mask(n, rng)?;
+        let out = student.forward_masked(&x, &mask)?;
+        let terms = ph.objective.compute_distill(
+            &out.logits,
+            &losses::DistillTargets {
+                labels: &labels,
+                embedding: self.pick_bottleneck(&out),
+                teacher: Some(&teacher),
+                teacher_probs: probs.as_ref(),
+            },
+        )?;
         Ok((out, terms))
     }
 

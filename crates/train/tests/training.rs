@@ -336,3 +336,52 @@ fn excluded_faces_leave_every_split_and_the_checkpoint_says_so() {
         Some(&artifacts::digest_file(&csv).unwrap())
     );
 }
+
+/// `--distill` without views (the bottlenecks hold none: the faces and their one target),
+/// on the deep student with its pooled input: it fits, logs every teacher term, and a
+/// zero weight really switches its term off.
+#[test]
+fn distill_fits_and_logs_its_terms() {
+    let data = dataset(20);
+    let part = train::stored_partition(&data);
+    let dir = tempfile::tempdir().unwrap();
+    let deep = model::StudentConfig {
+        image_size: SIZE,
+        ..model::StudentConfig::deep()
+    };
+    let c = TrainConfig {
+        student: deep.clone(),
+        epochs: 15,
+        ..cfg(TrainMode::Distill)
+    };
+    let out = train::train(&data, &c, &part, &files(dir.path(), "distill")).unwrap();
+    assert!(out.test_acc.unwrap() >= 0.8, "{:?}", out.test_acc);
+    let m = metrics(dir.path(), "distill");
+    for term in ["cross_entropy", "kl", "cosine", "rkd"] {
+        assert!(m[0][term].is_number(), "{term} logged: {}", m[0]);
+    }
+    assert!(m.last().unwrap()["loss"].as_f64() < m[0]["loss"].as_f64());
+    let ck = Checkpoint::read(&dir.path().join("distill.safetensors")).unwrap();
+    assert_eq!(ck.model_config["student"]["arch"], "deep");
+    assert_eq!(ck.model_config["student"]["bottleneck"], 16);
+    // Labels only: the teacher's terms are neither computed nor logged.
+    let labels_only = TrainConfig {
+        distill: train::distill::DistillConfig {
+            kl: 0.0,
+            cos: 0.0,
+            rkd: 0.0,
+            ..Default::default()
+        },
+        ..c
+    };
+    train::train(&data, &labels_only, &part, &files(dir.path(), "base")).unwrap();
+    let m = metrics(dir.path(), "base");
+    assert!(m[0]["cross_entropy"].is_number());
+    for term in ["kl", "cosine", "rkd"] {
+        assert!(
+            m[0].get(term).is_none_or(|v| v.is_null()),
+            "{term}: {}",
+            m[0]
+        );
+    }
+}

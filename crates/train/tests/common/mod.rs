@@ -57,6 +57,7 @@ pub fn dataset(n_per: usize) -> Dataset {
         provenance: Provenance::new("test", "0", serde_json::json!({})),
     };
     let teacher = Bottlenecks {
+        views: None,
         dim: 16,
         features: feats,
         mirrored: None,

@@ -1,0 +1,336 @@
+//! `--distill`: function matching on consistent views (Beyer et al. 2022) with losses for a
+//! metric teacher. The student trains on view v of a face (cut from the photo by
+//! `preprocess::views`, the pixels the teacher stage embedded) and is pulled towards the
+//! teacher's output on that same view: its class probabilities (the teacher's descriptor
+//! read by a linear probe fitted here, with a temperature), the descriptor itself (cosine)
+//! and the distances between the faces of a batch (RKD), beside the labels' cross entropy.
+
+use crate::data::Dataset;
+use crate::{ConfigError, TrainError};
+use artifacts::ViewBank;
+use candle_core::{DType, Device, Tensor, Var, D};
+use preprocess::views::{ViewParams, ViewRecipe, ViewSource};
+use rayon::prelude::*;
+use std::path::PathBuf;
+
+/// Which teacher output a view is compared with.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ViewTargets {
+    /// The teacher's output on the very view the student sees (function matching).
+    #[default]
+    Consistent,
+    /// The teacher's output on the unaugmented face, whatever view the student sees (one
+    /// fixed target per photo: the study's way, for the ablation).
+    Fixed,
+}
+
+/// The loss weights and view settings of `--distill`; saved in the checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct DistillConfig {
+    /// Cross entropy on the (mixed) labels.
+    pub ce: f64,
+    /// KL to the teacher probe's probabilities at `temperature` (Hinton's T^2 scaling).
+    pub kl: f64,
+    pub temperature: f64,
+    /// Cosine distance between the student's embedding and the teacher's descriptor.
+    pub cos: f64,
+    /// RKD distance loss on the batch's pairwise distances (Park et al. 2019).
+    pub rkd: f64,
+    /// RKD angle loss on the batch's triplets.
+    pub angle: f64,
+    /// Share of batches mixed up (two views blended, and their targets).
+    pub mixup: f64,
+    pub view_targets: ViewTargets,
+}
+
+impl Default for DistillConfig {
+    fn default() -> Self {
+        DistillConfig {
+            ce: 1.0,
+            kl: 1.0,
+            temperature: 4.0,
+            cos: 1.0,
+            rkd: 1.0,
+            angle: 0.0,
+            mixup: 0.0,
+            view_targets: ViewTargets::Consistent,
+        }
+    }
+}
+
+impl DistillConfig {
+    pub fn objective(&self) -> losses::Objective {
+        losses::Objective::Distill {
+            ce: self.ce,
+            kl: self.kl,
+            temperature: self.temperature,
+            cos: self.cos,
+            rkd: self.rkd,
+            angle: self.angle,
+        }
+    }
+}
+
+/// What `--distill` trains from: per training face, K views' student pixels and the
+/// teacher's centred descriptors and probe probabilities on them.
+pub struct DistillData {
+    pub k: usize,
+    /// Face index -> its slot in `pixels` (training faces only).
+    slot: Vec<Option<usize>>,
+    /// u8 [slots, K, H, W, 3].
+    pixels: Vec<u8>,
+    image_len: usize,
+    /// Centred teacher rows [N, K, D] (the bank's, or the one face row repeated).
+    pub targets: Vec<f32>,
+    pub dim: usize,
+    /// The probe's probabilities at the temperature [N, K, C] (rows of training faces).
+    pub probs: Vec<f32>,
+    pub classes: usize,
+    /// The per-dimension training mean subtracted from the teacher's rows.
+    pub mean: Vec<f32>,
+    /// Test accuracy of the teacher probe on the face rows (what the teacher knows).
+    pub probe_val_acc: Option<f64>,
+}
+
+impl DistillData {
+    /// Cuts the views of the training faces from their photos (the bank's recipe; `photos`
+    /// overrides its folder), centres the teacher's rows and fits the teacher's probe.
+    pub fn build(
+        data: &Dataset,
+        train: &[usize],
+        val: &[usize],
+        cfg: &DistillConfig,
+        photos: Option<&PathBuf>,
+        device: &Device,
+    ) -> Result<DistillData, TrainError> {
+        let b = data
+            .teacher
+            .as_ref()
+            .ok_or(ConfigError::NeedsTeacher("distill"))?;
+        let (n, dim) = (b.len(), b.dim);
+        let faces = &data.faces;
+        let image_len = faces.height * faces.width * 3;
+        let mut slot = vec![None; n];
+        for (s, &i) in train.iter().enumerate() {
+            slot[i] = Some(s);
+        }
+        let (k, raw, pixels) = match &b.views {
+            Some(bank) => {
+                let pixels = cut_views(data, bank, train, photos)?;
+                (bank.k, bank.features.clone(), pixels)
+            }
+            None => {
+                tracing::warn!(
+                    "the bottlenecks hold no views (inception-bottleneck --views K): --distill \
+                     trains on the faces as preprocess cut them, with the face's one target"
+                );
+                let mut px = Vec::with_capacity(train.len() * image_len);
+                for &i in train {
+                    px.extend_from_slice(faces.image(i));
+                }
+                (1, b.features.clone(), px)
+            }
+        };
+        // Centre by the training faces' own rows (view 0 is the face itself).
+        let mut mean = vec![0f32; dim];
+        for &i in train {
+            for (m, v) in mean.iter_mut().zip(&raw[i * k * dim..i * k * dim + dim]) {
+                *m += v / train.len() as f32;
+            }
+        }
+        let mut targets = raw;
+        for row in targets.chunks_exact_mut(dim) {
+            row.iter_mut().zip(&mean).for_each(|(v, m)| *v -= m);
+        }
+        if cfg.view_targets == ViewTargets::Fixed {
+            for face in targets.chunks_exact_mut(k * dim) {
+                let (first, rest) = face.split_at_mut(dim);
+                rest.chunks_exact_mut(dim)
+                    .for_each(|r| r.copy_from_slice(first));
+            }
+        }
+        let classes = data.num_classes();
+        let (probs, probe_val_acc) = if cfg.kl > 0.0 {
+            let labels = &faces.labels;
+            let probe = fit_probe(&targets, k, dim, labels, train, classes, device)?;
+            let acc = probe.accuracy(&targets, k, labels, val, device)?;
+            tracing::info!(
+                "teacher probe for the KL term: validation accuracy {}",
+                acc.map(|a| format!("{a:.3}"))
+                    .unwrap_or_else(|| "n/a".into())
+            );
+            (probe.probs(&targets, cfg.temperature, device)?, acc)
+        } else {
+            (vec![], None)
+        };
+        Ok(DistillData {
+            k,
+            slot,
+            pixels,
+            image_len,
+            targets,
+            dim,
+            probs,
+            classes,
+            mean,
+            probe_val_acc,
+        })
+    }
+
+    /// Student pixels of training face `i`'s view `v`.
+    pub fn pixels(&self, i: usize, v: usize) -> &[u8] {
+        let s = self.slot[i].expect("a training face") * self.k + v;
+        &self.pixels[s * self.image_len..(s + 1) * self.image_len]
+    }
+
+    pub fn target(&self, i: usize, v: usize) -> &[f32] {
+        let o = (i * self.k + v) * self.dim;
+        &self.targets[o..o + self.dim]
+    }
+
+    pub fn prob(&self, i: usize, v: usize) -> Option<&[f32]> {
+        let o = (i * self.k + v) * self.classes;
+        self.probs.get(o..o + self.classes)
+    }
+}
+
+/// The student's pixels of every view of the training faces, cut from their photos.
+fn cut_views(
+    data: &Dataset,
+    bank: &ViewBank,
+    train: &[usize],
+    photos: Option<&PathBuf>,
+) -> Result<Vec<u8>, TrainError> {
+    let mut recipe: ViewRecipe = serde_json::from_value(bank.recipe.clone())
+        .map_err(|e| ConfigError::ViewRecipe(e.to_string()))?;
+    if let Some(p) = photos {
+        recipe.photos = p.clone();
+    }
+    let source = ViewSource::new(&data.faces, &recipe.photos)?;
+    let bar = indicatif::ProgressBar::new(train.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("views {bar:40} {pos}/{len} [{elapsed_precise}]")
+            .expect("valid template"),
+    );
+    let per_face: Vec<Vec<u8>> = train
+        .par_iter()
+        .map(|&i| {
+            let params: Vec<ViewParams> = (0..bank.k)
+                .map(|v| ViewParams::from_row(bank.params_of(i, v)))
+                .collect();
+            let views = source.render(i, &params)?;
+            bar.inc(1);
+            Ok(views.into_iter().flat_map(|v| v.face).collect())
+        })
+        .collect::<Result<_, TrainError>>()?;
+    bar.finish_and_clear();
+    tracing::info!(
+        "cut {} views of {} training faces from {}",
+        bank.k,
+        train.len(),
+        recipe.photos.display()
+    );
+    Ok(per_face.concat())
+}
+
+/// The teacher's descriptor read by a linear softmax classifier: the teacher's class
+/// probabilities on any view, the targets of the KL term.
+struct Probe {
+    w: Tensor,
+    b: Tensor,
+}
+
+/// Full-batch softmax regression on the training faces' view rows (AdamW, 300 steps,
+/// light weight decay); the rows are centred descriptors, so no scaling is needed.
+fn fit_probe(
+    rows: &[f32],
+    k: usize,
+    dim: usize,
+    labels: &[u32],
+    train: &[usize],
+    classes: usize,
+    device: &Device,
+) -> Result<Probe, TrainError> {
+    let mut x = Vec::with_capacity(train.len() * k * dim);
+    let mut y = Vec::with_capacity(train.len() * k);
+    for &i in train {
+        x.extend_from_slice(&rows[i * k * dim..(i + 1) * k * dim]);
+        y.extend(std::iter::repeat_n(labels[i], k));
+    }
+    let m = y.len();
+    let x = Tensor::from_vec(x, (m, dim), device)?;
+    let y = Tensor::from_vec(y, m, device)?;
+    let w = Var::zeros((dim, classes), DType::F32, device)?;
+    let b = Var::zeros(classes, DType::F32, device)?;
+    let mut opt = crate::optim::AdamW::new(
+        vec![("w".into(), w.clone()), ("b".into(), b.clone())],
+        crate::optim::AdamWConfig {
+            lr: 0.05,
+            weight_decay: 1e-3,
+            ..Default::default()
+        },
+    )?;
+    for _ in 0..300 {
+        let logits = x.matmul(w.as_tensor())?.broadcast_add(b.as_tensor())?;
+        let loss = losses::cross_entropy(&logits, &y)?;
+        opt.backward_step(&loss, 0.05, &|_| false)?;
+    }
+    Ok(Probe {
+        w: w.as_tensor().detach(),
+        b: b.as_tensor().detach(),
+    })
+}
+
+impl Probe {
+    fn logits(&self, rows: &[f32], dim: usize, device: &Device) -> candle_core::Result<Tensor> {
+        let x = Tensor::from_slice(rows, (rows.len() / dim, dim), device)?;
+        x.matmul(&self.w)?.broadcast_add(&self.b)
+    }
+
+    /// softmax(logits / T) of every row.
+    fn probs(&self, rows: &[f32], t: f64, device: &Device) -> Result<Vec<f32>, TrainError> {
+        let dim = self.w.dim(0)?;
+        let p = candle_nn::ops::softmax(&(self.logits(rows, dim, device)? / t)?, D::Minus1)?;
+        Ok(p.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// Accuracy on the faces `idx` (their view-0 rows).
+    fn accuracy(
+        &self,
+        rows: &[f32],
+        k: usize,
+        labels: &[u32],
+        idx: &[usize],
+        device: &Device,
+    ) -> Result<Option<f64>, TrainError> {
+        if idx.is_empty() {
+            return Ok(None);
+        }
+        let dim = self.w.dim(0)?;
+        let x: Vec<f32> = idx
+            .iter()
+            .flat_map(|&i| rows[i * k * dim..i * k * dim + dim].iter().copied())
+            .collect();
+        let pred = self
+            .logits(&x, dim, device)?
+            .argmax(D::Minus1)?
+            .to_vec1::<u32>()?;
+        let ok = pred
+            .iter()
+            .zip(idx)
+            .filter(|(p, &i)| **p == labels[i])
+            .count();
+        Ok(Some(ok as f64 / idx.len() as f64))
+    }
+}
