@@ -554,7 +554,7 @@ fn mode_args(mode: &str) -> (Vec<String>, Vec<&'static str>) {
 const DISTILL_TRAIN: &[&str] = &[
     "--distill",
     "--epochs",
-    "150",
+    "100",
     "--min-steps",
     "0",
     "--patience",

@@ -55,8 +55,9 @@ pub enum Error {
         "{0} holds no dlib face chips (made by an older preprocess, or --as-is): re-run preprocess"
     )]
     NoChips(PathBuf),
+    /// Boxed: a photo's path and reason would make every result of the crate large.
     #[error(transparent)]
-    Views(#[from] preprocess::views::ViewError),
+    Views(Box<preprocess::views::ViewError>),
     #[error("--views needs --photos: the folder preprocess read, where the views are cut from")]
     ViewsNeedPhotos,
     #[error("--views needs the teacher itself: retrain.py files hold one output per face")]
@@ -70,4 +71,10 @@ pub enum Error {
         faces_path: PathBuf,
         faces: usize,
     },
+}
+
+impl From<preprocess::views::ViewError> for Error {
+    fn from(e: preprocess::views::ViewError) -> Self {
+        Error::Views(Box::new(e))
+    }
 }

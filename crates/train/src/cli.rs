@@ -96,6 +96,9 @@ pub struct Cli {
     /// or on the unaugmented face (`fixed`, the study's one target per photo).
     #[arg(long, value_enum, default_value = "consistent")]
     pub view_targets: crate::distill::ViewTargets,
+    /// --distill: use only the bank's first K views (0 = all of them).
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    pub max_views: usize,
     /// --distill: the folder of the photos the views are cut from [default: the one the
     /// bottlenecks recorded].
     #[arg(long, value_name = "DIR")]
@@ -251,6 +254,7 @@ impl Cli {
                 angle: self.angle,
                 mixup: self.mixup,
                 view_targets: self.view_targets,
+                max_views: self.max_views,
             },
             photos: self.photos.clone(),
         })

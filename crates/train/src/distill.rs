@@ -53,6 +53,9 @@ pub struct DistillConfig {
     /// Share of batches mixed up (two views blended, and their targets).
     pub mixup: f64,
     pub view_targets: ViewTargets,
+    /// Use only the bank's first views (0 = all): the ablation of K without another
+    /// teacher run (view v of a face is the same in every bank with the same seed).
+    pub max_views: usize,
 }
 
 impl Default for DistillConfig {
@@ -66,6 +69,7 @@ impl Default for DistillConfig {
             angle: 0.0,
             mixup: 0.0,
             view_targets: ViewTargets::Consistent,
+            max_views: 0,
         }
     }
 }
@@ -87,6 +91,9 @@ impl DistillConfig {
 /// teacher's centred descriptors and probe probabilities on them.
 pub struct DistillData {
     pub k: usize,
+    /// No view bank: the faces as preprocess cut them (the trainer then flips and shifts
+    /// them as the study's modes do, with the face's one target).
+    pub plain: bool,
     /// Face index -> its slot in `pixels` (training faces only).
     slot: Vec<Option<usize>>,
     /// u8 [slots, K, H, W, 3].
@@ -128,13 +135,22 @@ impl DistillData {
         }
         let (k, raw, pixels) = match &b.views {
             Some(bank) => {
-                let pixels = cut_views(data, bank, train, photos)?;
-                (bank.k, bank.features.clone(), pixels)
+                let k = match cfg.max_views {
+                    0 => bank.k,
+                    m => m.min(bank.k),
+                };
+                let pixels = cut_views(data, bank, k, train, photos)?;
+                let rows = (0..n)
+                    .flat_map(|i| (0..k).flat_map(move |v| bank.row(dim, i, v)))
+                    .copied()
+                    .collect();
+                (k, rows, pixels)
             }
             None => {
                 tracing::warn!(
                     "the bottlenecks hold no views (inception-bottleneck --views K): --distill \
-                     trains on the faces as preprocess cut them, with the face's one target"
+                     trains on the faces as preprocess cut them (flipped and shifted with \
+                     --augment), with the face's one target"
                 );
                 let mut px = Vec::with_capacity(train.len() * image_len);
                 for &i in train {
@@ -177,6 +193,7 @@ impl DistillData {
         };
         Ok(DistillData {
             k,
+            plain: b.views.is_none(),
             slot,
             pixels,
             image_len,
@@ -210,6 +227,7 @@ impl DistillData {
 fn cut_views(
     data: &Dataset,
     bank: &ViewBank,
+    k: usize,
     train: &[usize],
     photos: Option<&PathBuf>,
 ) -> Result<Vec<u8>, TrainError> {
@@ -226,7 +244,7 @@ fn cut_views(
     let per_face: Vec<Vec<u8>> = train
         .par_iter()
         .map(|&i| {
-            let params: Vec<ViewParams> = (0..bank.k)
+            let params: Vec<ViewParams> = (0..k)
                 .map(|v| ViewParams::from_row(bank.params_of(i, v)))
                 .collect();
             let views = source.render(i, &params)?;
@@ -236,8 +254,7 @@ fn cut_views(
         .collect::<Result<_, TrainError>>()?;
     bar.finish_and_clear();
     tracing::info!(
-        "cut {} views of {} training faces from {}",
-        bank.k,
+        "cut {k} views of {} training faces from {}",
         train.len(),
         recipe.photos.display()
     );

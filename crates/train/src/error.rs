@@ -17,8 +17,9 @@ pub enum TrainError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// Boxed: a photo's path and reason would make every result of the crate large.
     #[error(transparent)]
-    Views(#[from] preprocess::views::ViewError),
+    Views(Box<preprocess::views::ViewError>),
     #[error("stopped after {0} epochs as asked; continue with --resume")]
     Interrupted(usize),
     #[error("the loss became NaN or infinite in phase {phase}, epoch {epoch}, batch {batch}; lower --lr or check the inputs (last good checkpoint: {})", checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into()))]
@@ -107,4 +108,10 @@ pub enum CheckpointError {
         path: PathBuf,
         error: serde_json::Error,
     },
+}
+
+impl From<preprocess::views::ViewError> for TrainError {
+    fn from(e: preprocess::views::ViewError) -> Self {
+        TrainError::Views(Box::new(e))
+    }
 }

@@ -984,18 +984,7 @@ impl<'a> Trainer<'a> {
         if let Some(d) = &self.distill {
             return self.distill_batch(d, student, chunk, rng, ph);
         }
-        let aug: Option<Vec<(bool, i32, i32)>> = self.cfg.augment.then(|| {
-            chunk
-                .iter()
-                .map(|_| {
-                    (
-                        rng.gen_bool(0.5),
-                        rng.gen_range(-4..=4),
-                        rng.gen_range(-4..=4),
-                    )
-                })
-                .collect()
-        });
+        let aug = self.cfg.augment.then(|| flips_and_shifts(rng, chunk.len()));
         let x = input_batch(
             &self.data.faces,
             chunk,
@@ -1036,12 +1025,13 @@ impl<'a> Trainer<'a> {
             ((0..n).collect(), vec![1.0; n])
         };
         let (h, w) = (self.data.faces.height, self.data.faces.width);
+        let aug = (d.plain && self.cfg.augment).then(|| flips_and_shifts(rng, n));
         let x = pixels_batch(
             |j| d.pixels(chunk[j], views[j]),
             n,
             (h, w),
             &self.mean,
-            None,
+            aug.as_deref(),
             &self.device,
         )?;
         let classes = d.classes;
@@ -1270,6 +1260,20 @@ fn reinit_seeded(varmap: &VarMap, seed: u64) -> candle_core::Result<()> {
         )?)?;
     }
     Ok(())
+}
+
+/// The study modes' augmentation for `n` images: a coin flip for mirroring and shifts of
+/// up to 4 px, drawn in that order per image.
+fn flips_and_shifts(rng: &mut StdRng, n: usize) -> Vec<(bool, i32, i32)> {
+    (0..n)
+        .map(|_| {
+            (
+                rng.gen_bool(0.5),
+                rng.gen_range(-4..=4),
+                rng.gen_range(-4..=4),
+            )
+        })
+        .collect()
 }
 
 /// How many rows of `logits` pick the label of the image they stand for (`idx[r]`).

@@ -121,3 +121,30 @@ fn probe_on_the_tensorflow_bottlenecks() {
     // A logistic regression on the same bottlenecks gets 0.8125 here.
     assert!(acc >= 0.75, "{acc}");
 }
+
+/// `--distill` on the study's split (no landmarks, so no views: the faces, flipped and
+/// shifted, with the TensorFlow bottleneck as their one target; the deep student).
+/// A measurement for the README, printed; the floor only catches a broken mode.
+#[test]
+#[ignore = "needs ../shared (data/seed-4x20); a measurement, about a minute"]
+fn distill_on_the_study_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = study_data(dir.path());
+    let mut accs = Vec::new();
+    for seed in 42..47 {
+        let cfg = TrainConfig {
+            mode: TrainMode::Distill,
+            seed,
+            batch: 16,
+            warmup: 5,
+            patience: 0,
+            device: kernels::device::DeviceChoice::Cpu,
+            student: model::StudentConfig::deep(),
+            ..Default::default()
+        };
+        accs.push(accuracy(&data, &cfg));
+    }
+    let mean = accs.iter().sum::<f64>() / accs.len() as f64;
+    println!("distill on the study split, seeds 42-46: {accs:?}, mean {mean:.4}");
+    assert!(mean >= 0.5, "{accs:?}");
+}
