@@ -579,6 +579,8 @@ fn result_row(r: &Run, ck: &Path, eval_dir: &Path) -> Result<Value> {
         "test_top1": report["test"]["top1"],
         "test_macro_f1": report["test"]["macro_f1"],
         "test_n": report["test"]["n"],
+        "val_n": report["val"]["n"],
+        "test_unflagged_top1": report["test_unflagged"]["top1"],
         "train_seconds": summary["seconds"],
         "samples_per_second": summary["samples_per_second"],
         "device": summary["device"],

@@ -67,7 +67,6 @@ fn bottlenecks_checkpoint_embeddings_round_trip() {
     assert_eq!(Bottlenecks::read(&p).unwrap(), b);
     // The mirrored views travel as a second tensor, which must match the first's shape.
     let bm = Bottlenecks {
-        views: None,
         mirrored: Some(vec![6.0, 5.0, 4.0, 3.0, 2.0, 1.0]),
         ..b.clone()
     };
@@ -75,11 +74,32 @@ fn bottlenecks_checkpoint_embeddings_round_trip() {
     bm.write(&pm).unwrap();
     assert_eq!(Bottlenecks::read(&pm).unwrap(), bm);
     let short = Bottlenecks {
-        views: None,
         mirrored: Some(vec![1.0; 3]),
         ..b.clone()
     };
     assert!(short.write(&dir.path().join("short.safetensors")).is_err());
+    // A bank of 2 views per face, with its recipe; one of the wrong size is refused.
+    let bank = artifacts::ViewBank {
+        k: 2,
+        features: (0..12).map(|v| v as f32).collect(),
+        params: vec![0.5; 2 * 2 * 8],
+        params_width: 8,
+        recipe: serde_json::json!({"seed": 1, "photos": "/p"}),
+    };
+    let bv = Bottlenecks {
+        views: Some(bank.clone()),
+        ..b.clone()
+    };
+    let pv = dir.path().join("bv.safetensors");
+    bv.write(&pv).unwrap();
+    let back = Bottlenecks::read(&pv).unwrap();
+    assert_eq!(back, bv);
+    assert_eq!(back.views.unwrap().row(3, 1, 1), &[9.0, 10.0, 11.0]);
+    let bad = Bottlenecks {
+        views: Some(artifacts::ViewBank { k: 3, ..bank }),
+        ..b.clone()
+    };
+    assert!(bad.write(&dir.path().join("bad.safetensors")).is_err());
 
     let mut weights = BTreeMap::new();
     weights.insert(

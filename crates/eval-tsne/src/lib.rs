@@ -89,7 +89,17 @@ pub struct Report {
     /// of the data, or a stranger) and folders that hold two people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<identity::IdentityReport>,
+    /// With a face-identity teacher: test accuracy on the faces it does not flag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_unflagged: Option<Unflagged>,
     pub files: Vec<String>,
+}
+
+/// Accuracy on the test faces whose labels the identity analysis trusts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Unflagged {
+    pub faces: usize,
+    pub top1: f64,
 }
 
 impl Report {
@@ -122,6 +132,12 @@ impl Report {
             );
         }
         s += &format!("dirty-data suspects: {}\n", self.suspects.len());
+        if let Some(u) = &self.test_unflagged {
+            s += &format!(
+                "test accuracy on the {} faces the identity analysis does not flag: {:.4}\n",
+                u.faces, u.top1
+            );
+        }
         if let Some(id) = &self.identity {
             s += &format!(
                 "by identity: {} faces of another person, {} strangers, {} folders of two people; flags.csv: {}\n",

@@ -72,6 +72,32 @@ pub(crate) struct Scored {
     pub val: Option<metrics::Metrics>,
 }
 
+/// Test accuracy on the faces the identity analysis does not flag (another person's face
+/// or a stranger in the folder): what the model gets where the labels are right.
+fn unflagged_accuracy(
+    run: &Loaded,
+    scored: &Scored,
+    id: &identity::IdentityReport,
+) -> Option<crate::Unflagged> {
+    let faces = &run.faces;
+    let flagged: BTreeSet<usize> = id.suspects.iter().map(|s| s.index).collect();
+    let kept: Vec<usize> = (0..faces.len())
+        .filter(|&i| faces.splits[i] == artifacts::Split::Test)
+        .filter(|i| !flagged.contains(i) && !scored.dropped.contains(&faces.sources[*i]))
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    let right = kept
+        .iter()
+        .filter(|&&i| scored.predicted[i] == faces.labels[i])
+        .count();
+    Some(crate::Unflagged {
+        faces: kept.len(),
+        top1: right as f64 / kept.len() as f64,
+    })
+}
+
 /// Runs the model on all faces and scores the test and validation splits.
 pub(crate) fn score(cfg: &EvalConfig, run: &Loaded) -> Result<Scored, EvalError> {
     let faces = &run.faces;
@@ -275,7 +301,11 @@ pub(crate) fn report(
     files: Vec<String>,
 ) -> Report {
     let (suspects, identity) = found;
+    let test_unflagged = identity
+        .as_ref()
+        .and_then(|id| unflagged_accuracy(run, scored, id));
     Report {
+        test_unflagged,
         checkpoint: cfg.checkpoint.display().to_string(),
         mode: run.checkpoint.train_state["config"]["mode"]
             .as_str()

@@ -300,7 +300,8 @@ pub fn prepare(pixels: &[u8], height: usize, width: usize, p: &Preprocessing) ->
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Summary {
     pub images: usize,
-    /// `computed` and `from_cache` count views: with `mirror`, two per image.
+    /// `computed` and `from_cache` count teacher passes: with `mirror`, two per image;
+    /// with `views`, K more.
     pub computed: usize,
     pub from_cache: usize,
     pub dim: usize,
@@ -391,10 +392,14 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
         },
     )?;
     bar.finish_and_clear();
-    let bank = match cfg.views {
-        0 => None,
-        k => Some(view_bank(&faces, &teacher, cache.as_ref(), k, cfg)?),
+    let (bank, view_computed) = match cfg.views {
+        0 => (None, 0),
+        k => {
+            let (bank, computed) = view_bank(&faces, &teacher, cache.as_ref(), k, cfg)?;
+            (Some(bank), computed)
+        }
     };
+    let views_total = bank.as_ref().map(|b| n * b.k).unwrap_or(0);
     let (faces_digest, provenance) = faces_provenance(faces_path, cfg)?;
     let provenance = provenance.with_input("teacher", teacher.resolved.identity.clone());
     let mirrored = cfg.mirror.then(|| features.split_off(n * dim));
@@ -411,8 +416,8 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
     .write(out_path)?;
     Ok(Summary {
         images: n,
-        computed: todo.len(),
-        from_cache,
+        computed: todo.len() + view_computed,
+        from_cache: from_cache + views_total - view_computed,
         dim,
         seconds: start.elapsed().as_secs_f64(),
         teacher: teacher.resolved.identity,
@@ -551,7 +556,7 @@ fn view_bank(
     cache: Option<&BottleneckCache>,
     k: usize,
     cfg: &ExtractConfig,
-) -> Result<ViewBank, Error> {
+) -> Result<(ViewBank, usize), Error> {
     let recipe = cfg.view_recipe.as_ref().ok_or(Error::ViewsNeedPhotos)?;
     let source = ViewSource::new(faces, &recipe.photos)?;
     let (n, dim) = (faces.len(), teacher.dim());
@@ -614,13 +619,14 @@ fn view_bank(
         "{n} faces x {k} views: {computed} computed, {} from the cache",
         n * k - computed
     );
-    Ok(ViewBank {
+    let bank = ViewBank {
         k,
         features,
         params: drawn.iter().flatten().flat_map(|p| p.to_row()).collect(),
         params_width: VIEW_PARAMS,
         recipe: serde_json::to_value(recipe).expect("plain"),
-    })
+    };
+    Ok((bank, computed))
 }
 
 /// Builds a `Bottlenecks` artifact from `retrain.py` text files matching the faces' sources.

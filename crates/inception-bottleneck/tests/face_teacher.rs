@@ -96,3 +96,79 @@ fn extraction_gives_dlibs_descriptors_and_caches_them() {
     let n = export_retrain(&p, &out, &dir.path().join("retrain")).unwrap();
     assert_eq!(n, 28);
 }
+
+/// `--views K` on real photos: view 0's descriptor is the face's own, the other views
+/// differ but stay the same person's (dlib's distance under its 0.6 threshold), a second
+/// run takes every view from the cache, and the bank survives the artifact round trip.
+#[test]
+#[ignore = "needs ../shared (dlib's models, msceleb photos) and Debian data packages"]
+fn views_of_real_faces() {
+    use preprocess::views::{ViewJitter, ViewRecipe};
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    let src = test_support::shared().join("data/msceleb-samples/m.06w2sn5");
+    std::fs::create_dir_all(photos.join("p")).unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in files.iter().take(8) {
+        std::fs::copy(f, photos.join("p").join(f.file_name().unwrap())).unwrap();
+    }
+    let faces = dir.path().join("faces.safetensors");
+    let mut pre = preprocess::PreprocessConfig::default();
+    pre.detector.cnn_model = Some(test_support::cnn_detector_model());
+    preprocess::run(&photos, &faces, &pre).unwrap();
+    let cfg = ExtractConfig {
+        teacher: test_support::shared()
+            .join("models/dlib/dlib_face_recognition_resnet_model_v1.dat")
+            .display()
+            .to_string(),
+        views: 3,
+        view_recipe: Some(ViewRecipe {
+            seed: 0,
+            jitter: ViewJitter::default(),
+            photos: photos.clone(),
+        }),
+        cache_dir: Some(dir.path().join("cache")),
+        ..Default::default()
+    };
+    let out = dir.path().join("b.safetensors");
+    extract(&faces, &out, &cfg).unwrap();
+    let b = Bottlenecks::read(&out).unwrap();
+    let bank = b.views.as_ref().unwrap();
+    assert_eq!(bank.k, 3);
+    let dist = |a: &[f32], c: &[f32]| {
+        a.iter()
+            .zip(c)
+            .map(|(x, y)| (x - y) * (x - y))
+            .sum::<f32>()
+            .sqrt()
+    };
+    for i in 0..b.len() {
+        assert_eq!(
+            bank.row(b.dim, i, 0),
+            b.row(i),
+            "face {i}: view 0 is the face"
+        );
+        for v in 1..3 {
+            let d = dist(bank.row(b.dim, i, v), b.row(i));
+            assert!(d > 0.0 && d < 0.6, "face {i} view {v}: distance {d}");
+        }
+    }
+    let again = extract(&faces, &out, &cfg).unwrap();
+    assert_eq!(again.computed, 0);
+    assert_eq!(Bottlenecks::read(&out).unwrap(), b);
+    // Without the photos' folder the views cannot be cut: a clear error.
+    let e = extract(
+        &faces,
+        &out,
+        &ExtractConfig {
+            view_recipe: None,
+            ..cfg
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("--photos"), "{e}");
+}
