@@ -25,7 +25,7 @@ commands:
                --exclusions FILE (the cleaning loop: flags.csv edited; default
                <out>/exclusions.csv when present: faces marked drop leave training and eval)
                --modes base,two-step,cosine,probe,distill-base,distill
-               --views K (8: views per face the face teacher embeds for the distill modes)
+               --views K (4: views per face the face teacher embeds for the distill modes)
                --inception-views K (0: the same for Inception, ~8x the cost a view)
                --device auto|cpu|cuda  --seed N (42)
                --config pipeline.toml  --features cuda  --install-deps

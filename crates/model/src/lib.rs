@@ -514,18 +514,22 @@ impl Student {
     }
 
     /// `x` is NHWC. Flattening the NHWC conv output matches the study's reshape.
+    /// The NHWC input averaged over `input_pool` x `input_pool` blocks.
+    fn pool_input(&self, x: &Tensor) -> Result<Tensor> {
+        let p = self.config.input_pool;
+        if p <= 1 {
+            return Ok(x.clone());
+        }
+        let (n, h, w, c) = x.dims4()?;
+        x.reshape((n * h / p, p, w / p, p * c))?
+            .sum(1)?
+            .reshape((n, h / p, w / p, p, c))?
+            .sum(3)?
+            .affine(1.0 / (p * p) as f64, 0.0)
+    }
+
     fn forward_impl(&self, x: &Tensor, mode: Mode, mask: Option<&Tensor>) -> Result<StudentOutput> {
-        let mut h = match self.config.input_pool {
-            p if p > 1 => {
-                let (n, hh, ww, c) = x.dims4()?;
-                x.reshape((n * hh / p, p, ww / p, p * c))?
-                    .sum(1)?
-                    .reshape((n, hh / p, ww / p, p, c))?
-                    .sum(3)?
-                    .affine(1.0 / (p * p) as f64, 0.0)?
-            }
-            _ => x.clone(),
-        };
+        let mut h = self.pool_input(x)?;
         for c in &self.convs {
             h = c.forward(&h, mode)?;
         }
@@ -841,7 +845,20 @@ mod tests {
 
     #[test]
     fn deep_output_shapes_at_150() {
-        let cfg = deep(Some(128), 14);
+        // Its default: the face pooled 2x2 first.
+        let pooled = deep(Some(128), 14);
+        assert_eq!(pooled.feature_sizes(), [38, 19, 10, 5, 5, 3]);
+        assert_eq!(pooled.flat_features(), 3 * 3 * 128);
+        let x = Tensor::randn(0f32, 1.0, (2, 150, 150, 3), &Device::Cpu).unwrap();
+        let (_, s) = build(&pooled);
+        assert_eq!(
+            s.forward_nhwc(&x, Mode::Eval).unwrap().logits.dims(),
+            &[2, 14]
+        );
+        let cfg = StudentConfig {
+            input_pool: 1,
+            ..pooled
+        };
         assert_eq!(cfg.feature_sizes(), [75, 38, 19, 10, 10, 5]);
         assert_eq!(cfg.flat_features(), 5 * 5 * 128);
         let x = Tensor::randn(0f32, 1.0, (2, 150, 150, 3), &Device::Cpu).unwrap();
@@ -857,23 +874,62 @@ mod tests {
         assert!(out.bottleneck.is_none() && out.bottleneck_pre.is_none());
     }
 
+    /// The input pooling averages 2x2 blocks, and a side it does not divide is refused.
+    #[test]
+    fn input_pooling_averages_blocks() {
+        let cfg = StudentConfig {
+            image_size: 4,
+            input_pool: 2,
+            ..StudentConfig::default()
+        };
+        let (_, s) = build(&cfg);
+        // Channel c of pixel (y, x) = 100c + 10y + x: the 2x2 means are known.
+        let v: Vec<f32> = (0..4 * 4 * 3)
+            .map(|i| (100 * (i % 3) + 10 * (i / 12) + (i / 3) % 4) as f32)
+            .collect();
+        let x = Tensor::from_vec(v, (1, 4, 4, 3), &Device::Cpu).unwrap();
+        let pooled = s.pool_input(&x).unwrap();
+        assert_eq!(pooled.dims(), &[1, 2, 2, 3]);
+        let got: Vec<f32> = pooled.flatten_all().unwrap().to_vec1().unwrap();
+        let want: Vec<f32> = [(0, 0), (0, 1), (1, 0), (1, 1)]
+            .iter()
+            .flat_map(|&(y, x)| (0..3).map(move |c| (100 * c + 20 * y + 2 * x) as f32 + 5.5))
+            .collect();
+        assert_eq!(got, want);
+        let odd = StudentConfig {
+            image_size: 5,
+            input_pool: 2,
+            ..StudentConfig::default()
+        };
+        assert!(odd.validate().is_err());
+    }
+
     #[test]
     fn parameter_counts_match_the_varmap() {
         // Deep convs: 3*32*16 + 32*48*9 + 48*96*9 + 96*128*9 + 2 * 128*128*9
         //   = 1536 + 13824 + 41472 + 110592 + 294912 = 462336
         // fc1 3200*256+256 = 819456; fc2 65792; bottleneck 256*128+128 = 32896;
         // classifier 128*14+14 = 1806
-        let cfg = deep(Some(128), 14);
+        let cfg = StudentConfig {
+            input_pool: 1,
+            ..deep(Some(128), 14)
+        };
         assert_eq!(
             cfg.parameter_count(),
             462336 + 819456 + 65792 + 32896 + 1806
+        );
+        // Pooled (the default), fc1 reads 3*3*128: 1152*256+256 = 295168.
+        let pooled = deep(Some(128), 14);
+        assert_eq!(
+            pooled.parameter_count(),
+            462336 + 295168 + 65792 + 32896 + 1806
         );
         let study = StudentConfig {
             bottleneck: Some(128),
             num_classes: 14,
             ..Default::default()
         };
-        for cfg in [cfg.clone(), cfg.base(), study.clone(), study.base()] {
+        for cfg in [cfg.clone(), cfg.base(), pooled, study.clone(), study.base()] {
             let (vm, _) = build(&cfg);
             assert_eq!(var_count(&vm), cfg.parameter_count(), "{cfg:?}");
         }
