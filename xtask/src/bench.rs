@@ -401,17 +401,7 @@ fn bench_face(
     batches: &[String],
     table: &mut Vec<Row>,
 ) -> Result<(Vec<Value>, Option<Vec<Value>>)> {
-    let mut f = vec![
-        shared
-            .join("models/dlib/dlib_face_recognition_resnet_model_v1.dat")
-            .display()
-            .to_string(),
-        shared
-            .join("fixtures/dlib-face-recognition/reference.safetensors")
-            .display()
-            .to_string(),
-    ];
-    f.extend(batches.iter().cloned());
+    let f = face_bench_args(shared, batches);
     let (face, dlib) = ours_and_peer(
         "dlib-dnn",
         "bench_face",
@@ -447,6 +437,23 @@ fn bench_face(
         ));
     }
     Ok((face, dlib))
+}
+
+/// dlib-dnn's `bench_face` arguments: the face descriptor's model, dlib's fixture chips,
+/// then the batch sizes.
+fn face_bench_args(shared: &Path, batches: &[String]) -> Vec<String> {
+    let mut args = vec![
+        shared
+            .join("models/dlib/dlib_face_recognition_resnet_model_v1.dat")
+            .display()
+            .to_string(),
+        shared
+            .join("fixtures/dlib-face-recognition/reference.safetensors")
+            .display()
+            .to_string(),
+    ];
+    args.extend(batches.iter().cloned());
+    args
 }
 
 /// `bench train`: student training steps against the same network in PyTorch.
@@ -499,17 +506,7 @@ fn bench_student(table: &mut Vec<Row>) -> Result<Value> {
     let students = example("model", "student_speed", &["32".into(), THREADS.into()])?;
     let teacher = match shared_dir() {
         Some(shared) => {
-            let args = [
-                shared
-                    .join("models/dlib/dlib_face_recognition_resnet_model_v1.dat")
-                    .display()
-                    .to_string(),
-                shared
-                    .join("fixtures/dlib-face-recognition/reference.safetensors")
-                    .display()
-                    .to_string(),
-                "32".into(),
-            ];
+            let args = face_bench_args(&shared, &["32".into()]);
             example("dlib-dnn", "bench_face", &args)?.into_iter().next()
         }
         None => None,

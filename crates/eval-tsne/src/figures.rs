@@ -90,11 +90,10 @@ pub(crate) fn overview(
 /// training and validation accuracy per epoch, the selected epochs marked. `None` when the
 /// checkpoint has no metrics file (the probe, or a copied checkpoint).
 pub(crate) fn curve(out: &Path, checkpoint: &Path) -> Result<Option<(String, PathBuf)>, PlotError> {
-    let stem = checkpoint
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let metrics = checkpoint.with_file_name(format!("{stem}.metrics.jsonl"));
+    // Where `train` writes it: one definition of the metrics file's name.
+    let Some(metrics) = train::RunFiles::beside(checkpoint).metrics else {
+        return Ok(None);
+    };
     let Ok(text) = std::fs::read_to_string(&metrics) else {
         return Ok(None);
     };
