@@ -359,7 +359,7 @@ pub(crate) fn write_report(
 /// The page's table of what was evaluated.
 fn summary(cfg: &EvalConfig, run: &Loaded, report: &Report) -> Vec<(String, String)> {
     let faces = &run.faces;
-    vec![
+    let mut rows = vec![
         ("checkpoint".into(), cfg.checkpoint.display().to_string()),
         (
             "faces".into(),
@@ -388,5 +388,12 @@ fn summary(cfg: &EvalConfig, run: &Loaded, report: &Report) -> Vec<(String, Stri
                     .unwrap_or_else(|| "-".into())
             ),
         ),
-    ]
+    ];
+    if let Some(u) = &report.test_unflagged {
+        rows.push((
+            "test accuracy, faces the identity analysis does not flag".into(),
+            format!("{:.4} ({} faces)", u.top1, u.faces),
+        ));
+    }
+    rows
 }
