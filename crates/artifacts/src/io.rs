@@ -200,10 +200,14 @@ pub fn read_header(path: &Path) -> Result<Header> {
     })
 }
 
-/// A whole artifact in memory, validated against a schema.
+/// An artifact opened and validated against a schema: header and tensor layout read,
+/// each tensor read from the file when asked for (a stage that needs a shard's small
+/// tensors does not read its pixels).
 pub(crate) struct Loaded {
     pub path: PathBuf,
-    bytes: Vec<u8>,
+    file: std::fs::File,
+    layout: safetensors::tensor::Metadata,
+    data_start: u64,
     pub header: Header,
 }
 
@@ -225,26 +229,43 @@ impl Loaded {
                 supported: version,
             });
         }
-        let bytes = std::fs::read(path).map_err(|source| ArtifactError::Io {
+        let not_st = |reason: String| ArtifactError::NotSafetensors {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let io_err = |source| ArtifactError::Io {
             path: path.to_path_buf(),
             error: source,
-        })?;
-        // Validate the whole layout once (offsets inside the file, no overlaps).
-        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
-            ArtifactError::NotSafetensors {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            }
-        })?;
+        };
+        let mut file = std::fs::File::open(path).map_err(io_err)?;
+        let file_len = file.metadata().map_err(io_err)?.len();
+        let mut n = [0u8; 8];
+        file.read_exact(&mut n).map_err(io_err)?;
+        let n = u64::from_le_bytes(n);
+        let mut head = vec![0u8; n as usize];
+        file.read_exact(&mut head).map_err(io_err)?;
+        // Validate the whole layout once (offsets contiguous, inside the file).
+        let layout: safetensors::tensor::Metadata =
+            serde_json::from_slice(&head).map_err(|e| not_st(e.to_string()))?;
+        let end = layout
+            .tensors()
+            .values()
+            .map(|t| t.data_offsets.1)
+            .max()
+            .unwrap_or(0) as u64;
+        if 8 + n + end != file_len {
+            return Err(not_st(format!(
+                "its tensors need {} bytes, the file has {file_len}",
+                8 + n + end
+            )));
+        }
         Ok(Loaded {
             path: path.to_path_buf(),
-            bytes,
+            file,
+            layout,
+            data_start: 8 + n,
             header,
         })
-    }
-
-    fn st(&self) -> safetensors::SafeTensors<'_> {
-        safetensors::SafeTensors::deserialize(&self.bytes).expect("validated in open")
     }
 
     pub fn bad(&self, name: &str, problem: impl Into<String>) -> ArtifactError {
@@ -263,29 +284,39 @@ impl Loaded {
     }
 
     pub fn has(&self, name: &str) -> bool {
-        self.st().tensor(name).is_ok()
+        self.layout.info(name).is_some()
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.st()
-            .names()
-            .into_iter()
-            .map(|s| s.to_string())
-            .collect()
+        self.layout.tensors().into_keys().collect()
     }
 
     fn raw(&self, name: &str, dtype: Dtype, rank: Option<usize>) -> Result<(Vec<usize>, Vec<u8>)> {
-        let st = self.st();
-        let t = st.tensor(name).map_err(|_| self.bad(name, "missing"))?;
-        if t.dtype() != dtype {
-            return Err(self.bad(name, format!("dtype {:?}, expected {:?}", t.dtype(), dtype)));
+        use std::os::unix::fs::FileExt;
+        let t = self
+            .layout
+            .info(name)
+            .ok_or_else(|| self.bad(name, "missing"))?;
+        if t.dtype != dtype {
+            return Err(self.bad(name, format!("dtype {:?}, expected {:?}", t.dtype, dtype)));
         }
         if let Some(r) = rank {
-            if t.shape().len() != r {
-                return Err(self.bad(name, format!("shape {:?}, expected rank {r}", t.shape())));
+            if t.shape.len() != r {
+                return Err(self.bad(name, format!("shape {:?}, expected rank {r}", t.shape)));
             }
         }
-        Ok((t.shape().to_vec(), t.data().to_vec()))
+        let (s, e) = t.data_offsets;
+        if t.shape.iter().product::<usize>() * dtype.bitsize() / 8 != e - s {
+            return Err(self.bad(name, format!("{} bytes for shape {:?}", e - s, t.shape)));
+        }
+        let mut data = vec![0u8; e - s];
+        self.file
+            .read_exact_at(&mut data, self.data_start + s as u64)
+            .map_err(|error| ArtifactError::Io {
+                path: self.path.clone(),
+                error,
+            })?;
+        Ok((t.shape.clone(), data))
     }
 
     pub fn f32(&self, name: &str, rank: Option<usize>) -> Result<(Vec<usize>, Vec<f32>)> {

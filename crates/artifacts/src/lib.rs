@@ -17,12 +17,19 @@ pub mod exclusions;
 mod faces;
 mod io;
 pub mod models;
+mod pixels;
+pub mod shards;
 
 pub use bottlenecks::{Bottlenecks, ViewBank, BOTTLENECKS_SCHEMA};
 pub use checkpoint::{Checkpoint, NamedTensor, CHECKPOINT_SCHEMA};
 pub use embeddings::{Embeddings, EMBEDDINGS_SCHEMA};
-pub use faces::{FaceGeometry, Faces, CHIP_SIZE, FACES_SCHEMA};
+pub use faces::{
+    FaceGeometry, FaceShard, FaceShardWriter, Faces, ShardFace, CHIP_SIZE, FACES_SCHEMA,
+    FACES_SHARD_SCHEMA,
+};
 pub use io::{digest_bytes, digest_file, read_header, write_atomic, write_json_atomic, Header};
+pub use pixels::Pixels;
+pub use shards::{JobPart, ShardRef};
 
 use std::path::PathBuf;
 
@@ -62,6 +69,13 @@ pub enum ArtifactError {
     BadTensor {
         path: PathBuf,
         name: String,
+        problem: String,
+    },
+    /// A shard of a sharded artifact that is missing, truncated or not what the index says.
+    #[error("{shard} (a shard of {index}): {problem}")]
+    BadShard {
+        index: PathBuf,
+        shard: PathBuf,
         problem: String,
     },
     #[error("{path}: metadata: {problem}")]

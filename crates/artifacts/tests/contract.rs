@@ -338,3 +338,89 @@ fn up_to_date_needs_this_build_these_settings_and_these_inputs() {
     assert!(build_version().starts_with(env!("CARGO_PKG_VERSION")));
     assert!(!build_version().ends_with("unknown"), "{}", build_version());
 }
+
+/// Writes `f` as a sharded artifact at `index`, `per` faces a shard; returns the shards.
+fn write_sharded(f: &Faces, index: &Path, per: usize) -> Vec<ShardRef> {
+    let g = f.geometry.as_ref().unwrap();
+    let mut refs = Vec::new();
+    for (k, start) in (0..f.len()).step_by(per).enumerate() {
+        let file = shards::shard_ref_path(index, k);
+        let path = index.parent().unwrap().join(&file);
+        let mut w = FaceShardWriter::create(&path, [f.height, f.width], true).unwrap();
+        for i in start..(start + per).min(f.len()) {
+            w.push(ShardFace {
+                image: &f.image(i),
+                chip: g.chip(i).as_deref(),
+                source: f.sources[i].clone(),
+                rect: g.boxes[i],
+                landmarks: &g.landmarks[i * 136..(i + 1) * 136],
+                transform: &g.transforms[i * 6..(i + 1) * 6],
+            })
+            .unwrap();
+        }
+        let rows = w.len();
+        let written = w.finish(prov(), serde_json::json!({})).unwrap();
+        refs.push(ShardRef {
+            file,
+            rows,
+            bytes: written.bytes,
+            digest: written.digest,
+        });
+    }
+    f.write_index(index, refs.clone()).unwrap();
+    refs
+}
+
+#[test]
+fn sharded_faces_read_like_one_file_and_name_a_bad_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join("faces.safetensors");
+    let f = faces(7, true);
+    let refs = write_sharded(&f, &index, 3);
+    assert_eq!(refs.len(), 3);
+    let back = Faces::read(&index).unwrap();
+    assert!(!back.images.in_memory());
+    assert_eq!(back, f);
+    assert_eq!(Faces::shards_of(&index).unwrap().unwrap(), refs);
+    // Each shard is a plain safetensors file with its own pixels and digest.
+    let shard1 = dir.path().join(&refs[1].file);
+    let bytes = std::fs::read(&shard1).unwrap();
+    assert_eq!(digest_bytes(&bytes), refs[1].digest);
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("images").unwrap().shape(), &[3, 4, 5, 3]);
+    assert_eq!(
+        st.tensor("images").unwrap().data(),
+        &*f.images.sub(3 * 60, 3 * 60).to_vec()
+    );
+    let s = FaceShard::read(&index, &refs[1]).unwrap();
+    assert_eq!(s.sources, f.sources[3..6]);
+    // The rows of one shard, as their own set.
+    assert_eq!(back.rows(3, 6).image(1), f.image(4));
+
+    // Truncated: named, with the sizes.
+    std::fs::write(&shard1, &bytes[..bytes.len() - 10]).unwrap();
+    let m = err_of(Faces::read(&index));
+    assert!(
+        m.contains("00001.safetensors") && m.contains("truncated"),
+        "{m}"
+    );
+    // Missing.
+    std::fs::remove_file(&shard1).unwrap();
+    let m = err_of(Faces::read(&index));
+    assert!(
+        m.contains("00001.safetensors") && m.contains("missing"),
+        "{m}"
+    );
+    // Foreign: another artifact of the same size in its place.
+    let other = dir.path().join("other.safetensors");
+    faces(3, false).write(&other).unwrap();
+    std::fs::copy(&other, &shard1).unwrap();
+    let mut refs2 = refs.clone();
+    refs2[1].bytes = std::fs::metadata(&shard1).unwrap().len();
+    f.write_index(&index, refs2).unwrap();
+    let m = err_of(Faces::read(&index));
+    assert!(
+        m.contains("00001.safetensors") && m.contains("`faces` artifact"),
+        "{m}"
+    );
+}

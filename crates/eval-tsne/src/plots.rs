@@ -242,7 +242,7 @@ pub fn curve_png(
 
 /// A face with its caption lines.
 pub struct Tile<'a> {
-    pub pixels: &'a [u8],
+    pub pixels: std::borrow::Cow<'a, [u8]>,
     pub caption: Vec<String>,
 }
 

@@ -40,7 +40,7 @@ fn synthetic_faces(path: &Path) {
     Faces {
         height: size,
         width: size,
-        images,
+        images: images.into(),
         labels,
         splits,
         class_names: vec!["red".into(), "green".into(), "blue".into()],

@@ -5,7 +5,8 @@ use crate::face_teacher;
 use crate::inception::{block_channels, InceptionV3};
 use crate::teacher::{self, Preprocessing, ResolvedTeacher};
 use crate::Error;
-use artifacts::{Bottlenecks, Faces, Provenance, ViewBank};
+use artifacts::shards::{shard_dir, shard_file_name};
+use artifacts::{Bottlenecks, Faces, JobPart, Provenance, ViewBank};
 use candle_core::{DType, Device, Tensor};
 use image::imageops::FilterType;
 use kernels::device::DeviceChoice;
@@ -338,6 +339,19 @@ pub fn provenance_inputs(
 
 /// Runs the teacher over every face of `faces_path` and writes `out_path`.
 pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Result<Summary, Error> {
+    extract_part(faces_path, out_path, cfg, JobPart::ALL)
+}
+
+/// Runs the teacher over part `part` of the faces: of a sharded faces artifact, the
+/// shards `s % N == I`, each into its own bottlenecks shard (`<output stem>.shards/`,
+/// skipped when up to date); with the whole (`0/1`), the merge follows. A single-file
+/// faces artifact is one part.
+pub fn extract_part(
+    faces_path: &Path,
+    out_path: &Path,
+    cfg: &ExtractConfig,
+    part: JobPart,
+) -> Result<Summary, Error> {
     if cfg.batch == 0 {
         return Err(Error::ZeroBatch);
     }
@@ -346,10 +360,198 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
     if faces.is_empty() {
         return Err(Error::NoFaces(faces_path.to_path_buf()));
     }
-    let views = Views::new(&faces, faces_path, cfg)?;
-    let teacher = Teacher::load(cfg)?;
+    let Some(shards) = Faces::shards_of(faces_path)? else {
+        if part != JobPart::ALL {
+            return Err(Error::NotSharded(faces_path.to_path_buf()));
+        }
+        let teacher = Teacher::load(cfg)?;
+        let digest = artifacts::digest_file(faces_path)?;
+        let (b, counts) = extract_rows(&faces, faces_path, digest, &teacher, cfg)?;
+        b.write(out_path)?;
+        return Ok(counts.summary(&faces, &b, start));
+    };
+    let mut teacher = None;
+    let mut counts = Counts::default();
+    let identity = provenance_inputs(faces_path, cfg)?
+        .remove("teacher")
+        .unwrap_or_default();
+    let config = serde_json::to_value(cfg).expect("plain config");
+    let mut at = 0;
+    for (s, r) in shards.iter().enumerate() {
+        let rows = at..at + r.rows;
+        at += r.rows;
+        if !part.owns(s) {
+            continue;
+        }
+        let path = shard_dir(out_path).join(shard_file_name(s));
+        let inputs = [
+            ("faces".to_string(), r.digest.clone()),
+            ("teacher".to_string(), identity.clone()),
+        ]
+        .into();
+        if artifacts::up_to_date(&path, artifacts::BOTTLENECKS_SCHEMA, &config, &inputs) {
+            counts.from_cache += r.rows;
+            continue;
+        }
+        let teacher = match &mut teacher {
+            Some(t) => t,
+            None => teacher.insert(Teacher::load(cfg)?),
+        };
+        let sub = faces.rows(rows.start, rows.end);
+        let (b, c) = extract_rows(&sub, faces_path, r.digest.clone(), teacher, cfg)?;
+        b.write(&path)?;
+        counts.computed += c.computed;
+        counts.from_cache += c.from_cache;
+        counts.dim = b.dim;
+    }
+    if part == JobPart::ALL {
+        let b = merge(faces_path, out_path, cfg)?;
+        return Ok(counts.summary(&faces, &b, start));
+    }
+    Ok(Summary {
+        images: faces.len(),
+        computed: counts.computed,
+        from_cache: counts.from_cache,
+        dim: counts.dim,
+        seconds: start.elapsed().as_secs_f64(),
+        teacher: identity,
+    })
+}
+
+/// Teacher passes computed and read from the cache.
+#[derive(Default)]
+struct Counts {
+    computed: usize,
+    from_cache: usize,
+    dim: usize,
+}
+
+impl Counts {
+    fn summary(&self, faces: &Faces, b: &Bottlenecks, start: std::time::Instant) -> Summary {
+        Summary {
+            images: faces.len(),
+            computed: self.computed,
+            from_cache: self.from_cache,
+            dim: b.dim,
+            seconds: start.elapsed().as_secs_f64(),
+            teacher: b.teacher.clone(),
+        }
+    }
+}
+
+/// Writes `out_path` from the bottlenecks shards of every faces shard: their rows in
+/// order, each checked to belong to its faces shard and made with these settings.
+pub fn merge(
+    faces_path: &Path,
+    out_path: &Path,
+    cfg: &ExtractConfig,
+) -> Result<Bottlenecks, Error> {
+    let shards =
+        Faces::shards_of(faces_path)?.ok_or_else(|| Error::NotSharded(faces_path.to_path_buf()))?;
+    let config = serde_json::to_value(cfg).expect("plain config");
+    let identity = provenance_inputs(faces_path, cfg)?
+        .remove("teacher")
+        .unwrap_or_default();
+    let mut parts = Vec::new();
+    let mut problems = Vec::new();
+    for (s, r) in shards.iter().enumerate() {
+        let path = shard_dir(out_path).join(shard_file_name(s));
+        if !path.exists() {
+            problems.push(format!("shard {s}: not made"));
+            continue;
+        }
+        let b = Bottlenecks::read(&path)?;
+        let problem = if b.faces_digest != r.digest || b.len() != r.rows {
+            Some("made for other faces (preprocess ran again since)".to_string())
+        } else if b.teacher != identity {
+            Some(format!(
+                "made by teacher {}, this run's is {identity}",
+                b.teacher
+            ))
+        } else if b.provenance.config != config {
+            Some(format!(
+                "made with other settings ({})",
+                config_difference(&b.provenance.config, &config)
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some(p) => problems.push(format!("shard {s}: {p}")),
+            None => parts.push(b),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Shards {
+            dir: shard_dir(out_path),
+            count: shards.len(),
+            problems,
+        });
+    }
+    let first = parts.first().expect("a sharded faces artifact has a shard");
+    let (faces_digest, provenance) = faces_provenance(faces_path, cfg)?;
+    let mut merged = Bottlenecks {
+        dim: first.dim,
+        features: Vec::new(),
+        mirrored: first.mirrored.as_ref().map(|_| Vec::new()),
+        views: first.views.as_ref().map(|v| ViewBank {
+            features: Vec::new(),
+            params: Vec::new(),
+            ..v.clone()
+        }),
+        teacher: first.teacher.clone(),
+        layer: first.layer.clone(),
+        faces_digest,
+        provenance: provenance.with_input("teacher", identity),
+    };
+    for b in parts {
+        merged.features.extend(b.features);
+        if let (Some(m), Some(bm)) = (&mut merged.mirrored, b.mirrored) {
+            m.extend(bm);
+        }
+        if let (Some(v), Some(bv)) = (&mut merged.views, b.views) {
+            v.features.extend(bv.features);
+            v.params.extend(bv.params);
+        }
+    }
+    merged.write(out_path)?;
+    Ok(merged)
+}
+
+/// The top-level settings that differ, `name: here vs there`.
+fn config_difference(there: &serde_json::Value, here: &serde_json::Value) -> String {
+    match (there.as_object(), here.as_object()) {
+        (Some(a), Some(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter()
+                .filter(|k| a.get(*k) != b.get(*k))
+                .map(|k| {
+                    let show = |v: Option<&serde_json::Value>| {
+                        v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+                    };
+                    format!("{k}: {} here, {} there", show(b.get(k)), show(a.get(k)))
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+        _ => "another config".into(),
+    }
+}
+
+/// The teacher's bottlenecks of `faces` (all of a file, or one shard's rows), recorded as
+/// belonging to the faces with digest `faces_digest`.
+fn extract_rows(
+    faces: &Faces,
+    faces_path: &Path,
+    faces_digest: String,
+    teacher: &Teacher,
+    cfg: &ExtractConfig,
+) -> Result<(Bottlenecks, Counts), Error> {
+    let views = Views::new(faces, faces_path, cfg)?;
     let dim = teacher.dim();
-    let cache = open_cache(&teacher, cfg)?;
+    let cache = open_cache(teacher, cfg)?;
     let n = faces.len();
     let keys: Vec<String> = (0..views.jobs)
         .into_par_iter()
@@ -376,7 +578,7 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
     let bar = bar(todo.len());
     let job = |j: usize| views.get(j);
     compute(
-        &teacher,
+        teacher,
         &job,
         (views.height, views.width),
         &todo,
@@ -395,15 +597,20 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
     let (bank, view_computed) = match cfg.views {
         0 => (None, 0),
         k => {
-            let (bank, computed) = view_bank(&faces, &teacher, cache.as_ref(), k, cfg)?;
+            let (bank, computed) = view_bank(faces, teacher, cache.as_ref(), k, cfg)?;
             (Some(bank), computed)
         }
     };
     let views_total = bank.as_ref().map(|b| n * b.k).unwrap_or(0);
-    let (faces_digest, provenance) = faces_provenance(faces_path, cfg)?;
-    let provenance = provenance.with_input("teacher", teacher.resolved.identity.clone());
+    let provenance = Provenance::new(
+        env!("CARGO_PKG_NAME"),
+        artifacts::build_version(),
+        serde_json::to_value(cfg).expect("plain config"),
+    )
+    .with_input("faces", faces_digest.clone())
+    .with_input("teacher", teacher.resolved.identity.clone());
     let mirrored = cfg.mirror.then(|| features.split_off(n * dim));
-    Bottlenecks {
+    let b = Bottlenecks {
         views: bank,
         dim,
         features,
@@ -412,16 +619,13 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
         layer: teacher.layer_name(),
         faces_digest,
         provenance,
-    }
-    .write(out_path)?;
-    Ok(Summary {
-        images: n,
+    };
+    let counts = Counts {
         computed: todo.len() + view_computed,
         from_cache: from_cache + views_total - view_computed,
         dim,
-        seconds: start.elapsed().as_secs_f64(),
-        teacher: teacher.resolved.identity,
-    })
+    };
+    Ok((b, counts))
 }
 
 /// What the teacher sees of each face: the study's crop (Inception) or dlib's chip (the
@@ -429,7 +633,7 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
 /// flipped left-right when `j >= n` (only with `mirror`).
 struct Views<'a> {
     faces: &'a Faces,
-    chips: Option<&'a [u8]>,
+    chips: Option<&'a artifacts::Pixels>,
     height: usize,
     width: usize,
     jobs: usize,
@@ -451,7 +655,7 @@ impl<'a> Views<'a> {
         let chips = faces
             .geometry
             .as_ref()
-            .and_then(|g| g.chips.as_deref())
+            .and_then(|g| g.chips.as_ref())
             .ok_or_else(|| Error::NoChips(faces_path.to_path_buf()))?;
         Ok(Views {
             faces,
@@ -462,10 +666,10 @@ impl<'a> Views<'a> {
         })
     }
 
-    fn face(&self, i: usize) -> &'a [u8] {
+    fn face(&self, i: usize) -> std::borrow::Cow<'a, [u8]> {
         let len = self.height * self.width * 3;
         match self.chips {
-            Some(c) => &c[i * len..(i + 1) * len],
+            Some(c) => c.slice(i * len, len),
             None => self.faces.image(i),
         }
     }
@@ -473,9 +677,9 @@ impl<'a> Views<'a> {
     fn get(&self, j: usize) -> std::borrow::Cow<'a, [u8]> {
         let n = self.faces.len();
         if j < n {
-            self.face(j).into()
+            self.face(j)
         } else {
-            mirror_hwc(self.face(j - n), self.height, self.width).into()
+            mirror_hwc(&self.face(j - n), self.height, self.width).into()
         }
     }
 }

@@ -51,6 +51,16 @@ pub enum Error {
     UnknownDtype(String),
     #[error("{0} holds no faces")]
     NoFaces(PathBuf),
+    /// `--shard`/`--merge` on a faces artifact that is one file.
+    #[error("{0} is a single-file faces artifact, not sharded: run without --shard/--merge (or make it again with today's preprocess)")]
+    NotSharded(PathBuf),
+    /// The merge found bottleneck shards missing or made otherwise than this run would.
+    #[error("{dir}: {} of {count} shards cannot be merged:\n  {}\nmake them with `inception-bottleneck` (the same options; `--shard I/N` for part I of N)", problems.len(), problems.join("\n  "))]
+    Shards {
+        dir: PathBuf,
+        count: usize,
+        problems: Vec<String>,
+    },
     #[error(
         "{0} holds no dlib face chips (made by an older preprocess, or --as-is): re-run preprocess"
     )]

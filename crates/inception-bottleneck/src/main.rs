@@ -107,6 +107,14 @@ struct Cli {
     /// Worker threads for image preparation (default: all cores).
     #[arg(long)]
     jobs: Option<usize>,
+    /// Of a sharded faces artifact, make only the bottlenecks of shards s with s % N == I
+    /// (0-based; one Slurm array task each); then `--merge` writes the output.
+    #[arg(long, value_name = "I/N", conflicts_with_all = ["merge", "import_retrain"])]
+    shard: Option<artifacts::JobPart>,
+    /// Write the output from the bottleneck shards that `--shard` jobs made; fails naming
+    /// each shard that is missing or was made for other faces, teacher or settings.
+    #[arg(long, conflicts_with = "import_retrain")]
+    merge: bool,
 }
 
 fn parse_triple(s: &str) -> Result<[f32; 3], String> {
@@ -161,6 +169,28 @@ fn run(cli: Cli) -> Result<()> {
         interpolation: cli.interpolation,
         cache_dir: (!cli.no_cache).then_some(cli.cache_dir),
     };
+    if cli.merge {
+        let b = inception_bottleneck::extract::merge(&cli.faces, &cli.output, &cfg)?;
+        println!(
+            "bottlenecks: merged {} rows, {}-d, teacher {} -> {}",
+            b.len(),
+            b.dim,
+            b.teacher,
+            cli.output.display()
+        );
+        return Ok(());
+    }
+    if let Some(part) = cli.shard {
+        let s = inception_bottleneck::extract::extract_part(&cli.faces, &cli.output, &cfg, part)?;
+        println!(
+            "bottlenecks: part {part}: {} computed, {} cached, {:.1}s -> {}",
+            s.computed,
+            s.from_cache,
+            s.seconds,
+            artifacts::shards::shard_dir(&cli.output).display()
+        );
+        return Ok(());
+    }
     if cli.skip_if_fresh && cli.import_retrain.is_none() {
         let inputs = inception_bottleneck::extract::provenance_inputs(&cli.faces, &cfg)?;
         if artifacts::up_to_date(

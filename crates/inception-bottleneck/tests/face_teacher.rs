@@ -11,12 +11,12 @@ fn faces(path: &Path, n: usize, chips: Option<Vec<u8>>) {
         boxes: vec![[0.0; 4]; n],
         landmarks: vec![0.0; n * 136],
         transforms: vec![0.0; n * 6],
-        chips: Some(c),
+        chips: Some(c.into()),
     });
     Faces {
         height: 8,
         width: 8,
-        images: vec![7; n * 8 * 8 * 3],
+        images: vec![7; n * 8 * 8 * 3].into(),
         labels: (0..n as u32).map(|i| i % 2).collect(),
         splits: vec![Split::Train; n],
         class_names: vec!["a".into(), "b".into()],

@@ -210,7 +210,7 @@ fn fake_hub_cache_resolves_offline() {
     Faces {
         height: size,
         width: size,
-        images,
+        images: images.into(),
         labels: vec![0, 1, 0],
         splits: vec![Split::Train, Split::Test, Split::Val],
         class_names: vec!["a".into(), "b".into()],
@@ -259,7 +259,7 @@ fn fake_hub_cache_resolves_offline() {
     assert_ne!(mirrored, b1.features);
     let mut flipped = Faces::read(&faces_path).unwrap();
     flipped.images = (0..n)
-        .flat_map(|i| inception_bottleneck::extract::mirror_hwc(flipped.image(i), size, size))
+        .flat_map(|i| inception_bottleneck::extract::mirror_hwc(&flipped.image(i), size, size))
         .collect();
     let flipped_path = dir.path().join("flipped.safetensors");
     flipped.write(&flipped_path).unwrap();

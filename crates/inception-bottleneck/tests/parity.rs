@@ -96,7 +96,7 @@ fn stand_in_teacher_on_study_faces_and_tensorflow_import() {
     Faces {
         height: 150,
         width: 150,
-        images,
+        images: images.into(),
         labels,
         splits: vec![Split::Train; n],
         class_names: classes,

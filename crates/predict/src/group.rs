@@ -397,7 +397,7 @@ fn write_into(
         preprocess::montage::write_montage(
             &montage,
             size,
-            &crops,
+            &|k| crops[k].into(),
             &rows,
             crops.len().div_ceil(8),
             8,

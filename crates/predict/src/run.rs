@@ -327,7 +327,7 @@ fn classify(
     let faces = Faces {
         height: s,
         width: s,
-        images,
+        images: images.into(),
         labels: vec![0; n],
         splits: vec![Split::Test; n],
         class_names: model.class_names.clone(),

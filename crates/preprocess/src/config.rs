@@ -42,10 +42,21 @@ pub struct PreprocessConfig {
     /// study's aligned images hold the eyes fixed; 3 halves their spread at a small cost
     /// for the mouth (measured on msceleb-samples, see README).
     pub eye_weight: f32,
+    /// Faces a shard holds at most, about (shards are a power of two in number, photos
+    /// placed by a hash of their name, so the sizes vary a little).
+    #[serde(default = "default_shard_size")]
+    pub shard_size: usize,
     /// Where the CNN detector runs (CPU kernels, or candle on CUDA). Not a setting of the
     /// result, so not recorded.
     #[serde(skip)]
     pub device: kernels::device::DeviceChoice,
+}
+
+/// Default faces per shard: ~550 MB of pixels and chips a shard.
+pub const DEFAULT_SHARD_SIZE: usize = 4096;
+
+fn default_shard_size() -> usize {
+    DEFAULT_SHARD_SIZE
 }
 
 impl Default for PreprocessConfig {
@@ -62,6 +73,7 @@ impl Default for PreprocessConfig {
             landmarks: PathBuf::from("/usr/share/dlib/shape_predictor_68_face_landmarks.dat"),
             refine: true,
             eye_weight: 3.0,
+            shard_size: DEFAULT_SHARD_SIZE,
             device: kernels::device::DeviceChoice::Cpu,
         }
     }

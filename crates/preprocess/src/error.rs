@@ -48,6 +48,13 @@ pub enum PreprocessError {
     NothingKept(usize),
     #[error(transparent)]
     Artifact(#[from] artifacts::ArtifactError),
+    /// The merge found shards missing or made otherwise than this run would make them.
+    #[error("{dir}: {} of {count} shards cannot be merged:\n  {}\nmake them with `preprocess` (the same options; `--shard I/N` for part I of N)", problems.len(), problems.join("\n  "))]
+    Shards {
+        dir: std::path::PathBuf,
+        count: usize,
+        problems: Vec<String>,
+    },
 }
 
 /// Why a photo gives no face (or no face that is kept): a reject's reason. The summary

@@ -16,6 +16,7 @@ pub mod mask;
 pub mod montage;
 pub mod pipeline;
 pub mod quality;
+pub mod shards;
 pub mod split;
 pub mod views;
 pub mod walk;

@@ -96,8 +96,22 @@ struct Cli {
     #[arg(long)]
     no_refine: bool,
     /// Do nothing when the output was made with the same settings from the same photos.
+    /// (Shards are always skipped when up to date, index or not.)
     #[arg(long)]
     skip_if_fresh: bool,
+    /// Faces a shard file holds at most, about: the unit of work of `--shard` and of
+    /// re-runs (a shard whose photos did not change is not made again).
+    #[arg(long, default_value_t = preprocess::config::DEFAULT_SHARD_SIZE)]
+    shard_size: usize,
+    /// Make only part I of N of the shards (0-based; shards s with s % N == I), e.g. one
+    /// Slurm array task each; then `--merge` writes the index. Without it: all shards and
+    /// the merge in one process.
+    #[arg(long, value_name = "I/N", conflicts_with = "merge")]
+    shard: Option<artifacts::JobPart>,
+    /// Write the index (and rejects.json, montage, quality report) over the shards that
+    /// `--shard` jobs made; fails naming each missing or differently made shard.
+    #[arg(long)]
+    merge: bool,
     /// Output format for the summary.
     #[arg(long, value_enum, default_value = "text")]
     summary: SummaryFormat,
@@ -116,7 +130,21 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<()> {
     kernels::runtime::set_jobs(cli.jobs)?;
     let cfg = config(&cli).resolved()?;
-    if cli.skip_if_fresh {
+    if cli.shard_size == 0 {
+        anyhow::bail!("--shard-size must be at least 1");
+    }
+    if let Some(part) = cli.shard {
+        let p = preprocess::shards::make_part(&cli.input, &cli.output, &cfg, part)?;
+        match cli.summary {
+            SummaryFormat::Json => println!("{}", serde_json::to_string_pretty(&p)?),
+            SummaryFormat::Text => println!(
+                "preprocess: part {} of {} shards: made {:?} ({} photos -> {} faces, {:.1}s), up to date {:?}",
+                p.part, p.shards, p.made, p.photos, p.faces, p.seconds, p.up_to_date
+            ),
+        }
+        return Ok(());
+    }
+    if cli.skip_if_fresh && !cli.merge {
         let inputs = preprocess::pipeline::provenance_inputs(&cli.input, &cfg)?;
         if artifacts::up_to_date(
             &cli.output,
@@ -128,7 +156,11 @@ fn run(cli: Cli) -> Result<()> {
             return Ok(());
         }
     }
-    let s = preprocess::run(&cli.input, &cli.output, &cfg)?;
+    let s = if cli.merge {
+        preprocess::shards::merge(&cli.input, &cli.output, &cfg, std::time::Instant::now())?
+    } else {
+        preprocess::run(&cli.input, &cli.output, &cfg)?
+    };
     match cli.summary {
         SummaryFormat::Json => println!("{}", serde_json::to_string_pretty(&s)?),
         SummaryFormat::Text => print!("{}", s.report(&cli.output, cfg.detector.kind)),
@@ -182,6 +214,7 @@ fn config(cli: &Cli) -> PreprocessConfig {
         landmarks: cli.landmarks.clone(),
         refine: !cli.no_refine,
         eye_weight: cli.eye_weight,
+        shard_size: cli.shard_size,
         device: cli.device,
     }
 }

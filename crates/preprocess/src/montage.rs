@@ -1,5 +1,6 @@
 //! A contact sheet for a visual check: one row per class.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 /// Why the contact sheet was not written (a run warns and goes on).
@@ -14,11 +15,12 @@ pub enum MontageError {
 }
 
 /// Writes a PNG with up to `per_row` thumbnails (`thumb` px) of each class, in row order.
-/// `images` holds HWC RGB images of `size x size`.
-pub fn write_montage(
+/// `image(i)` gives image `i` (HWC RGB, `size x size`) of those labelled `labels[i]`; only
+/// the images shown are asked for.
+pub fn write_montage<'a>(
     path: &Path,
     size: usize,
-    images: &[&[u8]],
+    image: &dyn Fn(usize) -> Cow<'a, [u8]>,
     labels: &[u32],
     classes: usize,
     per_row: usize,
@@ -31,12 +33,12 @@ pub fn write_montage(
         image::Rgb([32, 32, 32]),
     );
     let mut filled = vec![0usize; classes];
-    for (img, &l) in images.iter().zip(labels) {
+    for (i, &l) in labels.iter().enumerate() {
         let l = l as usize;
         if l >= classes || filled[l] >= per_row {
             continue;
         }
-        let src = image::RgbImage::from_raw(size as u32, size as u32, img.to_vec())
+        let src = image::RgbImage::from_raw(size as u32, size as u32, image(i).into_owned())
             .ok_or(MontageError::BadBuffer)?;
         let t = image::imageops::resize(&src, thumb, thumb, image::imageops::FilterType::Triangle);
         image::imageops::replace(

@@ -1,18 +1,11 @@
-//! The preprocessing run: walk the input folder, process photos in parallel, assign
-//! splits, write the artifact, `rejects.json`, a montage and the alignment-quality report.
+//! The preprocessing run: walk the input folder, make the shards (photos aligned in
+//! parallel, see `shards`), and merge them into the index with `rejects.json`, a montage
+//! and the alignment-quality report.
 
-use crate::aligner::{AlignedFace, Aligner};
 use crate::config::{Mode, PreprocessConfig};
 use crate::detect::DetectorKind;
-use crate::dlib::ShapePredictor;
-use crate::error::{FaceError, PreprocessError};
-use crate::quality::Quality;
-use crate::split::{assign, read_split_file};
-use artifacts::CHIP_SIZE;
-use artifacts::{FaceGeometry, Faces, Provenance, Split};
-use indicatif::ParallelProgressIterator;
-use rayon::prelude::*;
-use std::collections::{BTreeMap, HashMap};
+use crate::error::PreprocessError;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// A skipped file and why.
@@ -24,14 +17,14 @@ pub struct Reject {
 
 /// A photo to process.
 #[derive(Debug, Clone)]
-struct Candidate {
-    class: String,
-    file: String,
-    path: PathBuf,
+pub(crate) struct Candidate {
+    pub class: String,
+    pub file: String,
+    pub path: PathBuf,
 }
 
 /// Lists `<root>/<class>/<file>`; unreadable entries become rejects.
-fn list_inputs(root: &Path) -> Result<(Vec<Candidate>, Vec<Reject>), PreprocessError> {
+pub(crate) fn list_inputs(root: &Path) -> Result<(Vec<Candidate>, Vec<Reject>), PreprocessError> {
     if !root.is_dir() {
         return Err(PreprocessError::MissingInput(root.to_path_buf()));
     }
@@ -136,6 +129,8 @@ pub struct RunSummary {
     pub quality_by_detector: BTreeMap<String, crate::quality::Quality>,
     pub rejects_file: PathBuf,
     pub montage_file: PathBuf,
+    /// Shard files the faces are in (`<output stem>.shards/`).
+    pub shards: usize,
 }
 
 impl RunSummary {
@@ -268,7 +263,8 @@ pub fn provenance_inputs(
     Ok(m)
 }
 
-/// Runs preprocessing from `input` to `output`.
+/// Runs preprocessing from `input` to `output` in one process: every shard not already
+/// up to date, then the merge (the index, rejects, montage and quality report).
 pub fn run(
     input: &Path,
     output: &Path,
@@ -276,265 +272,16 @@ pub fn run(
 ) -> Result<RunSummary, PreprocessError> {
     let start = std::time::Instant::now();
     let cfg = &cfg.resolved()?;
-    let (candidates, mut rejects) = list_inputs(input)?;
-    if candidates.is_empty() {
-        return Err(PreprocessError::NoImages(input.to_path_buf()));
-    }
-    let split_file = match &cfg.split_file {
-        Some(p) => Some(read_split_file(p)?),
-        None => None,
-    };
-    let aligner = Aligner::new(cfg)?;
-    let results = align_all(&aligner, &candidates);
-    let kept = keep(results, &candidates, split_file.as_ref(), &mut rejects);
-    if kept.is_empty() {
-        write_rejects(output, &rejects)?;
-        return Err(PreprocessError::NothingKept(rejects.len()));
-    }
-    let splits = splits_of(&kept, &candidates, split_file.as_ref(), cfg);
-    let mut faces = assemble(&kept, &candidates, splits, cfg);
-    faces.provenance.inputs = provenance_inputs(input, cfg)?;
-    faces.write(output)?;
-    let rejects_file = write_rejects(output, &rejects)?;
-    let montage_file = write_montage(output, &faces);
-    let by_detector = faces_by_detector(&kept);
-    let (quality, quality_by_detector) = match aligner.predictor() {
-        Some(p) => write_quality(output, p, &aligner, &faces, &by_detector)?,
-        None => (None, BTreeMap::new()),
-    };
-    let seconds = start.elapsed().as_secs_f64();
-    Ok(RunSummary {
-        candidates: candidates.len(),
-        faces: kept.len(),
-        rejected: rejects.len(),
-        reasons: reason_counts(&rejects),
-        per_class: per_class(&kept, &candidates),
-        multiple_faces: kept.iter().filter(|(_, p)| p.faces_found > 1).count(),
-        found_by: by_detector
-            .iter()
-            .map(|(k, v)| (k.clone(), v.len()))
-            .collect(),
-        seconds,
-        images_per_second: candidates.len() as f64 / seconds,
-        quality,
-        quality_by_detector,
-        rejects_file,
-        montage_file,
-    })
-}
-
-/// Every candidate through the aligner, in parallel, with a progress bar.
-fn align_all(aligner: &Aligner, candidates: &[Candidate]) -> Vec<Result<AlignedFace, FaceError>> {
-    let bar = indicatif::ProgressBar::new(candidates.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template(
-            "preprocess {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec}",
-        )
-        .expect("valid template"),
-    );
-    let results = candidates
-        .par_iter()
-        .progress_with(bar.clone())
-        .map(|c| aligner.process_file(&c.path))
-        .collect();
-    bar.finish_and_clear();
-    results
-}
-
-/// The faces kept (with their candidate's index); the others become rejects. A
-/// `--split-file` run keeps only the photos the file lists.
-fn keep(
-    results: Vec<Result<AlignedFace, FaceError>>,
-    candidates: &[Candidate],
-    split_file: Option<&SplitFile>,
-    rejects: &mut Vec<Reject>,
-) -> Vec<(usize, AlignedFace)> {
-    let mut kept = Vec::new();
-    for (i, r) in results.into_iter().enumerate() {
-        let c = &candidates[i];
-        let r = r.and_then(|p| match split_file {
-            Some(m) if !m.contains_key(&(c.class.clone(), c.file.clone())) => {
-                Err(FaceError::NotInSplitFile)
-            }
-            _ => Ok(p),
-        });
-        match r {
-            Ok(p) => kept.push((i, p)),
-            Err(reason) => rejects.push(Reject {
-                path: c.path.display().to_string(),
-                reason: reason.to_string(),
-            }),
-        }
-    }
-    kept
-}
-
-/// The split-file's photo -> split table.
-type SplitFile = HashMap<(String, String), Split>;
-
-/// Each kept face's split: from the split file, or by hashing `<class>/<file>` (salted by
-/// the seed).
-fn splits_of(
-    kept: &[(usize, AlignedFace)],
-    candidates: &[Candidate],
-    split_file: Option<&SplitFile>,
-    cfg: &PreprocessConfig,
-) -> Vec<Split> {
-    if let Some(m) = split_file {
-        return kept
-            .iter()
-            .map(|(i, _)| m[&(candidates[*i].class.clone(), candidates[*i].file.clone())])
-            .collect();
-    }
-    let keys: Vec<(String, String)> = kept
-        .iter()
-        .map(|(i, _)| {
-            let c = &candidates[*i];
-            let file = if cfg.seed == 0 {
-                c.file.clone()
-            } else {
-                format!("{}#{}", c.file, cfg.seed)
-            };
-            (c.class.clone(), file)
-        })
-        .collect();
-    assign(&keys, cfg.fractions)
-}
-
-/// The artifact of the kept faces: classes are the folders that kept at least one face.
-fn assemble(
-    kept: &[(usize, AlignedFace)],
-    candidates: &[Candidate],
-    splits: Vec<Split>,
-    cfg: &PreprocessConfig,
-) -> Faces {
-    let mut class_names: Vec<String> = kept
-        .iter()
-        .map(|(i, _)| candidates[*i].class.clone())
-        .collect();
-    class_names.sort();
-    class_names.dedup();
-    let class_idx: HashMap<&str, u32> = class_names
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.as_str(), i as u32))
-        .collect();
-    let (n, size) = (kept.len(), cfg.size);
-    let mut images = Vec::with_capacity(n * size * size * 3);
-    let mut labels = Vec::with_capacity(n);
-    let mut sources = Vec::with_capacity(n);
-    let mut geometry = FaceGeometry {
-        boxes: Vec::new(),
-        landmarks: Vec::new(),
-        transforms: Vec::new(),
-        chips: Some(Vec::with_capacity(n * CHIP_SIZE * CHIP_SIZE * 3)),
-    };
-    for (i, p) in kept {
-        let c = &candidates[*i];
-        images.extend_from_slice(&p.pixels);
-        labels.push(class_idx[c.class.as_str()]);
-        sources.push(format!("{}/{}", c.class, c.file));
-        geometry.boxes.push(p.rect);
-        geometry.landmarks.extend(p.landmarks.iter().flatten());
-        geometry.transforms.extend(p.transform);
-        if let Some(chips) = &mut geometry.chips {
-            chips.extend_from_slice(&p.chip);
-        }
-    }
-    Faces {
-        height: size,
-        width: size,
-        images,
-        labels,
-        splits,
-        class_names,
-        sources,
-        geometry: Some(geometry),
-        provenance: Provenance::new(
-            env!("CARGO_PKG_NAME"),
-            artifacts::build_version(),
-            serde_json::to_value(cfg).expect("plain config"),
-        ),
-    }
-}
-
-/// The montage beside the artifact; a failure to draw it is a warning, not the run's end.
-fn write_montage(output: &Path, faces: &Faces) -> PathBuf {
-    let montage_file = side_file(output, "montage.png");
-    let views: Vec<&[u8]> = (0..faces.len()).map(|i| faces.image(i)).collect();
-    if let Err(e) = crate::montage::write_montage(
-        &montage_file,
-        faces.width,
-        &views,
-        &faces.labels,
-        faces.class_names.len(),
-        12,
-        64,
-    ) {
-        tracing::warn!("montage not written: {e}");
-    }
-    montage_file
-}
-
-/// The kept faces' indices by the detector whose box they came from.
-fn faces_by_detector(kept: &[(usize, AlignedFace)]) -> BTreeMap<String, Vec<usize>> {
-    let mut by_detector: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (face, (_, p)) in kept.iter().enumerate() {
-        by_detector
-            .entry(p.found_by.to_string())
-            .or_default()
-            .push(face);
-    }
-    by_detector
-}
-
-/// The alignment-quality report (overall, and per detector when there are several),
-/// written beside the artifact.
-fn write_quality(
-    output: &Path,
-    predictor: &ShapePredictor,
-    aligner: &Aligner,
-    faces: &Faces,
-    by_detector: &BTreeMap<String, Vec<usize>>,
-) -> Result<(Option<Quality>, BTreeMap<String, Quality>), PreprocessError> {
-    let mode = aligner.config().mode;
-    let q = crate::quality::measure(predictor, faces, mode, aligner.template());
-    let mut quality_by_detector = BTreeMap::new();
-    if by_detector.len() > 1 {
-        for (name, which) in by_detector {
-            quality_by_detector.insert(
-                name.clone(),
-                crate::quality::measure_some(predictor, faces, mode, aligner.template(), which),
-            );
-        }
-    }
-    let mut json = serde_json::to_value(&q).expect("plain");
-    json["by_detector"] = serde_json::to_value(&quality_by_detector).expect("plain");
-    artifacts::write_json_atomic(&side_file(output, "alignment-quality.json"), &json)?;
-    Ok((Some(q), quality_by_detector))
-}
-
-/// Faces kept per class folder.
-fn per_class(kept: &[(usize, AlignedFace)], candidates: &[Candidate]) -> BTreeMap<String, usize> {
-    let mut per_class: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, _) in kept {
-        *per_class.entry(candidates[*i].class.clone()).or_default() += 1;
-    }
-    per_class
+    crate::shards::make_part(input, output, cfg, artifacts::JobPart::ALL)?;
+    crate::shards::merge(input, output, cfg, start)
 }
 
 /// Rejects counted by their reason's kind (the text before the first `:`).
-fn reason_counts(rejects: &[Reject]) -> BTreeMap<String, usize> {
+pub(crate) fn reason_counts(rejects: &[Reject]) -> BTreeMap<String, usize> {
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     for r in rejects {
         let key = r.reason.split(':').next().unwrap_or(&r.reason).to_string();
         *reasons.entry(key).or_default() += 1;
     }
     reasons
-}
-
-fn write_rejects(output: &Path, rejects: &[Reject]) -> Result<PathBuf, PreprocessError> {
-    let path = side_file(output, "rejects.json");
-    let json = serde_json::json!({ "count": rejects.len(), "rejects": rejects });
-    artifacts::write_json_atomic(&path, &json)?;
-    Ok(path)
 }

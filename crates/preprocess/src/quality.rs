@@ -45,45 +45,44 @@ fn spread(points: &[[f32; 2]]) -> f64 {
         .sqrt()
 }
 
+/// The four feature points (eye centres, nose tip, mouth centre; 150x150 frame) the
+/// predictor finds on one produced face.
+pub type FeaturePoints = [[f32; 2]; 4];
+
 /// The box the predictor starts from on a produced face: for aligned faces, the box in
 /// which the mean shape sits on the template; for crops, the whole crop (the detection box).
-pub fn measure(p: &ShapePredictor, faces: &Faces, mode: Mode, template: &[[f32; 2]]) -> Quality {
-    let all: Vec<usize> = (0..faces.len()).collect();
-    measure_some(p, faces, mode, template, &all)
-}
-
-/// [`measure`] over some of the faces (those of one detector, say).
-pub fn measure_some(
-    p: &ShapePredictor,
-    faces: &Faces,
-    mode: Mode,
-    template: &[[f32; 2]],
-    which: &[usize],
-) -> Quality {
-    let size = faces.width;
-    let rect = match mode {
+pub fn start_box(p: &ShapePredictor, mode: Mode, template: &[[f32; 2]], size: usize) -> [f32; 4] {
+    match mode {
         Mode::CropOnly => [0.0, 0.0, size as f32 - 1.0, size as f32 - 1.0],
         Mode::Align | Mode::AsIs => box_from_landmarks(&p.initial_shape, template),
-    };
+    }
+}
+
+/// The feature points of one produced face (`size x size` HWC RGB), from `rect`.
+pub fn feature_points(
+    p: &ShapePredictor,
+    image: &[u8],
+    size: usize,
+    rect: [f32; 4],
+) -> FeaturePoints {
+    let gray = gray_like_dlib(image);
+    let lm = p.predict(&gray, size, size, rect);
     let to150 = 150.0 / size as f32;
-    let feats: Vec<[[f32; 2]; 4]> = which
-        .par_iter()
-        .map(|&i| {
-            let gray = gray_like_dlib(faces.image(i));
-            let lm = p.predict(&gray, size, size, rect);
-            let s = |q: [f32; 2]| [q[0] * to150, q[1] * to150];
-            [
-                s(centre(&lm, EYE_IMAGE_LEFT)),
-                s(centre(&lm, EYE_IMAGE_RIGHT)),
-                s(lm[NOSE_TIP]),
-                s(centre(&lm, MOUTH)),
-            ]
-        })
-        .collect();
+    let s = |q: [f32; 2]| [q[0] * to150, q[1] * to150];
+    [
+        s(centre(&lm, EYE_IMAGE_LEFT)),
+        s(centre(&lm, EYE_IMAGE_RIGHT)),
+        s(lm[NOSE_TIP]),
+        s(centre(&lm, MOUTH)),
+    ]
+}
+
+/// The spreads of the faces' feature points.
+pub fn summarize(feats: &[FeaturePoints]) -> Quality {
     let col = |k: usize| feats.iter().map(|f| f[k]).collect::<Vec<_>>();
     let (l, r) = (spread(&col(0)), spread(&col(1)));
     Quality {
-        images: which.len(),
+        images: feats.len(),
         eye_left: l,
         eye_right: r,
         eye_centres: (l + r) / 2.0,
@@ -91,4 +90,14 @@ pub fn measure_some(
         mouth: spread(&col(3)),
         means: [mean(&col(0)), mean(&col(1)), mean(&col(2)), mean(&col(3))],
     }
+}
+
+/// The spreads over all faces of an artifact.
+pub fn measure(p: &ShapePredictor, faces: &Faces, mode: Mode, template: &[[f32; 2]]) -> Quality {
+    let rect = start_box(p, mode, template, faces.width);
+    let feats: Vec<FeaturePoints> = (0..faces.len())
+        .into_par_iter()
+        .map(|i| feature_points(p, &faces.image(i), faces.width, rect))
+        .collect();
+    summarize(&feats)
 }

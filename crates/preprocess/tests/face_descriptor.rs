@@ -40,7 +40,7 @@ fn our_pipeline_gives_dlibs_descriptors() {
     )
     .unwrap();
     let got: Vec<f32> = net
-        .descriptors(chips, faces.len())
+        .descriptors(&chips.to_vec(), faces.len())
         .unwrap()
         .flatten_all()
         .unwrap()

@@ -143,7 +143,7 @@ fn a_truncated_photo_is_kept_when_its_face_was_decoded() {
     let (a, b) = (faces.image(0), faces.image(1));
     let diff = a
         .iter()
-        .zip(b)
+        .zip(b.iter())
         .map(|(x, y)| (*x as f64 - *y as f64).abs())
         .sum::<f64>()
         / a.len() as f64;

@@ -60,14 +60,14 @@ fn views_are_cut_from_the_photo_like_the_face() {
         let v = source
             .render(i, &[ViewParams::IDENTITY, flip, turned])
             .unwrap();
-        assert_eq!(v[0].face, faces.image(i), "face {i}: view 0 is the face");
-        assert_eq!(v[0].chip, g.chip(i).unwrap(), "face {i}: view 0's chip");
-        assert_eq!(v[1].face, mirrored(faces.image(i), 150));
-        assert_eq!(v[1].chip, mirrored(g.chip(i).unwrap(), 150));
+        assert_eq!(v[0].face, *faces.image(i), "face {i}: view 0 is the face");
+        assert_eq!(v[0].chip, *g.chip(i).unwrap(), "face {i}: view 0's chip");
+        assert_eq!(v[1].face, mirrored(&faces.image(i), 150));
+        assert_eq!(v[1].chip, mirrored(&g.chip(i).unwrap(), 150));
         // A turned view is another picture in both frames, by a similar amount.
         let (df, dc) = (
-            mean_abs_diff(&v[2].face, faces.image(i)),
-            mean_abs_diff(&v[2].chip, g.chip(i).unwrap()),
+            mean_abs_diff(&v[2].face, &faces.image(i)),
+            mean_abs_diff(&v[2].chip, &g.chip(i).unwrap()),
         );
         assert!(
             df > 3.0 && dc > 3.0,

@@ -88,11 +88,13 @@ fn faces_rows(faces: &Faces, keep_class: &[bool], rows: &[usize]) -> Faces {
             names.push(name.clone());
         }
     }
-    let px = faces.height * faces.width * 3;
     let mut sub = Faces {
         height: faces.height,
         width: faces.width,
-        images: Vec::with_capacity(rows.len() * px),
+        images: rows
+            .iter()
+            .flat_map(|&i| faces.image(i).into_owned())
+            .collect(),
         labels: rows
             .iter()
             .map(|&i| new_label[faces.labels[i] as usize])
@@ -103,9 +105,6 @@ fn faces_rows(faces: &Faces, keep_class: &[bool], rows: &[usize]) -> Faces {
         geometry: None,
         provenance: faces.provenance.clone(),
     };
-    for &i in rows {
-        sub.images.extend_from_slice(faces.image(i));
-    }
     sub.geometry = faces.geometry.as_ref().map(|g| artifacts::FaceGeometry {
         boxes: rows.iter().map(|&i| g.boxes[i]).collect(),
         landmarks: rows
@@ -118,7 +117,7 @@ fn faces_rows(faces: &Faces, keep_class: &[bool], rows: &[usize]) -> Faces {
             .collect(),
         chips: g.chips.as_ref().map(|_| {
             rows.iter()
-                .flat_map(|&i| g.chip(i).expect("present").iter().copied())
+                .flat_map(|&i| g.chip(i).expect("present").into_owned())
                 .collect()
         }),
     });

@@ -82,7 +82,7 @@ impl Dataset {
         let px = self.faces.height * self.faces.width * 3;
         let mut acc = vec![0f64; px];
         for &i in train {
-            for (a, &v) in acc.iter_mut().zip(self.faces.image(i)) {
+            for (a, &v) in acc.iter_mut().zip(self.faces.image(i).iter()) {
                 *a += v as f64;
             }
         }
@@ -114,7 +114,7 @@ pub fn input_batch(
 /// [`input_batch`] over any `n` HWC images `image(0..n)` of size `(h, w)` (the faces, or
 /// `--distill`'s views).
 pub fn pixels_batch<'a>(
-    image: impl Fn(usize) -> &'a [u8],
+    image: impl Fn(usize) -> std::borrow::Cow<'a, [u8]>,
     n: usize,
     (h, w): (usize, usize),
     mean: &[f32],

@@ -154,7 +154,7 @@ impl DistillData {
                 );
                 let mut px = Vec::with_capacity(train.len() * image_len);
                 for &i in train {
-                    px.extend_from_slice(faces.image(i));
+                    px.extend_from_slice(&faces.image(i));
                 }
                 (1, b.features.clone(), px)
             }

@@ -1027,7 +1027,7 @@ impl<'a> Trainer<'a> {
         let (h, w) = (self.data.faces.height, self.data.faces.width);
         let aug = (d.plain && self.cfg.augment).then(|| flips_and_shifts(rng, n));
         let x = pixels_batch(
-            |j| d.pixels(chunk[j], views[j]),
+            |j| d.pixels(chunk[j], views[j]).into(),
             n,
             (h, w),
             &self.mean,

@@ -48,7 +48,7 @@ pub fn dataset(n_per: usize) -> Dataset {
     let faces = Faces {
         height: SIZE,
         width: SIZE,
-        images,
+        images: images.into(),
         labels,
         splits,
         class_names: vec!["a".into(), "b".into(), "c".into()],
