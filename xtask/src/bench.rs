@@ -1,6 +1,7 @@
 //! `cargo xtask bench [preprocess|bottleneck|train|tsne|predict|group|student|all]`: release builds, 2 threads,
 //! one table, JSON in `target/bench/`. Python peers (torchvision, PyTorch, openTSNE) run in
-//! the same invocation on the same data when they are importable.
+//! the same invocation on the same data when they are importable. `bench scale` (not in
+//! `all`: it takes most of an hour) is in `scale.rs`.
 
 use crate::util::{cargo, python_has, run_capture, shared_dir};
 use anyhow::{bail, Context, Result};
@@ -196,8 +197,11 @@ const WHAT: &[&str] = &[
 
 pub fn run(args: &[String]) -> Result<()> {
     let what = args.first().map(String::as_str).unwrap_or("all");
+    if what == "scale" {
+        return crate::scale::run(&args[1..]);
+    }
     if !WHAT.contains(&what) {
-        bail!("bench what? preprocess, bottleneck, train, tsne, predict, group, student or all");
+        bail!("bench what? preprocess, bottleneck, train, tsne, predict, group, student, all or scale");
     }
     let dir = PathBuf::from("target/bench");
     std::fs::create_dir_all(&dir)?;

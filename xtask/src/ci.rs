@@ -71,6 +71,7 @@ fn ci_steps(args: &[String], steps: &mut Steps) -> Result<()> {
     // `--pipeline-only`: the pipeline run and its checks, without fmt, clippy and tests.
     if !has_flag(args, "--pipeline-only") {
         ci_tests(steps)?;
+        ci_slurm(steps)?;
     }
     ci_pipeline(args, steps)
 }
@@ -112,6 +113,28 @@ fn ci_tests(steps: &mut Steps) -> Result<()> {
     Ok(())
 }
 
+/// The sharded stages as Slurm array tasks must write what one process writes (#26), on a
+/// local cluster `slurm test` brings up (and down). Skipped, saying why, without ../shared,
+/// without root (the daemons run as root), or without Slurm and no apt-get to install it.
+fn ci_slurm(steps: &mut Steps) -> Result<()> {
+    let skip = if shared_dir().is_none() {
+        Some("../shared not found")
+    } else if !util::is_root() {
+        Some("the local cluster's daemons need root")
+    } else if !crate::slurm::installed() && !Path::new("/usr/bin/apt-get").exists() {
+        Some("sbatch/slurmctld are not installed and there is no apt-get to install them")
+    } else {
+        None
+    };
+    if let Some(why) = skip {
+        eprintln!("ci: Slurm test skipped: {why}");
+        return Ok(());
+    }
+    steps.time("slurm: one process vs array tasks", || {
+        crate::slurm::cli(&["test".into(), "--install-deps".into()])
+    })
+}
+
 /// The pipeline's settings on ../shared: the study's photos, the offline stand-in
 /// Inception, dlib's face descriptor and detector, every mode.
 fn ci_options(shared: &Path, out: &Path) -> Options {
@@ -144,6 +167,7 @@ fn ci_options(shared: &Path, out: &Path) -> Options {
         install_deps: util::is_root(),
         download_lfw: false,
         add: None,
+        slurm: None,
     }
 }
 

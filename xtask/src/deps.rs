@@ -17,7 +17,9 @@ enum Check {
 }
 
 /// (check, Debian package, why).
-const NEEDS: &[(Check, &str, &str)] = &[
+type Need = (Check, &'static str, &'static str);
+
+const NEEDS: &[Need] = &[
     (
         Check::File("/usr/share/opencv4/haarcascades/haarcascade_frontalface_default.xml"),
         "opencv-data",
@@ -54,6 +56,32 @@ const NEEDS: &[(Check, &str, &str)] = &[
         "C++ compiler for the OpenCV bindings (build)",
     ),
     (Check::Bin("curl"), "curl", "downloads (LFW, model files)"),
+];
+
+/// An optional group: what `cargo xtask slurm` (a local cluster, CI's Slurm step) needs
+/// (#26). `deps --install`, and so `.ci/run`, installs it with the rest; `pipeline` does
+/// not need it. The daemons are in /usr/sbin, which a user's PATH may lack.
+const SLURM: &[Need] = &[
+    (
+        Check::Bin("sbatch"),
+        "slurm-wlm",
+        "Slurm's commands (sbatch, squeue)",
+    ),
+    (
+        Check::File("/usr/sbin/slurmctld"),
+        "slurm-wlm",
+        "Slurm's controller",
+    ),
+    (
+        Check::File("/usr/sbin/slurmd"),
+        "slurm-wlm",
+        "Slurm's node daemon",
+    ),
+    (
+        Check::File("/usr/sbin/munged"),
+        "munge",
+        "Slurm's authentication (munge)",
+    ),
 ];
 
 /// Directories clang-sys searches on Debian/Ubuntu (plus `llvm-config --libdir`).
@@ -124,25 +152,47 @@ fn describe(check: &Check) -> String {
     }
 }
 
-/// The packages whose checks fail.
-pub fn missing() -> Vec<&'static str> {
-    let mut pkgs: Vec<&str> = NEEDS
+/// The Slurm group's packages whose checks fail.
+pub fn slurm_missing() -> Vec<&'static str> {
+    missing_in(&[SLURM])
+}
+
+/// The packages of `groups` whose checks fail.
+fn missing_in(groups: &[&[Need]]) -> Vec<&'static str> {
+    let mut pkgs: Vec<&str> = Vec::new();
+    for (_, pkg, _) in groups
         .iter()
+        .flat_map(|g| g.iter())
         .filter(|(c, _, _)| !present(c))
-        .map(|n| n.1)
-        .collect();
-    pkgs.dedup();
+    {
+        if !pkgs.contains(pkg) {
+            pkgs.push(pkg);
+        }
+    }
     pkgs
 }
 
 /// Checks the packages; installs them when `install` is set (as root, or through sudo
 /// when it is there), else prints the exact command and fails with exit code 2.
 pub fn ensure(install: bool) -> Result<()> {
-    let pkgs = missing();
+    ensure_groups(&[NEEDS], install)
+}
+
+/// The same for the Slurm group (`slurm up`, `--install-deps` there).
+pub fn ensure_slurm(install: bool) -> Result<()> {
+    ensure_groups(&[SLURM], install)
+}
+
+fn ensure_groups(groups: &[&[Need]], install: bool) -> Result<()> {
+    let pkgs = missing_in(groups);
     if pkgs.is_empty() {
         return Ok(());
     }
-    for (check, pkg, why) in NEEDS.iter().filter(|(c, _, _)| !present(c)) {
+    for (check, pkg, why) in groups
+        .iter()
+        .flat_map(|g| g.iter())
+        .filter(|(c, _, _)| !present(c))
+    {
         eprintln!("missing {why} ({}): Debian package {pkg}", describe(check));
     }
     let cmd = format!(
@@ -163,7 +213,7 @@ pub fn ensure(install: bool) -> Result<()> {
             c.args(["-c", &cmd]);
         }
         run(c.env("DEBIAN_FRONTEND", "noninteractive"))?;
-        let still = missing();
+        let still = missing_in(groups);
         if !still.is_empty() {
             anyhow::bail!("still missing after the install: {}", still.join(" "));
         }
@@ -173,10 +223,24 @@ pub fn ensure(install: bool) -> Result<()> {
     Err(Exit(2).into())
 }
 
-/// `cargo xtask deps [--install]`: the check (and install) on its own, for `.ci/run`.
+/// `cargo xtask deps [--install]`: the check (and install) on its own, for `.ci/run`;
+/// `--install` installs the optional Slurm group too (one apt-get run for everything).
 pub fn cli(args: &[String]) -> Result<()> {
-    ensure(args.iter().any(|a| a == "--install"))?;
-    eprintln!("system packages: all present");
+    if args.iter().any(|a| a == "--install") {
+        ensure_groups(&[NEEDS, SLURM], true)?;
+        eprintln!("system packages: all present (the Slurm group too)");
+        return Ok(());
+    }
+    ensure(false)?;
+    let optional = slurm_missing();
+    if optional.is_empty() {
+        eprintln!("system packages: all present (the Slurm group too)");
+    } else {
+        eprintln!(
+            "system packages: all present; optional, for `cargo xtask slurm`: {} (`deps --install` installs them)",
+            optional.join(" ")
+        );
+    }
     Ok(())
 }
 

@@ -8,6 +8,8 @@ mod front;
 mod lfw;
 mod models;
 mod pipeline;
+mod scale;
+mod slurm;
 mod util;
 
 use anyhow::{bail, Result};
@@ -33,14 +35,24 @@ commands:
                photos, checksum verified; asked interactively without the flag)
                --add DIR (a `predict --group-unknowns` folder: its renamed groups join
                --data as people, then the stages redo what changed)
+               --slurm [--shards N (4)] [--slurm-partition P] [--slurm-gpu]
+               [--slurm-cpus C (1)] [--slurm-train-cpus C] [--no-wait]: preprocess and
+               each teacher as Slurm job arrays + merges, then train and eval as a job
+               after them (scripts and logs in <out>/slurm/)
   ci           fmt, clippy, tests (with ../shared: including ignored ones, except the 5-seed
                sweep), a pipeline run on ../shared/data/msceleb-samples with both teachers;
                prints the time of each part (also in target/ci-times.json);
                --pipeline-only skips fmt, clippy and the tests
   bench [preprocess|bottleneck|train|tsne|predict|group|student|all] [--pipeline DIR]
                throughput benchmarks (release, 2 threads), JSON in target/bench/
+  bench scale [--factors 1,4,16] [--stages preprocess,teacher,train,eval] [--out target/scale]
+               [--epochs 3] [--project]: each stage on the msceleb photos replicated k times;
+               wall/CPU s, peak RSS, bytes written, RSS growth, projection (not in `all`)
   deps         check the Debian packages the build and the stages need; --install
-               installs the missing ones (root, or through sudo)
+               installs the missing ones (root, or through sudo), the Slurm group too
+  slurm up|down|test [--state DIR] [--install-deps]
+               a one-machine Slurm cluster on localhost (root); `test`: preprocess and the
+               face teacher as Slurm array tasks must match one process (CI runs it)
   check-cuda   type-check the workspace with --features cuda, candle's kernels compiled by
                nvcc (from PATH/CUDA_HOME, or PyPI's CUDA 13.0 wheels); --build links release
                binaries for a GPU machine into CUDA_TARGET_DIR (~/.cache/celeb-transfer/cuda-target)
@@ -70,6 +82,7 @@ fn run(args: &[String]) -> Result<()> {
         "bench" => bench::run(rest),
         "check-cuda" => cuda::check(rest),
         "deps" => deps::cli(rest),
+        "slurm" => slurm::cli(rest),
         "-h" | "--help" | "help" => {
             print!("{HELP}");
             Ok(())

@@ -61,6 +61,8 @@ pub struct Options {
     pub download_lfw: bool,
     /// A `predict --group-unknowns` folder whose named groups join the data first.
     pub add: Option<PathBuf>,
+    /// `--slurm`: the sharded stages as Slurm job arrays, train and eval after them (#26).
+    pub slurm: Option<crate::slurm::SlurmOptions>,
 }
 
 impl Options {
@@ -91,6 +93,8 @@ impl Options {
                 i += 2;
             } else if a == "--install-deps" || a == "--download-lfw" {
                 i += 1;
+            } else if let Some(n) = crate::slurm::SlurmOptions::arity(a) {
+                i += n;
             } else {
                 bail!("unknown option `{a}` for pipeline (see `cargo xtask --help`)");
             }
@@ -126,13 +130,22 @@ impl Options {
             views: number_flag(args, "--views", DEFAULT_VIEWS)?,
             inception_views: number_flag(args, "--inception-views", 0)?,
             modes,
-            device: flag_value(args, "--device").unwrap_or_else(|| "auto".into()),
+            device: flag_value(args, "--device").unwrap_or_else(|| {
+                // --slurm-gpu: every job gets a GPU; the stages must be told to use it.
+                if has_flag(args, "--slurm-gpu") {
+                    "cuda"
+                } else {
+                    "auto"
+                }
+                .into()
+            }),
             seed: number_flag(args, "--seed", 42)?,
             config,
             cuda: features == "cuda",
             install_deps: has_flag(args, "--install-deps"),
             download_lfw: has_flag(args, "--download-lfw"),
             add: flag_value(args, "--add").map(PathBuf::from),
+            slurm: crate::slurm::SlurmOptions::parse(args)?,
         })
     }
 }
@@ -206,6 +219,8 @@ struct StageLog {
     ran: Vec<String>,
     skipped: Vec<String>,
     timings: Vec<(String, f64)>,
+    /// `--slurm`: the stages' commands are recorded here instead of run.
+    plan: Option<Vec<(String, Vec<OsString>)>>,
 }
 
 impl StageLog {
@@ -215,11 +230,20 @@ impl StageLog {
             ran: Vec::new(),
             skipped: Vec::new(),
             timings: Vec::new(),
+            plan: None,
         }
     }
 
     /// Runs one stage; its stdout says whether it was skipped.
     fn stage(&mut self, name: &str, cmd: &mut Command) -> Result<()> {
+        if let Some(plan) = &mut self.plan {
+            let args = cmd.get_args().map(|a| a.to_os_string());
+            plan.push((
+                name.into(),
+                [cmd.get_program().into()].into_iter().chain(args).collect(),
+            ));
+            return Ok(());
+        }
         let t = Instant::now();
         let out = run_capture(cmd).with_context(|| format!("stage {name}"))?;
         if out.contains("up to date, skipped") {
@@ -261,6 +285,13 @@ pub fn run(o: &Options) -> Result<Value> {
         add_groups(o, groups)?;
     }
     std::fs::create_dir_all(&o.out)?;
+    if let Some(s) = &o.slurm {
+        // The sharded stages' commands, exactly as they would run here, become job arrays.
+        log.plan = Some(Vec::new());
+        let faces = preprocess(o, &mut log)?;
+        bottlenecks(o, &faces, &mut log)?;
+        return crate::slurm::pipeline(o, s, log.plan.take().unwrap_or_default());
+    }
     let faces = preprocess(o, &mut log)?;
     let teachers = bottlenecks(o, &faces, &mut log)?;
     let exclusions = exclusions(o)?;
@@ -321,7 +352,9 @@ fn find_data(o: &Options) -> Result<()> {
 }
 
 /// Builds the stage binaries (incremental after the first time).
-fn build_stages(cuda: bool) -> Result<()> {
+/// Builds the stage binaries (release; `cuda`: with the CUDA feature): the one build
+/// step of the pipeline, `bench scale` and the Slurm test.
+pub fn build_stages(cuda: bool) -> Result<()> {
     let mut build = cargo();
     build.args([
         "build",

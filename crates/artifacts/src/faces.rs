@@ -285,23 +285,9 @@ impl Faces {
             }
         };
         let geometry = if l.has("boxes") {
-            let (bs, boxes) = l.f32("boxes", Some(2))?;
-            l.expect_n("boxes", &bs, n)?;
-            let (lms, landmarks) = l.f32("landmarks", Some(3))?;
-            l.expect_n("landmarks", &lms, n)?;
-            let (ts, transforms) = l.f32("transforms", Some(3))?;
-            l.expect_n("transforms", &ts, n)?;
-            if bs[1] != 4 || lms[1..] != [68, 2] || ts[1..] != [2, 3] {
-                return Err(l.bad("boxes", "geometry tensors have unexpected shapes"));
-            }
             Some(FaceGeometry {
-                boxes: boxes
-                    .chunks_exact(4)
-                    .map(|c| [c[0], c[1], c[2], c[3]])
-                    .collect(),
-                landmarks,
-                transforms,
                 chips,
+                ..read_geometry(&l, n)?
             })
         } else {
             None
@@ -318,6 +304,28 @@ impl Faces {
             provenance: l.header.provenance,
         })
     }
+}
+
+/// Boxes, landmarks and transforms of `n` faces (no chips), checked for shape.
+fn read_geometry(l: &Loaded, n: usize) -> Result<FaceGeometry> {
+    let (bs, boxes) = l.f32("boxes", Some(2))?;
+    l.expect_n("boxes", &bs, n)?;
+    let (lms, landmarks) = l.f32("landmarks", Some(3))?;
+    l.expect_n("landmarks", &lms, n)?;
+    let (ts, transforms) = l.f32("transforms", Some(3))?;
+    l.expect_n("transforms", &ts, n)?;
+    if bs[1] != 4 || lms[1..] != [68, 2] || ts[1..] != [2, 3] {
+        return Err(l.bad("boxes", "geometry tensors have unexpected shapes"));
+    }
+    Ok(FaceGeometry {
+        boxes: boxes
+            .chunks_exact(4)
+            .map(|c| [c[0], c[1], c[2], c[3]])
+            .collect(),
+        landmarks,
+        transforms,
+        chips: None,
+    })
 }
 
 /// Opens every shard an index names; their pixels, in index order, as stored `Pixels`.
@@ -467,26 +475,12 @@ impl FaceShard {
             .and_then(|v| serde_json::from_value(v.clone()).ok())
             .ok_or_else(|| l.meta_err("no `sources`"))?;
         let n = sources.len();
-        let (bs, boxes) = l.f32("boxes", Some(2))?;
-        l.expect_n("boxes", &bs, n)?;
-        let (lms, landmarks) = l.f32("landmarks", Some(3))?;
-        l.expect_n("landmarks", &lms, n)?;
-        let (ts, transforms) = l.f32("transforms", Some(3))?;
-        l.expect_n("transforms", &ts, n)?;
         if n != r.rows {
             return Err(l.meta_err(format!("{n} faces, the index says {}", r.rows)));
         }
         Ok(FaceShard {
             sources,
-            geometry: FaceGeometry {
-                boxes: boxes
-                    .chunks_exact(4)
-                    .map(|c| [c[0], c[1], c[2], c[3]])
-                    .collect(),
-                landmarks,
-                transforms,
-                chips: None,
-            },
+            geometry: read_geometry(&l, n)?,
             header: l.header,
         })
     }

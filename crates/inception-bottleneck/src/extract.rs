@@ -360,6 +360,8 @@ pub fn extract_part(
     if faces.is_empty() {
         return Err(Error::NoFaces(faces_path.to_path_buf()));
     }
+    // What the teacher needs of the faces (the face teacher: chips) before it is loaded.
+    Views::new(&faces, faces_path, cfg)?;
     let Some(shards) = Faces::shards_of(faces_path)? else {
         if part != JobPart::ALL {
             return Err(Error::NotSharded(faces_path.to_path_buf()));

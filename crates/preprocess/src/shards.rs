@@ -359,11 +359,15 @@ pub fn merge(
     let mut notes = Vec::new();
     let mut problems = Vec::new();
     for s in 0..plan.shards() {
+        let key = plan.key(s);
         match read_note(output, s) {
             None => problems.push(format!("shard {s}: not made")),
-            Some(n) if n.key != plan.key(s) => {
+            Some(n) if n.key != key => {
                 problems.push(format!("shard {s}: {}", difference(&plan, s, &n)))
             }
+            Some(_) if !is_fresh(output, s, &key) => problems.push(format!(
+                "shard {s}: its file is missing or not the size its note says (deleted or cut short)"
+            )),
             Some(n) => notes.push(n),
         }
     }

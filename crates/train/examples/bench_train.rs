@@ -54,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         faces_digest: String::new(),
         bottlenecks_digest: None,
         exclusions_digest: None,
+        shard_starts: vec![0],
     };
     let part = Partition {
         train: (0..n).collect(),

@@ -13,12 +13,54 @@ pub struct Dataset {
     pub bottlenecks_digest: Option<String>,
     /// Digest of the exclusions file the run honours (recorded in the checkpoint).
     pub exclusions_digest: Option<String>,
+    /// First row of each shard of a sharded faces artifact (`[0]` for one file): the
+    /// epoch order reads a few shards at a time (see [`epoch_order`]).
+    pub shard_starts: Vec<usize>,
+}
+
+/// Shards whose training rows are shuffled together: the shuffle buffer of a sharded set.
+pub const SHUFFLE_SHARDS: usize = 4;
+
+/// An epoch's training order. One shard: a permutation of `train`. Several: the shards in
+/// a random order, `window` at a time, the rows of each window shuffled together, so an
+/// epoch reads a few shards at a time (their pages stay in the page cache, or on a network
+/// filesystem come in large reads) while every row still meets rows of other shards.
+pub fn epoch_order(
+    train: &[usize],
+    shard_starts: &[usize],
+    window: usize,
+    rng: &mut impl rand::Rng,
+) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    if shard_starts.len() <= 1 {
+        let mut order = train.to_vec();
+        order.shuffle(rng);
+        return order;
+    }
+    let mut by_shard = vec![Vec::new(); shard_starts.len()];
+    for &i in train {
+        by_shard[shard_starts.partition_point(|&s| s <= i) - 1].push(i);
+    }
+    by_shard.shuffle(rng);
+    let mut order = Vec::with_capacity(train.len());
+    for group in by_shard.chunks(window.max(1)) {
+        let start = order.len();
+        order.extend(group.iter().flatten());
+        order[start..].shuffle(rng);
+    }
+    order
 }
 
 impl Dataset {
     /// Reads the artifacts and checks that the bottlenecks belong to these faces.
     pub fn load(faces_path: &Path, bottlenecks_path: Option<&Path>) -> Result<Dataset, TrainError> {
         let faces = Faces::read(faces_path)?;
+        let mut shard_starts = vec![0];
+        if let Some(shards) = Faces::shards_of(faces_path)? {
+            for s in &shards[..shards.len().saturating_sub(1)] {
+                shard_starts.push(shard_starts.last().expect("non-empty") + s.rows);
+            }
+        }
         if faces.is_empty() {
             return Err(DataError::NoFaces(faces_path.to_path_buf()).into());
         }
@@ -49,6 +91,7 @@ impl Dataset {
             faces_digest,
             bottlenecks_digest,
             exclusions_digest: None,
+            shard_starts,
         })
     }
 
@@ -226,6 +269,31 @@ pub fn normalize_targets(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn epoch_order_reads_a_window_of_shards_at_a_time() {
+        use rand::SeedableRng;
+        let train: Vec<usize> = (0..40).filter(|i| i % 5 != 0).collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let one = super::epoch_order(&train, &[0], 4, &mut rng);
+        let mut sorted = one.clone();
+        sorted.sort();
+        assert_eq!(sorted, train);
+        // 4 shards of 10 rows, 2 at a time: the first half of the order is two whole shards.
+        let order = super::epoch_order(&train, &[0, 10, 20, 30], 2, &mut rng);
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(sorted, train);
+        let mut first: Vec<usize> = order[..16].iter().map(|i| i / 10).collect();
+        first.sort();
+        first.dedup();
+        assert_eq!(first.len(), 2, "{order:?}");
+        // Rows are mixed inside the window, not shard after shard.
+        assert_ne!(
+            order[..8].iter().map(|i| i / 10).min(),
+            order[..8].iter().map(|i| i / 10).max()
+        );
+    }
+
     use super::*;
     use artifacts::Provenance;
 

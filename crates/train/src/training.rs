@@ -938,8 +938,12 @@ impl<'a> Trainer<'a> {
         let t0 = std::time::Instant::now();
         let lr = lr_at(&self.cfg, p.state.epoch, ph.epochs);
         let mut rng = epoch_rng(self.cfg.seed, p.state.phase, p.state.epoch);
-        let mut order = part.train.clone();
-        order.shuffle(&mut rng);
+        let order = crate::data::epoch_order(
+            &part.train,
+            &self.data.shard_starts,
+            crate::data::SHUFFLE_SHARDS,
+            &mut rng,
+        );
         let frozen = |name: &str| {
             ph.freeze_trunk
                 && Student::trunk_prefixes()

@@ -72,5 +72,6 @@ pub fn dataset(n_per: usize) -> Dataset {
         faces_digest: "sha256:faces".into(),
         bottlenecks_digest: Some("sha256:b".into()),
         exclusions_digest: None,
+        shard_starts: vec![0],
     }
 }
