@@ -200,6 +200,50 @@ pub fn read_header(path: &Path) -> Result<Header> {
     })
 }
 
+/// Why a file's tensor layout cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LayoutError {
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error("{0}")]
+    Bad(String),
+}
+
+/// A safetensors file's tensor layout, validated once: offsets contiguous and the data
+/// exactly filling the file (a truncated file fails here). Returns the layout and the
+/// file offset where the data starts. The one reader of the layout, for whole artifacts
+/// and for shards.
+pub(crate) fn read_layout(
+    mut file: &std::fs::File,
+) -> std::result::Result<(safetensors::tensor::Metadata, u64), LayoutError> {
+    let file_len = file.metadata().map_err(LayoutError::Io)?.len();
+    let mut n = [0u8; 8];
+    file.read_exact(&mut n).map_err(LayoutError::Io)?;
+    let n = u64::from_le_bytes(n);
+    if n + 8 > file_len {
+        return Err(LayoutError::Bad(format!(
+            "header length {n} does not fit in {file_len} bytes"
+        )));
+    }
+    let mut head = vec![0u8; n as usize];
+    file.read_exact(&mut head).map_err(LayoutError::Io)?;
+    let layout: safetensors::tensor::Metadata =
+        serde_json::from_slice(&head).map_err(|e| LayoutError::Bad(e.to_string()))?;
+    let end = layout
+        .tensors()
+        .values()
+        .map(|t| t.data_offsets.1)
+        .max()
+        .unwrap_or(0) as u64;
+    if 8 + n + end != file_len {
+        return Err(LayoutError::Bad(format!(
+            "its tensors need {} bytes, the file has {file_len}",
+            8 + n + end
+        )));
+    }
+    Ok((layout, 8 + n))
+}
+
 /// An artifact opened and validated against a schema: header and tensor layout read,
 /// each tensor read from the file when asked for (a stage that needs a shard's small
 /// tensors does not read its pixels).
@@ -229,41 +273,25 @@ impl Loaded {
                 supported: version,
             });
         }
-        let not_st = |reason: String| ArtifactError::NotSafetensors {
+        let file = std::fs::File::open(path).map_err(|error| ArtifactError::Io {
             path: path.to_path_buf(),
-            reason,
-        };
-        let io_err = |source| ArtifactError::Io {
-            path: path.to_path_buf(),
-            error: source,
-        };
-        let mut file = std::fs::File::open(path).map_err(io_err)?;
-        let file_len = file.metadata().map_err(io_err)?.len();
-        let mut n = [0u8; 8];
-        file.read_exact(&mut n).map_err(io_err)?;
-        let n = u64::from_le_bytes(n);
-        let mut head = vec![0u8; n as usize];
-        file.read_exact(&mut head).map_err(io_err)?;
-        // Validate the whole layout once (offsets contiguous, inside the file).
-        let layout: safetensors::tensor::Metadata =
-            serde_json::from_slice(&head).map_err(|e| not_st(e.to_string()))?;
-        let end = layout
-            .tensors()
-            .values()
-            .map(|t| t.data_offsets.1)
-            .max()
-            .unwrap_or(0) as u64;
-        if 8 + n + end != file_len {
-            return Err(not_st(format!(
-                "its tensors need {} bytes, the file has {file_len}",
-                8 + n + end
-            )));
-        }
+            error,
+        })?;
+        let (layout, data_start) = read_layout(&file).map_err(|e| match e {
+            LayoutError::Io(error) => ArtifactError::Io {
+                path: path.to_path_buf(),
+                error,
+            },
+            LayoutError::Bad(reason) => ArtifactError::NotSafetensors {
+                path: path.to_path_buf(),
+                reason,
+            },
+        })?;
         Ok(Loaded {
             path: path.to_path_buf(),
             file,
             layout,
-            data_start: 8 + n,
+            data_start,
             header,
         })
     }

@@ -214,6 +214,28 @@ pub fn up_to_date(
     stale.is_none()
 }
 
+/// The top-level settings in which config `there` (an artifact's) differs from `here`
+/// (this run's), as `name: <here> here, <there> there; ...`: how a refusal to use or merge
+/// something made otherwise names the difference.
+pub fn config_difference(there: &serde_json::Value, here: &serde_json::Value) -> String {
+    match (there.as_object(), here.as_object()) {
+        (Some(a), Some(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            let show = |v: Option<&serde_json::Value>| {
+                v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+            };
+            keys.into_iter()
+                .filter(|k| a.get(*k) != b.get(*k))
+                .map(|k| format!("{k}: {} here, {} there", show(b.get(k)), show(a.get(k))))
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+        _ => "another config".into(),
+    }
+}
+
 /// The teacher id prefix of dlib's face descriptor (`dlib-face:<file>#<digest>`): the one
 /// test for "these features are a metric face descriptor", used wherever a stage treats
 /// identity features differently (open-set gallery, identity analysis).

@@ -7,7 +7,7 @@
 //! pixels that Python opens on its own. Shards are made independently (one job each, on
 //! any machine) and written atomically; the index is written last, by the merge.
 
-use crate::io::{read_header, Header};
+use crate::io::{read_header, read_layout, Header};
 use crate::{ArtifactError, Result, META_KEY};
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use sha2::{Digest, Sha256};
@@ -360,7 +360,7 @@ impl<W: Write> Write for HashingWriter<W> {
 pub(crate) struct OpenShard {
     pub path: PathBuf,
     pub file: std::sync::Arc<std::fs::File>,
-    pub tensors: HashMap<String, TensorInfo>,
+    pub layout: Metadata,
     /// File offset of the data section.
     pub data_start: u64,
 }
@@ -397,35 +397,12 @@ impl OpenShard {
                 header.schema
             )));
         }
-        let mut f = &file;
-        let mut n = [0u8; 8];
-        f.read_exact(&mut n).map_err(|e| bad(e.to_string()))?;
-        let n = u64::from_le_bytes(n);
-        let mut head = vec![0u8; n as usize];
-        f.read_exact(&mut head).map_err(|e| bad(e.to_string()))?;
-        let metadata: Metadata =
-            serde_json::from_slice(&head).map_err(|e| bad(format!("bad layout: {e}")))?;
-        let tensors: HashMap<String, TensorInfo> = metadata
-            .tensors()
-            .into_iter()
-            .map(|(k, v)| (k, v.clone()))
-            .collect();
-        let end = tensors
-            .values()
-            .map(|t| t.data_offsets.1)
-            .max()
-            .unwrap_or(0) as u64;
-        if 8 + n + end != len {
-            return Err(bad(format!(
-                "its layout needs {} bytes, it has {len}",
-                8 + n + end
-            )));
-        }
+        let (layout, data_start) = read_layout(&file).map_err(|e| bad(e.to_string()))?;
         Ok(OpenShard {
             path,
             file: std::sync::Arc::new(file),
-            tensors,
-            data_start: 8 + n,
+            layout,
+            data_start,
         })
     }
 
@@ -442,8 +419,8 @@ impl OpenShard {
             problem,
         };
         let t = self
-            .tensors
-            .get(name)
+            .layout
+            .info(name)
             .ok_or_else(|| bad(format!("no `{name}` tensor")))?;
         if t.dtype != Dtype::U8 || t.shape.first() != Some(&rows) {
             return Err(bad(format!(

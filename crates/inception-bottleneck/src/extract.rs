@@ -473,7 +473,7 @@ pub fn merge(
         } else if b.provenance.config != config {
             Some(format!(
                 "made with other settings ({})",
-                config_difference(&b.provenance.config, &config)
+                artifacts::config_difference(&b.provenance.config, &config)
             ))
         } else {
             None
@@ -518,28 +518,6 @@ pub fn merge(
     }
     merged.write(out_path)?;
     Ok(merged)
-}
-
-/// The top-level settings that differ, `name: here vs there`.
-fn config_difference(there: &serde_json::Value, here: &serde_json::Value) -> String {
-    match (there.as_object(), here.as_object()) {
-        (Some(a), Some(b)) => {
-            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            keys.into_iter()
-                .filter(|k| a.get(*k) != b.get(*k))
-                .map(|k| {
-                    let show = |v: Option<&serde_json::Value>| {
-                        v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
-                    };
-                    format!("{k}: {} here, {} there", show(b.get(k)), show(a.get(k)))
-                })
-                .collect::<Vec<_>>()
-                .join("; ")
-        }
-        _ => "another config".into(),
-    }
 }
 
 /// The teacher's bottlenecks of `faces` (all of a file, or one shard's rows), recorded as

@@ -120,18 +120,18 @@ fn read_note(output: &Path, s: usize) -> Option<ShardNote> {
     serde_json::from_slice(&text).ok()
 }
 
+/// True when the shard a note describes is on disk at the size the note says.
+fn on_disk(output: &Path, note: &ShardNote) -> bool {
+    let file = output
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(&note.shard.file);
+    std::fs::metadata(file).is_ok_and(|m| m.len() == note.shard.bytes)
+}
+
 /// True when shard `s` is on disk as its note says and the note is for `key`.
 fn is_fresh(output: &Path, s: usize, key: &str) -> bool {
-    read_note(output, s).is_some_and(|n| {
-        n.key == key
-            && std::fs::metadata(
-                output
-                    .parent()
-                    .unwrap_or(Path::new("."))
-                    .join(&n.shard.file),
-            )
-            .is_ok_and(|m| m.len() == n.shard.bytes)
-    })
+    read_note(output, s).is_some_and(|n| n.key == key && on_disk(output, &n))
 }
 
 /// What one job did.
@@ -317,25 +317,10 @@ fn difference(plan: &Plan, s: usize, note: &ShardNote) -> String {
         );
     }
     if note.config != plan.config {
-        let (a, b) = (note.config.as_object(), plan.config.as_object());
-        let keys: Vec<String> = match (a, b) {
-            (Some(a), Some(b)) => a
-                .keys()
-                .chain(b.keys())
-                .filter(|k| a.get(*k) != b.get(*k))
-                .map(|k| {
-                    format!(
-                        "{k}: {} here, {} there",
-                        b.get(k).map(|v| v.to_string()).unwrap_or("-".into()),
-                        a.get(k).map(|v| v.to_string()).unwrap_or("-".into())
-                    )
-                })
-                .collect(),
-            _ => vec!["another config".into()],
-        };
-        let mut keys = keys;
-        keys.dedup();
-        return format!("made with other settings ({})", keys.join("; "));
+        return format!(
+            "made with other settings ({})",
+            artifacts::config_difference(&note.config, &plan.config)
+        );
     }
     if note.candidates != plan.members[s].len() {
         return format!(
@@ -365,7 +350,7 @@ pub fn merge(
             Some(n) if n.key != key => {
                 problems.push(format!("shard {s}: {}", difference(&plan, s, &n)))
             }
-            Some(_) if !is_fresh(output, s, &key) => problems.push(format!(
+            Some(n) if !on_disk(output, &n) => problems.push(format!(
                 "shard {s}: its file is missing or not the size its note says (deleted or cut short)"
             )),
             Some(n) => notes.push(n),
