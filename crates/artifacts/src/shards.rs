@@ -66,7 +66,7 @@ pub fn shard_count(items: usize, shard_size: usize) -> usize {
     items.div_ceil(shard_size.max(1)).max(1).next_power_of_two()
 }
 
-/// `I/N`: this job makes the shards `s` with `s % N == I` (0-based `I`).
+/// `I/N`: job `I` (0-based) of `N`, each making a share of the shards ([`JobPart::mine`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JobPart {
     pub index: usize,
@@ -75,8 +75,28 @@ pub struct JobPart {
 
 impl JobPart {
     pub const ALL: JobPart = JobPart { index: 0, count: 1 };
-    pub fn owns(&self, shard: usize) -> bool {
-        shard % self.count == self.index
+
+    /// Which of the shards (of `sizes[s]` photos or faces each) this job makes: the
+    /// largest shard first to the job with least work so far (ties: the shard and the job
+    /// of lower index). Hashing fills shards unevenly, and a job array takes as long as
+    /// its longest job, so shards are dealt by size rather than `s % N`; every job deals
+    /// the same from the same sizes.
+    pub fn mine(&self, sizes: &[usize]) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..sizes.len()).collect();
+        order.sort_by_key(|&s| (std::cmp::Reverse(sizes[s]), s));
+        let mut load = vec![0usize; self.count.max(1)];
+        let mut mine = Vec::new();
+        for s in order {
+            let job = (0..load.len())
+                .min_by_key(|&j| (load[j], j))
+                .expect("at least one job");
+            load[job] += sizes[s];
+            if job == self.index {
+                mine.push(s);
+            }
+        }
+        mine.sort_unstable();
+        mine
     }
 }
 
@@ -486,7 +506,28 @@ mod tests {
             assert!(s8 == s4 || s8 == s4 + 4);
         }
         let p: JobPart = "1/4".parse().unwrap();
-        assert!(p.owns(5) && !p.owns(4));
+        assert_eq!(p, JobPart { index: 1, count: 4 });
+        // Dealt by size: 8 uneven shards to 4 jobs, every shard to one job, loads even.
+        let sizes = [26, 20, 24, 20, 27, 19, 24, 20];
+        let parts: Vec<Vec<usize>> = (0..4)
+            .map(|i| JobPart { index: i, count: 4 }.mine(&sizes))
+            .collect();
+        let mut all: Vec<usize> = parts.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..8).collect::<Vec<_>>());
+        let loads: Vec<usize> = parts
+            .iter()
+            .map(|p| p.iter().map(|&s| sizes[s]).sum())
+            .collect();
+        assert_eq!(loads, [46, 46, 44, 44], "{parts:?}"); // s % 4: 53, 39, 48, 40
+        assert_eq!(JobPart::ALL.mine(&sizes), (0..8).collect::<Vec<_>>());
+        // More jobs than shards: the extra jobs make nothing.
+        assert!(JobPart {
+            index: 9,
+            count: 10
+        }
+        .mine(&sizes)
+        .is_empty());
         assert!("4/4".parse::<JobPart>().is_err());
         assert!("x".parse::<JobPart>().is_err());
         assert_eq!(

@@ -343,7 +343,7 @@ pub fn extract(faces_path: &Path, out_path: &Path, cfg: &ExtractConfig) -> Resul
 }
 
 /// Runs the teacher over part `part` of the faces: of a sharded faces artifact, the
-/// shards `s % N == I`, each into its own bottlenecks shard (`<output stem>.shards/`,
+/// its share of the shards ([`JobPart::mine`]), each into its own bottlenecks shard (`<output stem>.shards/`,
 /// skipped when up to date); with the whole (`0/1`), the merge follows. A single-file
 /// faces artifact is one part.
 pub fn extract_part(
@@ -378,11 +378,12 @@ pub fn extract_part(
         .remove("teacher")
         .unwrap_or_default();
     let config = serde_json::to_value(cfg).expect("plain config");
+    let mine = part.mine(&shards.iter().map(|r| r.rows).collect::<Vec<_>>());
     let mut at = 0;
     for (s, r) in shards.iter().enumerate() {
         let rows = at..at + r.rows;
         at += r.rows;
-        if !part.owns(s) {
+        if !mine.contains(&s) {
             continue;
         }
         let path = shard_dir(out_path).join(shard_file_name(s));

@@ -107,7 +107,7 @@ struct Cli {
     /// Worker threads for image preparation (default: all cores).
     #[arg(long)]
     jobs: Option<usize>,
-    /// Of a sharded faces artifact, make only the bottlenecks of shards s with s % N == I
+    /// Of a sharded faces artifact, make only the bottlenecks of its share of the shards, dealt by size
     /// (0-based; one Slurm array task each); then `--merge` writes the output.
     #[arg(long, value_name = "I/N", conflicts_with_all = ["merge", "import_retrain"])]
     shard: Option<artifacts::JobPart>,

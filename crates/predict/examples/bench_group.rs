@@ -1,6 +1,6 @@
 //! `cargo xtask bench group`: grouping N unknown faces whose descriptors are computed
 //! (predict's `--group-unknowns` less the descriptor runs), timed: the link's calibration on
-//! the training faces and Chinese whispers on the N faces.
+//! the training faces, Chinese whispers on the N faces and the merge of groups by centres.
 //!
 //! Usage: `bench_group BOTTLENECKS_FACE N OUT.f32`: the N faces are the artifact's
 //! rows in order (repeated, each repeat nudged by 0.01 in one coordinate, when it has fewer);
@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
     let mut groups = Vec::new();
     for _ in 0..5 {
         let t = std::time::Instant::now();
-        groups = group(&refs, link.threshold);
+        groups = group(&refs, &link);
         times.push(t.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);

@@ -5,6 +5,13 @@
 //! Two faces are linked when their descriptors are closer than a distance calibrated on
 //! the model's own training faces (its gallery): the largest distance that links at most
 //! [`MAX_DIFFERENT_LINKED`] of different people's pairs, and never above dlib's 0.6.
+//!
+//! Chinese whispers splits a person whose faces form two tight sets (glasses and not, two
+//! ages) that only a few weak links join. So groups are then merged by their centres, a
+//! mean of several faces being nearer its person's than one face is: two groups merge when
+//! their centres are closer than the largest distance that joins at most
+//! [`MAX_DIFFERENT_LINKED`] of the gallery's different-person sets of those two sizes
+//! (calibrated per pair of sizes; again never above 0.6).
 
 use crate::run::PhotoResult;
 use eval_tsne::identity::dist;
@@ -19,12 +26,24 @@ pub const DLIB_SAME_PERSON: f32 = 0.6;
 /// a person into more groups, which the user merges by naming both alike.
 pub const MAX_DIFFERENT_LINKED: f64 = 0.005;
 
+/// The share of different people's set pairs (of the two groups' sizes) a centre merge
+/// may join. Merging joins whole groups, so a false merge costs more than a false link;
+/// chosen on msceleb-samples' people left out of the gallery (test
+/// `merge_rate_on_left_out_people`), never on the strangers the aim is measured on.
+pub const MAX_MERGED_DIFFERENT: f64 = 0.002;
+
 /// Each group folder's own record (its group and faces), which survives its renaming.
 pub const GROUP_FILE: &str = "group.json";
 
 /// Faces at most this many apart in the calibration (every k-th face beyond it): the pairs
 /// grow with its square.
 const CALIBRATION_FACES: usize = 2000;
+
+/// Group sizes the centre merge is calibrated for; a larger group counts as the largest.
+const CENTRE_SIZES: [usize; 4] = [1, 2, 4, 8];
+
+/// Different-person set pairs drawn from the gallery per pair of sizes.
+const CENTRE_SAMPLES: usize = 4000;
 
 /// Chinese whispers' sweeps and seed (dlib's example uses 100 sweeps; 20 settle here).
 const SWEEPS: usize = 20;
@@ -119,6 +138,87 @@ pub struct Link {
     pub same_linked: Option<f64>,
     pub different_linked: Option<f64>,
     pub training_faces: usize,
+    /// When groups' centres are close enough to merge (none: groups are not merged).
+    pub centres: Option<CentreLink>,
+}
+
+/// The distance below which two groups' centres merge them, by the groups' sizes:
+/// `thresholds[a][b]` for groups of (at least) `sizes[a]` and `sizes[b]` faces.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CentreLink {
+    pub sizes: Vec<usize>,
+    pub thresholds: Vec<Vec<f32>>,
+}
+
+impl CentreLink {
+    /// The threshold for groups of `m` and `n` faces.
+    pub fn threshold(&self, m: usize, n: usize) -> f32 {
+        let at = |k: usize| self.sizes.iter().rposition(|&s| s <= k).unwrap_or(0);
+        self.thresholds[at(m)][at(n)]
+    }
+
+    /// Calibrated on labelled descriptors: for each pair of sizes, [`CENTRE_SAMPLES`]
+    /// random sets of two different people (a set of one person's faces each), and the
+    /// largest centre distance joining at most `rate` of them, capped at dlib's 0.6. None
+    /// when fewer than two people have enough faces.
+    pub fn calibrate(
+        features: &[f32],
+        dim: usize,
+        labels: &[u32],
+        rate: f64,
+    ) -> Option<CentreLink> {
+        let n = labels.len().min(features.len() / dim.max(1));
+        let mut people: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+        for (i, &l) in labels[..n].iter().enumerate() {
+            people.entry(l).or_default().push(i);
+        }
+        let people: Vec<Vec<usize>> = people.into_values().collect();
+        let row = |i: usize| &features[i * dim..(i + 1) * dim];
+        let mut state = SEED;
+        let mut next = move |below: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % below as u64) as usize
+        };
+        // A partial Fisher-Yates draw of `size` of `person`'s faces, and their centre.
+        let centre_of = |person: &[usize], size: usize, next: &mut dyn FnMut(usize) -> usize| {
+            let mut pick = person.to_vec();
+            for s in 0..size {
+                let t = s + next(pick.len() - s);
+                pick.swap(s, t);
+            }
+            mean(pick[..size].iter().map(|&i| row(i)))
+        };
+        let sizes = CENTRE_SIZES.to_vec();
+        let mut thresholds = vec![vec![0f32; sizes.len()]; sizes.len()];
+        for a in 0..sizes.len() {
+            for b in a..sizes.len() {
+                let (m, k) = (sizes[a], sizes[b]);
+                let fit: Vec<&Vec<usize>> = people.iter().filter(|p| p.len() >= k).collect();
+                let small: Vec<&Vec<usize>> = people.iter().filter(|p| p.len() >= m).collect();
+                if fit.is_empty() || small.len() < 2 {
+                    return None;
+                }
+                let mut d = Vec::with_capacity(CENTRE_SAMPLES);
+                while d.len() < CENTRE_SAMPLES {
+                    let p = fit[next(fit.len())];
+                    let q = small[next(small.len())];
+                    if std::ptr::eq(p, q) {
+                        continue;
+                    }
+                    let (cp, cq) = (centre_of(p, k, &mut next), centre_of(q, m, &mut next));
+                    d.push(dist(&cp, &cq));
+                }
+                d.sort_by(f32::total_cmp);
+                let at = (rate * d.len() as f64).floor() as usize;
+                let t = d[at.min(d.len() - 1)].min(DLIB_SAME_PERSON);
+                thresholds[a][b] = t;
+                thresholds[b][a] = t;
+            }
+        }
+        Some(CentreLink { sizes, thresholds })
+    }
 }
 
 impl Link {
@@ -131,6 +231,7 @@ impl Link {
             same_linked: None,
             different_linked: None,
             training_faces: 0,
+            centres: None,
         }
     }
 
@@ -138,6 +239,17 @@ impl Link {
     /// that links at most [`MAX_DIFFERENT_LINKED`] of the different-person pairs, capped at
     /// dlib's 0.6. dlib's 0.6 when there are no pairs of one of the two kinds.
     pub fn calibrate(features: &[f32], dim: usize, labels: &[u32]) -> Link {
+        Link::calibrate_with(features, dim, labels, Some(MAX_MERGED_DIFFERENT))
+    }
+
+    /// [`Link::calibrate`] with the centre merge's share of different people's set pairs
+    /// given (`None`: groups are not merged), to choose that share on people left out.
+    pub fn calibrate_with(
+        features: &[f32],
+        dim: usize,
+        labels: &[u32],
+        merge_rate: Option<f64>,
+    ) -> Link {
         let n = labels.len().min(features.len() / dim.max(1));
         let step = n.div_ceil(CALIBRATION_FACES).max(1);
         let rows: Vec<usize> = (0..n).step_by(step).collect();
@@ -167,14 +279,17 @@ impl Link {
             same_linked: Some(share(&same)),
             different_linked: Some(share(&different)),
             training_faces: rows.len(),
+            centres: merge_rate.and_then(|r| CentreLink::calibrate(features, dim, labels, r)),
         }
     }
 }
 
-/// The faces (by index into `descriptors`) grouped into people: largest group first, ties
-/// by the first face; faces alike no other (singletons) last, as groups of one.
-pub fn group(descriptors: &[&[f32]], link: f32) -> Vec<Vec<usize>> {
-    let labels = eval_tsne::identity::chinese_whispers(descriptors, link, SWEEPS, SEED);
+/// The faces (by index into `descriptors`) grouped into people: Chinese whispers over the
+/// face links, then groups merged by their centres (where `link` has a centre rule);
+/// largest group first, ties by the first face; faces alike no other (singletons) last, as
+/// groups of one.
+pub fn group(descriptors: &[&[f32]], link: &Link) -> Vec<Vec<usize>> {
+    let labels = eval_tsne::identity::chinese_whispers(descriptors, link.threshold, SWEEPS, SEED);
     let mut groups: Vec<Vec<usize>> = Vec::new();
     let mut slot = std::collections::HashMap::new();
     for (i, l) in labels.into_iter().enumerate() {
@@ -184,8 +299,66 @@ pub fn group(descriptors: &[&[f32]], link: f32) -> Vec<Vec<usize>> {
         });
         groups[g].push(i);
     }
+    if let Some(centres) = &link.centres {
+        groups = merge_by_centres(descriptors, groups, centres);
+    }
     groups.sort_by(|a, b| b.len().cmp(&a.len()).then(a[0].cmp(&b[0])));
     groups
+}
+
+/// Repeatedly merges the two groups whose centres are closest relative to their sizes'
+/// threshold, while one pair is under it. Distances are kept in a matrix and only the
+/// merged group's row recomputed, so 1,000 faces stay well under a second.
+fn merge_by_centres(
+    descriptors: &[&[f32]],
+    mut groups: Vec<Vec<usize>>,
+    rule: &CentreLink,
+) -> Vec<Vec<usize>> {
+    let g = groups.len();
+    let mut centre: Vec<Vec<f32>> = groups
+        .iter()
+        .map(|m| mean(m.iter().map(|&i| descriptors[i])))
+        .collect();
+    let mut alive = vec![true; g];
+    // ratio[a][b] = distance / threshold: a merge when below 1.
+    let ratio_of = |centre: &[Vec<f32>], groups: &[Vec<usize>], a: usize, b: usize| {
+        dist(&centre[a], &centre[b]) / rule.threshold(groups[a].len(), groups[b].len())
+    };
+    let mut ratio: Vec<Vec<f32>> = (0..g)
+        .map(|a| {
+            (0..g)
+                .map(|b| match a == b {
+                    true => f32::INFINITY,
+                    false => ratio_of(&centre, &groups, a, b),
+                })
+                .collect()
+        })
+        .collect();
+    loop {
+        let mut best = (1f32, usize::MAX, usize::MAX);
+        for a in (0..g).filter(|&a| alive[a]) {
+            for b in (a + 1..g).filter(|&b| alive[b]) {
+                if ratio[a][b] < best.0 {
+                    best = (ratio[a][b], a, b);
+                }
+            }
+        }
+        let (_, a, b) = best;
+        if a == usize::MAX {
+            break;
+        }
+        let moved = std::mem::take(&mut groups[b]);
+        groups[a].extend(moved);
+        groups[a].sort_unstable();
+        alive[b] = false;
+        centre[a] = mean(groups[a].iter().map(|&i| descriptors[i]));
+        for c in (0..g).filter(|&c| alive[c] && c != a) {
+            let r = ratio_of(&centre, &groups, a, c);
+            ratio[a][c] = r;
+            ratio[c][a] = r;
+        }
+    }
+    groups.into_iter().filter(|m| !m.is_empty()).collect()
 }
 
 /// The adjusted Rand index of two labellings of the same items (1: the same partition,
@@ -312,7 +485,7 @@ pub fn write_groups(
         .map(|f| f.descriptor.as_deref().ok_or(GroupError::NoDescriptor))
         .collect::<Result<_, _>>()?;
     let t = std::time::Instant::now();
-    let groups = group(&descriptors, link.threshold);
+    let groups = group(&descriptors, &link);
     let cluster_seconds = t.elapsed().as_secs_f64();
     let parent = dir
         .parent()
@@ -475,7 +648,7 @@ mod tests {
     fn people_are_recovered_largest_first_singletons_last() {
         let (pts, who) = cloud(&[(0.0, 5), (10.0, 9), (20.0, 1), (30.0, 3)], 0.2);
         let refs: Vec<&[f32]> = pts.iter().map(|p| p.as_slice()).collect();
-        let groups = group(&refs, 0.6);
+        let groups = group(&refs, &Link::dlib());
         let sizes: Vec<usize> = groups.iter().map(|g| g.len()).collect();
         assert_eq!(sizes, [9, 5, 3, 1]);
         let mut got = vec![0; pts.len()];
@@ -483,6 +656,44 @@ mod tests {
             m.iter().for_each(|&i| got[i] = g);
         }
         assert!((adjusted_rand_index(&got, &who) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_person_split_by_the_links_is_merged_by_the_centres_and_strangers_are_not() {
+        // One person in two tight sets 0.7 apart (no face link at 0.6), another 3 away.
+        let (pts, _) = cloud(&[(0.0, 4), (0.7, 3), (3.7, 5)], 0.05);
+        let refs: Vec<&[f32]> = pts.iter().map(|p| p.as_slice()).collect();
+        let sizes = |g: &[Vec<usize>]| g.iter().map(|m| m.len()).collect::<Vec<_>>();
+        assert_eq!(sizes(&group(&refs, &Link::dlib())), [5, 4, 3]);
+        let mut link = Link::dlib();
+        link.centres = Some(CentreLink {
+            sizes: vec![1, 2, 4],
+            thresholds: vec![
+                vec![0.6, 0.6, 0.6],
+                vec![0.6, 0.65, 0.75],
+                vec![0.6, 0.75, 0.8],
+            ],
+        });
+        let merged = group(&refs, &link);
+        assert_eq!(sizes(&merged), [7, 5]);
+        assert_eq!(merged[0], (0..7).collect::<Vec<_>>());
+        // Sizes past the last calibrated one use it; below the first, the first.
+        let c = link.centres.unwrap();
+        assert_eq!((c.threshold(3, 9), c.threshold(0, 1)), (0.75, 0.6));
+    }
+
+    #[test]
+    fn the_centre_rule_is_calibrated_below_most_different_sets() {
+        let (pts, who) = cloud(&[(0.0, 20), (0.5, 20), (3.0, 20)], 0.1);
+        let features: Vec<f32> = pts.concat();
+        let labels: Vec<u32> = who.iter().map(|&c| c as u32).collect();
+        let c = CentreLink::calibrate(&features, 8, &labels, 0.005).unwrap();
+        // The nearest two people's faces and centres are 0.5 or a little more apart
+        // (0.1 in one other coordinate each): every threshold sits there, under dlib's 0.6.
+        for row in &c.thresholds {
+            assert!(row.iter().all(|&t| (0.5..0.55).contains(&t)), "{c:?}");
+        }
+        assert!(CentreLink::calibrate(&features[..8 * 20], 8, &labels[..20], 0.005).is_none());
     }
 
     #[test]

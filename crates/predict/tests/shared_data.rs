@@ -350,8 +350,114 @@ fn strangers_are_grouped_into_their_people() {
         "{} of 80 faces grouped\n{log}",
         group_of.len()
     );
-    // #27 aims at 0.9; measured 0.890 here, with every group one person's and three
-    // people split in two (dlib's own Chinese whispers on the same descriptors: 0.895; the
-    // study's 100 px crops put same-person pairs up to 0.85 apart). A regression guard:
-    assert!(ari >= 0.85, "ARI {ari:.3}");
+    // #27 aims at 0.9. Chinese whispers alone: 0.890 (three people split in two; dlib's own
+    // on the same descriptors 0.895); with the centre merge (its rate chosen on msceleb's
+    // left-out people, `merge_rate_on_left_out_people`): 0.926, two people split.
+    assert!(ari >= 0.9, "ARI {ari:.3}");
+}
+
+/// Chooses the centre merge's rate on people the gallery does not hold, as the strangers
+/// of `strangers_are_grouped_into_their_people` are not in it: msceleb-samples' 14 people,
+/// 4 left out at a time (20 draws), the link calibrated on the other 10 people's training
+/// faces, up to 20 faces of each left-out person grouped. Prints the mean adjusted Rand
+/// index and the mixed groups of each rate (measured: none 0.975, 0.5% 0.971 with 2 mixed
+/// groups, 0.2% 0.982, 0.1% 0.981, 0.05% 0.980, 0 mixed); fails if the chosen rate
+/// (`MAX_MERGED_DIFFERENT`) does not beat no merge, falls more than 0.005 behind the best
+/// rate tried, or mixes more than no merge.
+#[test]
+#[ignore = "needs ../shared (msceleb-samples, dlib's models)"]
+fn merge_rate_on_left_out_people() {
+    use predict::group::{adjusted_rand_index, group, Link, MAX_MERGED_DIFFERENT};
+    let f = fixture();
+    let faces = Faces::read(&f.faces).unwrap();
+    let b = Bottlenecks::read(&f.bottlenecks).unwrap();
+    let row = |i: usize| &b.features[i * b.dim..(i + 1) * b.dim];
+    let people = faces.class_names.len();
+    // The folders' labels are dirty: keep the faces the identity analysis takes for each
+    // folder's person (not flagged, and in its largest cluster), so that a group is
+    // scored against who is in it, not against a wrong folder.
+    let report = eval_tsne::identity::analyse(
+        &b.features,
+        b.dim,
+        &faces.labels,
+        &faces.class_names,
+        &faces.sources,
+        &eval_tsne::identity::IdentityConfig::default(),
+    );
+    let mut clean = vec![true; faces.labels.len()];
+    report.suspects.iter().for_each(|s| clean[s.index] = false);
+    for split in &report.split_folders {
+        split.members[1..]
+            .iter()
+            .flatten()
+            .for_each(|&i| clean[i] = false);
+    }
+    let rates = [None, Some(0.005), Some(0.002), Some(0.001), Some(0.0005)];
+    let mut state = 7u64;
+    let mut next = move |below: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % below as u64) as usize
+    };
+    let mut scores = vec![(0.0f64, 0usize); rates.len()];
+    let draws = 40;
+    for _ in 0..draws {
+        let mut order: Vec<u32> = (0..people as u32).collect();
+        for s in 0..4 {
+            let t = s + next(order.len() - s);
+            order.swap(s, t);
+        }
+        let out = &order[..4];
+        let (mut gallery, mut labels) = (Vec::new(), Vec::new());
+        for i in faces.indices(Split::Train) {
+            if !out.contains(&faces.labels[i]) && clean[i] {
+                gallery.extend_from_slice(row(i));
+                labels.push(faces.labels[i]);
+            }
+        }
+        let mut strangers: Vec<usize> = Vec::new();
+        for &p in out {
+            let mut mine: Vec<usize> = (0..faces.labels.len())
+                .filter(|&i| faces.labels[i] == p && clean[i])
+                .collect();
+            for s in 0..mine.len().min(20) {
+                let t = s + next(mine.len() - s);
+                mine.swap(s, t);
+            }
+            strangers.extend(mine.into_iter().take(20));
+        }
+        let refs: Vec<&[f32]> = strangers.iter().map(|&i| row(i)).collect();
+        let truth: Vec<usize> = strangers
+            .iter()
+            .map(|&i| faces.labels[i] as usize)
+            .collect();
+        for (k, rate) in rates.iter().enumerate() {
+            let link = Link::calibrate_with(&gallery, b.dim, &labels, *rate);
+            let groups = group(&refs, &link);
+            let mut got = vec![0; refs.len()];
+            let mut mixed = 0;
+            for (g, m) in groups.iter().enumerate() {
+                let mut count: std::collections::BTreeMap<usize, usize> = Default::default();
+                for &i in m {
+                    got[i] = g;
+                    *count.entry(truth[i]).or_default() += 1;
+                }
+                mixed += usize::from(count.values().filter(|&&n| n > 1).count() > 1);
+            }
+            scores[k].0 += adjusted_rand_index(&got, &truth) / draws as f64;
+            scores[k].1 += mixed;
+        }
+    }
+    for (rate, (ari, mixed)) in rates.iter().zip(&scores) {
+        println!("merge rate {rate:?}: mean ARI {ari:.3}, mixed groups {mixed} in {draws} draws");
+    }
+    let chosen = rates
+        .iter()
+        .position(|r| *r == Some(MAX_MERGED_DIFFERENT))
+        .expect("the chosen rate is among those tried");
+    let best = scores.iter().map(|s| s.0).fold(f64::MIN, f64::max);
+    assert!(scores[chosen].0 > scores[0].0, "{scores:?}");
+    assert!(scores[chosen].0 >= best - 0.005, "{scores:?}");
+    assert!(scores[chosen].1 <= scores[0].1, "{scores:?}");
 }

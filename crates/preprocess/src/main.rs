@@ -103,7 +103,7 @@ struct Cli {
     /// re-runs (a shard whose photos did not change is not made again).
     #[arg(long, default_value_t = preprocess::config::DEFAULT_SHARD_SIZE)]
     shard_size: usize,
-    /// Make only part I of N of the shards (0-based; shards s with s % N == I), e.g. one
+    /// Make only part I of N of the shards (0-based; its share, dealt by size), e.g. one
     /// Slurm array task each; then `--merge` writes the index. Without it: all shards and
     /// the merge in one process.
     #[arg(long, value_name = "I/N", conflicts_with = "merge")]

@@ -159,7 +159,8 @@ pub fn make_part(
         Some(p) => Some(read_split_file(p)?),
         None => None,
     };
-    let mine: Vec<usize> = (0..plan.shards()).filter(|&s| part.owns(s)).collect();
+    let sizes: Vec<usize> = plan.members.iter().map(Vec::len).collect();
+    let mine = part.mine(&sizes);
     let (mut made, mut up_to_date) = (Vec::new(), Vec::new());
     let todo: Vec<(usize, String)> = mine
         .iter()
