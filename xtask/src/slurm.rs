@@ -38,9 +38,11 @@ cargo xtask slurm up [--state DIR] [--install-deps]
     logs in DIR, default target/slurm-cluster; config /etc/slurm/slurm.conf); root
 cargo xtask slurm down [--state DIR]
     stops its daemons
-cargo xtask slurm test [--state DIR] [--install-deps]
-    CI's check: preprocess + the face teacher on 3 people of msceleb-samples, in one
-    process and as 4 Slurm array tasks + merges; the outputs must be identical
+cargo xtask slurm test [--state DIR] [--install-deps] [--people P] [--photos N] [--shard-size S]
+    CI's check: preprocess + the face teacher on P people of msceleb-samples (N photos
+    each; default 3 x 60, shards of 32 photos), in one process and as 4 Slurm array tasks
+    + merges; the outputs must be identical; prints both wall times (a larger set, e.g.
+    --people 14 --photos 1000 --shard-size 256, shows the cost at scale)
 ";
 
 pub fn cli(args: &[String]) -> Result<()> {
@@ -49,7 +51,7 @@ pub fn cli(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("up") => up(&state, install),
         Some("down") => down(&state),
-        Some("test") => test(&state, install),
+        Some("test") => test(&state, install, &TestSize::parse(args)?),
         None | Some("-h" | "--help" | "help") => {
             print!("{HELP}");
             Ok(())
@@ -1014,12 +1016,35 @@ fn cluster_up(state: &Path) -> bool {
 // ---------------------------------------------------------------------------------------
 // `slurm test`
 
-/// People and photos a person in the test's photo folder.
-const TEST_PEOPLE: usize = 3;
-const TEST_PHOTOS: usize = 60;
 const TEST_SHARDS: usize = 4;
-/// Photos per preprocess shard in the test: several shards from 180 photos.
-const TEST_SHARD_SIZE: &str = "32";
+
+/// The test's photo folder: `people` of msceleb-samples, `photos` photos of each, in
+/// shards of `shard_size` photos. CI's default (3 x 60, 32) makes 8 shards in seconds.
+#[derive(Debug, Clone)]
+pub struct TestSize {
+    pub people: usize,
+    pub photos: usize,
+    pub shard_size: usize,
+}
+
+impl TestSize {
+    fn parse(args: &[String]) -> Result<TestSize> {
+        let count = |flag: &str, default: usize| -> Result<usize> {
+            match flag_value(args, flag) {
+                None => Ok(default),
+                Some(v) => match v.parse::<usize>() {
+                    Ok(n) if n > 0 => Ok(n),
+                    _ => bail!("{flag} {v}: expected a whole number above 0"),
+                },
+            }
+        };
+        Ok(TestSize {
+            people: count("--people", 3)?,
+            photos: count("--photos", 60)?,
+            shard_size: count("--shard-size", 32)?,
+        })
+    }
+}
 
 /// The first `people` folders of `data` (by name), the first `photos` photos of each,
 /// linked into `dest` (made anew).
@@ -1063,6 +1088,7 @@ fn test_stages(
     photos: &Path,
     out: &Path,
     cache: &Path,
+    shard_size: usize,
 ) -> Vec<(String, Vec<String>)> {
     let s = |p: &Path| p.display().to_string();
     let faces = out.join("faces.safetensors");
@@ -1081,7 +1107,7 @@ fn test_stages(
                 "--cnn-model".into(),
                 s(&shared.join("models/dlib/mmod_human_face_detector.dat")),
                 "--shard-size".into(),
-                TEST_SHARD_SIZE.into(),
+                shard_size.to_string(),
             ],
         ),
         (
@@ -1122,12 +1148,12 @@ fn secs(a: SystemTime, b: SystemTime) -> f64 {
 /// teacher in one process and as Slurm arrays + merges, then: the merged artifacts are up
 /// to date for a one-process run (what the pipeline's last job relies on), and both runs
 /// wrote the same files. Leaves the cluster as it found it.
-pub fn test(state: &Path, install: bool) -> Result<()> {
+pub fn test(state: &Path, install: bool, size: &TestSize) -> Result<()> {
     let was_up = cluster_up(state);
     let t = Instant::now();
     up(state, install)?;
     let up_s = t.elapsed().as_secs_f64();
-    let r = test_on_cluster(up_s);
+    let r = test_on_cluster(up_s, size);
     if !was_up {
         if let Err(e) = down(state) {
             eprintln!("slurm: could not stop the test's cluster: {e:#}");
@@ -1136,7 +1162,7 @@ pub fn test(state: &Path, install: bool) -> Result<()> {
     r
 }
 
-fn test_on_cluster(up_s: f64) -> Result<()> {
+fn test_on_cluster(up_s: f64, size: &TestSize) -> Result<()> {
     let shared = shared_dir().context(
         "../shared not found (or CELEB_SHARED unset): the Slurm test needs msceleb-samples and dlib's models",
     )?;
@@ -1159,8 +1185,8 @@ fn test_on_cluster(up_s: f64) -> Result<()> {
     sample_photos(
         &shared.join("data/msceleb-samples"),
         &photos,
-        TEST_PEOPLE,
-        TEST_PHOTOS,
+        size.people,
+        size.photos,
     )?;
     let (one, array) = (base.join("one"), base.join("array"));
     // One cache path for both runs (the teacher's config records it), emptied before each.
@@ -1174,7 +1200,7 @@ fn test_on_cluster(up_s: f64) -> Result<()> {
     std::fs::create_dir_all(&array)?;
 
     let mut one_s = Vec::new();
-    for (name, cmd) in test_stages(&shared, &photos, &one, &cache) {
+    for (name, cmd) in test_stages(&shared, &photos, &one, &cache, size.shard_size) {
         let t = Instant::now();
         run_capture(&mut command(&cmd)).with_context(|| format!("one process: {name}"))?;
         one_s.push(t.elapsed().as_secs_f64());
@@ -1183,7 +1209,7 @@ fn test_on_cluster(up_s: f64) -> Result<()> {
     std::fs::remove_dir_all(&cache)?;
     let b = Batch::new(&root, &array.join("slurm"), None, false, 1);
     b.prepare()?;
-    let stages = test_stages(&shared, &photos, &array, &cache);
+    let stages = test_stages(&shared, &photos, &array, &cache, size.shard_size);
     let start = SystemTime::now();
     let (pre, pre_merge) = b.submit_sharded(&stages[0].0, &stages[0].1, TEST_SHARDS, &[])?;
     let (teach, teach_merge) = b.submit_sharded(

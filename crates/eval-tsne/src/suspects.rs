@@ -90,10 +90,8 @@ pub fn find(
             .sum()
     };
     use rayon::prelude::*;
-    let sims: Vec<Vec<f32>> = (0..n)
-        .into_par_iter()
-        .map(|i| (0..n).map(|j| sim(i, j)).collect())
-        .collect();
+    // No N x N matrix (1.9 GB at 22k faces): each class's medoid from its own pairs, and
+    // each face's neighbours from one row of similarities at a time.
     let classes = class_names.len();
     // Medoid per class and the distances of members to it.
     let mut medoid_dist = vec![0f64; n];
@@ -103,16 +101,15 @@ pub fn find(
         if members.len() < 3 {
             continue;
         }
-        let medoid = *members
-            .iter()
-            .max_by(|&&a, &&b| {
-                let sa: f32 = members.iter().map(|&m| sims[a][m]).sum();
-                let sb: f32 = members.iter().map(|&m| sims[b][m]).sum();
-                sa.total_cmp(&sb)
-            })
-            .expect("non-empty");
+        let sums: Vec<f32> = members
+            .par_iter()
+            .map(|&a| members.iter().map(|&m| sim(a, m)).sum())
+            .collect();
+        let medoid = members[(0..members.len())
+            .max_by(|&a, &b| sums[a].total_cmp(&sums[b]))
+            .expect("non-empty")];
         for &m in &members {
-            medoid_dist[m] = 1.0 - sims[m][medoid] as f64;
+            medoid_dist[m] = 1.0 - sim(m, medoid) as f64;
         }
         let mut d: Vec<f64> = members.iter().map(|&m| medoid_dist[m]).collect();
         d.sort_by(f64::total_cmp);
@@ -125,11 +122,28 @@ pub fn find(
         }
     }
     let k = k.min(n - 1);
+    // Most similar first, ties by the lower index: a total order, so the k first are the
+    // same whether the whole row is sorted or only they are selected.
+    let nearest: Vec<Vec<usize>> = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let mut row: Vec<(f32, usize)> =
+                (0..n).filter(|&j| j != i).map(|j| (sim(i, j), j)).collect();
+            let order =
+                |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+            if k < row.len() {
+                row.select_nth_unstable_by(k, order);
+                row.truncate(k);
+            }
+            row.sort_by(order);
+            // Copied out, not `into_iter().collect()`: that would reuse the row's whole
+            // allocation (N entries) for each face's k neighbours.
+            row.iter().map(|&(_, j)| j).collect()
+        })
+        .collect();
     let mut out = Vec::new();
     for i in 0..n {
-        let mut order: Vec<usize> = (0..n).filter(|&j| j != i).collect();
-        order.sort_by(|&a, &b| sims[i][b].total_cmp(&sims[i][a]).then(a.cmp(&b)));
-        let nn = &order[..k];
+        let nn = &nearest[i];
         let other = nn.iter().filter(|&&j| labels[j] != labels[i]).count();
         let disagreement = other as f64 / k as f64;
         let mut votes = vec![0usize; classes];
