@@ -91,6 +91,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     kernels::runtime::init();
+    kernels::runtime::single_arena();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {

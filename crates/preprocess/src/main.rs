@@ -124,7 +124,10 @@ enum SummaryFormat {
 }
 
 fn main() -> std::process::ExitCode {
-    kernels::runtime::main(|| run(Cli::parse()))
+    kernels::runtime::main(|| {
+        kernels::runtime::single_arena();
+        run(Cli::parse())
+    })
 }
 
 fn run(cli: Cli) -> Result<()> {
