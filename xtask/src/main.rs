@@ -52,7 +52,8 @@ commands:
                installs the missing ones (root, or through sudo), the Slurm group too
   slurm up|down|test [--state DIR] [--install-deps]
                a one-machine Slurm cluster on localhost (root); `test`: preprocess and the
-               face teacher as Slurm array tasks must match one process (CI runs it)
+               face teacher as Slurm array tasks must match one process (CI runs it;
+               --people P --photos N --shard-size S for a larger photo folder)
   check-cuda   type-check the workspace with --features cuda, candle's kernels compiled by
                nvcc (from PATH/CUDA_HOME, or PyPI's CUDA 13.0 wheels); --build links release
                binaries for a GPU machine into CUDA_TARGET_DIR (~/.cache/celeb-transfer/cuda-target)
