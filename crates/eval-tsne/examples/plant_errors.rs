@@ -44,13 +44,8 @@ fn main() -> anyhow::Result<()> {
     let base = flagged(&f.labels);
     let n = f.labels.len();
     let classes = f.class_names.len() as u64;
-    let mut state = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut draw = kernels::stats::XorShift::new(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
+    let mut next = || draw.next_u64();
     let mut labels = f.labels.clone();
     let mut moved = BTreeSet::new();
     while (moved.len() as f64) < share * n as f64 {

@@ -143,15 +143,9 @@ pub fn chinese_whispers(points: &[&[f32]], link: f32, iterations: usize, seed: u
         }
     }
     let mut label: Vec<usize> = (0..n).collect();
-    let mut state = seed | 1;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut draw = kernels::stats::XorShift::new(seed | 1);
     for _ in 0..iterations * n {
-        let i = (next() % n as u64) as usize;
+        let i = draw.below(n);
         if adj[i].is_empty() {
             continue;
         }

@@ -10,7 +10,7 @@
 //! ages) that only a few weak links join. So groups are then merged by their centres, a
 //! mean of several faces being nearer its person's than one face is: two groups merge when
 //! their centres are closer than the largest distance that joins at most
-//! [`MAX_DIFFERENT_LINKED`] of the gallery's different-person sets of those two sizes
+//! [`MAX_MERGED_DIFFERENT`] of the gallery's different-person sets of those two sizes
 //! (calibrated per pair of sizes; again never above 0.6).
 
 use crate::run::PhotoResult;
@@ -174,20 +174,11 @@ impl CentreLink {
         }
         let people: Vec<Vec<usize>> = people.into_values().collect();
         let row = |i: usize| &features[i * dim..(i + 1) * dim];
-        let mut state = SEED;
-        let mut next = move |below: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % below as u64) as usize
-        };
-        // A partial Fisher-Yates draw of `size` of `person`'s faces, and their centre.
-        let centre_of = |person: &[usize], size: usize, next: &mut dyn FnMut(usize) -> usize| {
+        let mut draw = kernels::stats::XorShift::new(SEED);
+        // `size` of `person`'s faces drawn at random, and their centre.
+        let centre_of = |person: &[usize], size: usize, draw: &mut kernels::stats::XorShift| {
             let mut pick = person.to_vec();
-            for s in 0..size {
-                let t = s + next(pick.len() - s);
-                pick.swap(s, t);
-            }
+            draw.pick_front(&mut pick, size);
             mean(pick[..size].iter().map(|&i| row(i)))
         };
         let sizes = CENTRE_SIZES.to_vec();
@@ -202,12 +193,12 @@ impl CentreLink {
                 }
                 let mut d = Vec::with_capacity(CENTRE_SAMPLES);
                 while d.len() < CENTRE_SAMPLES {
-                    let p = fit[next(fit.len())];
-                    let q = small[next(small.len())];
+                    let p = fit[draw.below(fit.len())];
+                    let q = small[draw.below(small.len())];
                     if std::ptr::eq(p, q) {
                         continue;
                     }
-                    let (cp, cq) = (centre_of(p, k, &mut next), centre_of(q, m, &mut next));
+                    let (cp, cq) = (centre_of(p, k, &mut draw), centre_of(q, m, &mut draw));
                     d.push(dist(&cp, &cq));
                 }
                 d.sort_by(f32::total_cmp);

@@ -63,7 +63,8 @@ struct Cli {
     /// Group the faces called unknown, over all the photos, into people (dlib's face
     /// descriptor: faces linked below a distance, then groups merged whose centres are
     /// close; both thresholds calibrated on the model's training faces) and write each
-    /// group into this folder: `unknown-001/` (face crops, links to their photos, a montage), ... largest first, faces seen once last, with `groups.csv` and
+    /// group into this folder: `unknown-001/` (face crops, links to their photos, a
+    /// montage), ... largest first, faces seen once last, with `groups.csv` and
     /// `groups.json`. Rename a group's folder to the person's name to name them. An
     /// existing non-empty folder is never overwritten.
     #[arg(long, value_name = "DIR", conflicts_with = "closed_set")]

@@ -393,21 +393,12 @@ fn merge_rate_on_left_out_people() {
             .for_each(|&i| clean[i] = false);
     }
     let rates = [None, Some(0.005), Some(0.002), Some(0.001), Some(0.0005)];
-    let mut state = 7u64;
-    let mut next = move |below: usize| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % below as u64) as usize
-    };
+    let mut draw = kernels::stats::XorShift::new(7);
     let mut scores = vec![(0.0f64, 0usize); rates.len()];
     let draws = 40;
     for _ in 0..draws {
         let mut order: Vec<u32> = (0..people as u32).collect();
-        for s in 0..4 {
-            let t = s + next(order.len() - s);
-            order.swap(s, t);
-        }
+        draw.pick_front(&mut order, 4);
         let out = &order[..4];
         let (mut gallery, mut labels) = (Vec::new(), Vec::new());
         for i in faces.indices(Split::Train) {
@@ -421,10 +412,7 @@ fn merge_rate_on_left_out_people() {
             let mut mine: Vec<usize> = (0..faces.labels.len())
                 .filter(|&i| faces.labels[i] == p && clean[i])
                 .collect();
-            for s in 0..mine.len().min(20) {
-                let t = s + next(mine.len() - s);
-                mine.swap(s, t);
-            }
+            draw.pick_front(&mut mine, 20);
             strangers.extend(mine.into_iter().take(20));
         }
         let refs: Vec<&[f32]> = strangers.iter().map(|&i| row(i)).collect();
