@@ -96,6 +96,24 @@ pub struct ViewJitter {
     pub color: f32,
 }
 
+impl ViewJitter {
+    /// The view that eight uniforms in [0, 1) pick from these ranges: the one mapping used
+    /// by the bank's hashed draws and by `train --online-teacher`'s fresh ones.
+    pub fn view(&self, u: &[f32; 8]) -> ViewParams {
+        let sym = |i: usize, r: f32| (2.0 * u[i] - 1.0) * r;
+        ViewParams {
+            angle_deg: sym(0, self.rotate_deg),
+            scale: 1.0 + sym(1, self.scale),
+            dx: sym(2, self.shift_px),
+            dy: sym(3, self.shift_px),
+            flip: self.flip && u[4] < 0.5,
+            brightness: 1.0 + sym(5, self.color),
+            contrast: 1.0 + sym(6, self.color),
+            saturation: 1.0 + sym(7, self.color),
+        }
+    }
+}
+
 impl Default for ViewJitter {
     /// Ranges a face detector's own jitter covers (landmark noise is a few degrees and
     /// pixels); colour as in common face-recognition training.
@@ -194,21 +212,11 @@ pub fn draw_views(jitter: &ViewJitter, seed: u64, source: &str, k: usize) -> Vec
             h.update((v as u64).to_le_bytes());
             let d = h.finalize();
             // Eight uniforms in [0, 1) from the digest's 32 bytes.
-            let u = |i: usize| {
+            let us: [f32; 8] = std::array::from_fn(|i| {
                 u32::from_le_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]]) as f32
                     / 4_294_967_296.0
-            };
-            let sym = |i: usize, r: f32| (2.0 * u(i) - 1.0) * r;
-            ViewParams {
-                angle_deg: sym(0, jitter.rotate_deg),
-                scale: 1.0 + sym(1, jitter.scale),
-                dx: sym(2, jitter.shift_px),
-                dy: sym(3, jitter.shift_px),
-                flip: jitter.flip && u(4) < 0.5,
-                brightness: 1.0 + sym(5, jitter.color),
-                contrast: 1.0 + sym(6, jitter.color),
-                saturation: 1.0 + sym(7, jitter.color),
-            }
+            });
+            jitter.view(&us)
         })
         .collect()
 }

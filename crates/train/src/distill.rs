@@ -4,14 +4,18 @@
 //! teacher's output on that same view: its class probabilities (the teacher's descriptor
 //! read by a linear probe fitted here, with a temperature), the descriptor itself (cosine)
 //! and the distances between the faces of a batch (RKD), beside the labels' cross entropy.
+//!
+//! The views come from a bank (K views a face, embedded once by the teacher stage) or, with
+//! `--online-teacher`, are drawn fresh at every step and embedded there and then by dlib's
+//! face descriptor (the recipe's own way: the student never sees the same view twice).
 
 use crate::data::Dataset;
 use crate::{ConfigError, TrainError};
 use artifacts::ViewBank;
 use candle_core::{DType, Device, Tensor, Var, D};
-use preprocess::views::{ViewParams, ViewRecipe, ViewSource};
+use preprocess::views::{ViewJitter, ViewParams, ViewRecipe, ViewSource};
 use rayon::prelude::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Which teacher output a view is compared with.
 #[derive(
@@ -56,6 +60,9 @@ pub struct DistillConfig {
     /// Use only the bank's first views (0 = all): the ablation of K without another
     /// teacher run (view v of a face is the same in every bank with the same seed).
     pub max_views: usize,
+    /// `--online-teacher`: a fresh view of every face at every step, the face teacher run
+    /// on it there and then (the recipe's way), instead of the bank's K views.
+    pub online: bool,
 }
 
 impl Default for DistillConfig {
@@ -70,6 +77,7 @@ impl Default for DistillConfig {
             mixup: 0.0,
             view_targets: ViewTargets::Consistent,
             max_views: 0,
+            online: false,
         }
     }
 }
@@ -109,6 +117,28 @@ pub struct DistillData {
     pub mean: Vec<f32>,
     /// Test accuracy of the teacher probe on the face rows (what the teacher knows).
     pub probe_val_acc: Option<f64>,
+    /// `--online-teacher`: the teacher and the probe that read it on fresh views.
+    online: Option<OnlineTeacher>,
+}
+
+/// `--online-teacher`: dlib's face descriptor run on a fresh view of each face as training
+/// goes, read by the probe fitted on the bank (the probe and the centring stay fixed).
+struct OnlineTeacher {
+    net: dlib_dnn::FaceDescriptor,
+    recipe: ViewRecipe,
+    probe: Option<Probe>,
+    temperature: f64,
+    device: Device,
+    /// Whether any term reads the teacher (labels alone need only the fresh views).
+    needed: bool,
+}
+
+/// One `--online-teacher` batch: the fresh views' student pixels and the teacher's
+/// outputs on them (empty when no term reads the teacher).
+pub struct OnlineBatch {
+    pub pixels: Vec<u8>,
+    pub targets: Vec<f32>,
+    pub probs: Vec<f32>,
 }
 
 impl DistillData {
@@ -120,6 +150,7 @@ impl DistillData {
         val: &[usize],
         cfg: &DistillConfig,
         photos: Option<&PathBuf>,
+        teacher_model: Option<&Path>,
         device: &Device,
     ) -> Result<DistillData, TrainError> {
         let b = data
@@ -133,19 +164,43 @@ impl DistillData {
         for (s, &i) in train.iter().enumerate() {
             slot[i] = Some(s);
         }
+        let recipe = match &b.views {
+            Some(bank) => {
+                let mut r: ViewRecipe = serde_json::from_value(bank.recipe.clone())
+                    .map_err(|e| ConfigError::ViewRecipe(e.to_string()))?;
+                if let Some(p) = photos {
+                    r.photos = p.clone();
+                }
+                Some(r)
+            }
+            None => photos.map(|p| ViewRecipe {
+                seed: 0,
+                jitter: ViewJitter::default(),
+                photos: p.clone(),
+            }),
+        };
+        let online_net = if cfg.online {
+            Some(open_online_teacher(cfg, &b.teacher, teacher_model, device)?)
+        } else {
+            None
+        };
         let (k, raw, pixels) = match &b.views {
             Some(bank) => {
                 let k = match cfg.max_views {
                     0 => bank.k,
                     m => m.min(bank.k),
                 };
-                let pixels = cut_views(data, bank, k, train, photos)?;
+                let pixels = match (&online_net, &recipe) {
+                    (None, Some(r)) => cut_views(data, bank, k, train, r)?,
+                    _ => vec![],
+                };
                 let rows = (0..n)
                     .flat_map(|i| (0..k).flat_map(move |v| bank.row(dim, i, v)))
                     .copied()
                     .collect();
                 (k, rows, pixels)
             }
+            None if cfg.online => (1, b.features.clone(), vec![]),
             None => {
                 tracing::warn!(
                     "the bottlenecks hold no views (inception-bottleneck --views K): --distill \
@@ -178,7 +233,7 @@ impl DistillData {
             }
         }
         let classes = data.num_classes();
-        let (probs, probe_val_acc) = if cfg.kl > 0.0 {
+        let (probs, probe_val_acc, probe) = if cfg.kl > 0.0 {
             let labels = &faces.labels;
             let probe = fit_probe(&targets, k, dim, labels, train, classes, device)?;
             let acc = probe.accuracy(&targets, k, labels, val, device)?;
@@ -187,13 +242,29 @@ impl DistillData {
                 acc.map(|a| format!("{a:.3}"))
                     .unwrap_or_else(|| "n/a".into())
             );
-            (probe.probs(&targets, cfg.temperature, device)?, acc)
+            // Online, the probabilities are computed on each fresh view instead.
+            let probs = match online_net {
+                Some(_) => vec![],
+                None => probe.probs(&targets, cfg.temperature, device)?,
+            };
+            (probs, acc, Some(probe))
         } else {
-            (vec![], None)
+            (vec![], None, None)
+        };
+        let online = match online_net {
+            Some(net) => Some(OnlineTeacher {
+                net,
+                recipe: recipe.ok_or(ConfigError::OnlineNeedsPhotos)?,
+                probe,
+                temperature: cfg.temperature,
+                device: device.clone(),
+                needed: cfg.kl > 0.0 || cfg.cos > 0.0 || cfg.rkd > 0.0 || cfg.angle > 0.0,
+            }),
+            None => None,
         };
         Ok(DistillData {
             k,
-            plain: b.views.is_none(),
+            plain: b.views.is_none() && !cfg.online,
             slot,
             pixels,
             image_len,
@@ -203,6 +274,64 @@ impl DistillData {
             classes,
             mean,
             probe_val_acc,
+            online,
+        })
+    }
+
+    /// Whether views are fresh every step (`--online-teacher`).
+    pub fn is_online(&self) -> bool {
+        self.online.is_some()
+    }
+
+    /// `--online-teacher`: one fresh view of each face of `chunk` (its jitter drawn from
+    /// `rng`), cut from its photo, and the teacher's centred descriptor and probe
+    /// probabilities on that view.
+    pub fn online_batch(
+        &self,
+        faces: &artifacts::Faces,
+        chunk: &[usize],
+        rng: &mut impl rand::Rng,
+    ) -> Result<OnlineBatch, TrainError> {
+        let t = self.online.as_ref().expect("an online teacher");
+        let params: Vec<ViewParams> = chunk
+            .iter()
+            .map(|_| {
+                t.recipe
+                    .jitter
+                    .view(&std::array::from_fn(|_| rng.gen::<f32>()))
+            })
+            .collect();
+        let source = ViewSource::new(faces, &t.recipe.photos)?;
+        let views = chunk
+            .par_iter()
+            .zip(&params)
+            .map(|(&i, p)| Ok(source.render(i, std::slice::from_ref(p))?.remove(0)))
+            .collect::<Result<Vec<_>, TrainError>>()?;
+        let pixels = views.iter().flat_map(|v| v.face.iter().copied()).collect();
+        if !t.needed {
+            return Ok(OnlineBatch {
+                pixels,
+                targets: vec![],
+                probs: vec![],
+            });
+        }
+        let chips: Vec<u8> = views.iter().flat_map(|v| v.chip.iter().copied()).collect();
+        let mut targets = t
+            .net
+            .descriptors(&chips, chunk.len())?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for row in targets.chunks_exact_mut(self.dim) {
+            row.iter_mut().zip(&self.mean).for_each(|(v, m)| *v -= m);
+        }
+        let probs = match &t.probe {
+            Some(p) => p.probs(&targets, t.temperature, &t.device)?,
+            None => vec![],
+        };
+        Ok(OnlineBatch {
+            pixels,
+            targets,
+            probs,
         })
     }
 
@@ -223,19 +352,62 @@ impl DistillData {
     }
 }
 
+/// dlib's face descriptor for `--online-teacher`: the file the bottlenecks were made with
+/// (their teacher names its digest), so the probe fitted on their rows reads it.
+fn open_online_teacher(
+    cfg: &DistillConfig,
+    teacher: &str,
+    model: Option<&Path>,
+    device: &Device,
+) -> Result<dlib_dnn::FaceDescriptor, TrainError> {
+    if cfg.view_targets == ViewTargets::Fixed {
+        return Err(ConfigError::OnlineFixed.into());
+    }
+    if !artifacts::is_face_teacher(teacher) {
+        return Err(ConfigError::OnlineNeedsFaceTeacher(teacher.into()).into());
+    }
+    let path =
+        artifacts::models::locate(&artifacts::models::FACE_DESCRIPTOR, model).map_err(|e| {
+            ConfigError::OnlineModel {
+                path: e.path,
+                problem: e.problem,
+            }
+        })?;
+    let digest = artifacts::digest_file(&path)?;
+    let short = digest.trim_start_matches("sha256:").get(..16).unwrap_or("");
+    if teacher.rsplit_once('#').map(|(_, d)| d) != Some(short) {
+        return Err(ConfigError::OnlineOtherTeacher {
+            path,
+            teacher: teacher.into(),
+        }
+        .into());
+    }
+    let kernels = if device.is_cpu() {
+        dlib_dnn::Kernels::CpuNhwc
+    } else {
+        dlib_dnn::Kernels::Candle
+    };
+    let net = dlib_dnn::FaceDescriptor::open(&path, kernels, device, DType::F32).map_err(|e| {
+        ConfigError::OnlineModel {
+            path: path.clone(),
+            problem: e.to_string(),
+        }
+    })?;
+    tracing::info!(
+        "online teacher {} on a fresh view of every face at every step",
+        path.display()
+    );
+    Ok(net)
+}
+
 /// The student's pixels of every view of the training faces, cut from their photos.
 fn cut_views(
     data: &Dataset,
     bank: &ViewBank,
     k: usize,
     train: &[usize],
-    photos: Option<&PathBuf>,
+    recipe: &ViewRecipe,
 ) -> Result<Vec<u8>, TrainError> {
-    let mut recipe: ViewRecipe = serde_json::from_value(bank.recipe.clone())
-        .map_err(|e| ConfigError::ViewRecipe(e.to_string()))?;
-    if let Some(p) = photos {
-        recipe.photos = p.clone();
-    }
     let source = ViewSource::new(&data.faces, &recipe.photos)?;
     let bar = indicatif::ProgressBar::new(train.len() as u64).with_style(
         indicatif::ProgressStyle::with_template("views {bar:40} {pos}/{len} [{elapsed_precise}]")

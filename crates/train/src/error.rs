@@ -55,6 +55,16 @@ pub enum ConfigError {
     Filters(Vec<usize>),
     #[error("--hidden takes two numbers, e.g. 100,100 (got {0:?})")]
     Hidden(Vec<usize>),
+    #[error("--online-teacher runs dlib's face descriptor; these bottlenecks are {0:?}'s (make them with --teacher dlib-face)")]
+    OnlineNeedsFaceTeacher(String),
+    #[error("--online-teacher: {} is not the bottlenecks' teacher ({teacher}): the probe fitted on their rows would read another descriptor", path.display())]
+    OnlineOtherTeacher { path: PathBuf, teacher: String },
+    #[error("--online-teacher: {}: {problem}", path.display())]
+    OnlineModel { path: PathBuf, problem: String },
+    #[error("--online-teacher cuts views from the photos: the bottlenecks hold no views, so --photos DIR must name the folder preprocess read")]
+    OnlineNeedsPhotos,
+    #[error("--online-teacher computes the teacher on each fresh view: --view-targets fixed is the bank's ablation")]
+    OnlineFixed,
     /// The student architecture flags do not make a network.
     #[error(transparent)]
     Student(candle_core::Error),

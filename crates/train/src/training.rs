@@ -118,6 +118,9 @@ pub struct TrainConfig {
     /// Where `--distill` cuts the views from, instead of the folder the bank recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub photos: Option<PathBuf>,
+    /// `--online-teacher`'s model file, when not the located one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_model: Option<PathBuf>,
 }
 
 fn default_unknown_rate() -> f64 {
@@ -147,6 +150,7 @@ impl Default for TrainConfig {
             warmup: 0,
             distill: DistillConfig::default(),
             photos: None,
+            teacher_model: None,
         }
     }
 }
@@ -634,6 +638,7 @@ impl<'a> Trainer<'a> {
             &part.val,
             &cfg.distill,
             cfg.photos.as_ref(),
+            cfg.teacher_model.as_deref(),
             &device,
         )?;
         let f = &data.faces;
@@ -1019,7 +1024,14 @@ impl<'a> Trainer<'a> {
         ph: &Phase,
     ) -> Result<(model::StudentOutput, losses::LossTerms), TrainError> {
         let n = chunk.len();
-        let views: Vec<usize> = chunk.iter().map(|_| rng.gen_range(0..d.k)).collect();
+        let online = match d.is_online() {
+            true => Some(d.online_batch(&self.data.faces, chunk, rng)?),
+            false => None,
+        };
+        let views: Vec<usize> = match online {
+            Some(_) => vec![0; n],
+            None => chunk.iter().map(|_| rng.gen_range(0..d.k)).collect(),
+        };
         let mix = self.cfg.distill.mixup > 0.0 && rng.gen_bool(self.cfg.distill.mixup.min(1.0));
         let (partner, lam): (Vec<usize>, Vec<f32>) = if mix {
             let mut p: Vec<usize> = (0..n).collect();
@@ -1030,8 +1042,12 @@ impl<'a> Trainer<'a> {
         };
         let (h, w) = (self.data.faces.height, self.data.faces.width);
         let aug = (d.plain && self.cfg.augment).then(|| flips_and_shifts(rng, n));
+        let len = h * w * 3;
         let x = pixels_batch(
-            |j| d.pixels(chunk[j], views[j]).into(),
+            |j| match &online {
+                Some(o) => o.pixels[j * len..(j + 1) * len].into(),
+                None => d.pixels(chunk[j], views[j]).into(),
+            },
             n,
             (h, w),
             &self.mean,
@@ -1066,13 +1082,28 @@ impl<'a> Trainer<'a> {
             v[self.data.faces.labels[chunk[j]] as usize] = 1.0;
             v
         })?;
-        let teacher = blend(d.dim, &|j| d.target(chunk[j], views[j]).to_vec())?;
-        let probs = if d.probs.is_empty() {
-            None
-        } else {
-            Some(blend(classes, &|j| {
-                d.prob(chunk[j], views[j]).unwrap_or(&[]).to_vec()
-            })?)
+        let (teacher, probs) = match &online {
+            Some(o) => {
+                let rows = |v: &[f32], w: usize, j: usize| v[j * w..(j + 1) * w].to_vec();
+                let t = (!o.targets.is_empty())
+                    .then(|| blend(d.dim, &|j| rows(&o.targets, d.dim, j)))
+                    .transpose()?;
+                let p = (!o.probs.is_empty())
+                    .then(|| blend(classes, &|j| rows(&o.probs, classes, j)))
+                    .transpose()?;
+                (t, p)
+            }
+            None => {
+                let t = blend(d.dim, &|j| d.target(chunk[j], views[j]).to_vec())?;
+                let p = (!d.probs.is_empty())
+                    .then(|| {
+                        blend(classes, &|j| {
+                            d.prob(chunk[j], views[j]).unwrap_or(&[]).to_vec()
+                        })
+                    })
+                    .transpose()?;
+                (Some(t), p)
+            }
         };
         let mask = self.dropout_mask(n, rng)?;
         let out = student.forward_masked(&x, &mask)?;
@@ -1081,7 +1112,7 @@ impl<'a> Trainer<'a> {
             &losses::DistillTargets {
                 labels: &labels,
                 embedding: self.pick_bottleneck(&out),
-                teacher: Some(&teacher),
+                teacher: teacher.as_ref(),
                 teacher_probs: probs.as_ref(),
             },
         )?;

@@ -385,3 +385,34 @@ fn distill_fits_and_logs_its_terms() {
         );
     }
 }
+
+/// `--online-teacher` runs dlib's face descriptor on fresh views: other teachers' rows and
+/// the fixed-target ablation are refused with what to do, before any training.
+#[test]
+fn online_teacher_refuses_what_it_cannot_run() {
+    let data = dataset(5);
+    let part = train::stored_partition(&data);
+    let dir = tempfile::tempdir().unwrap();
+    let online = |view_targets| TrainConfig {
+        distill: train::distill::DistillConfig {
+            online: true,
+            view_targets,
+            ..Default::default()
+        },
+        ..cfg(TrainMode::Distill)
+    };
+    let consistent = train::distill::ViewTargets::Consistent;
+    let e = train::train(&data, &online(consistent), &part, &files(dir.path(), "a"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--teacher dlib-face") && e.contains("synthetic"),
+        "{e}"
+    );
+    let fixed = train::distill::ViewTargets::Fixed;
+    let e = train::train(&data, &online(fixed), &part, &files(dir.path(), "b"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--view-targets fixed"), "{e}");
+    assert!(!dir.path().join("a.safetensors").exists());
+}
