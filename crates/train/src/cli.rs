@@ -109,8 +109,9 @@ pub struct Cli {
     /// when the bottlenecks hold no views.
     #[arg(long)]
     pub online_teacher: bool,
-    /// --online-teacher: dlib's face descriptor `.dat` [default: the model cache or the
-    /// Python package face_recognition_models]; must be the bottlenecks' teacher.
+    /// --online-teacher: dlib's face descriptor `.dat` [default: the file the bottlenecks
+    /// were made with, if still there; else the model cache or the Python package
+    /// face_recognition_models]; must be the bottlenecks' teacher (its digest is checked).
     #[arg(long, value_name = "FILE")]
     pub teacher_model: Option<PathBuf>,
     /// Stop a phase after this many epochs without a better validation score (0 = never).

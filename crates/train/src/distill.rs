@@ -124,13 +124,12 @@ pub struct DistillData {
 /// `--online-teacher`: dlib's face descriptor run on a fresh view of each face as training
 /// goes, read by the probe fitted on the bank (the probe and the centring stay fixed).
 struct OnlineTeacher {
-    net: dlib_dnn::FaceDescriptor,
+    /// None when no term reads the teacher (labels alone need only the fresh views).
+    net: Option<dlib_dnn::FaceDescriptor>,
     recipe: ViewRecipe,
     probe: Option<Probe>,
     temperature: f64,
     device: Device,
-    /// Whether any term reads the teacher (labels alone need only the fresh views).
-    needed: bool,
 }
 
 /// One `--online-teacher` batch: the fresh views' student pixels and the teacher's
@@ -179,10 +178,20 @@ impl DistillData {
                 photos: p.clone(),
             }),
         };
-        let online_net = if cfg.online {
-            Some(open_online_teacher(cfg, &b.teacher, teacher_model, device)?)
-        } else {
-            None
+        let needed = cfg.kl > 0.0 || cfg.cos > 0.0 || cfg.rkd > 0.0 || cfg.angle > 0.0;
+        let online_net = match (cfg.online, needed) {
+            (false, _) => None,
+            // Labels alone on fresh views: the teacher is not run.
+            (true, false) => Some(None),
+            (true, true) => {
+                // The file the teacher stage read, when it is still there.
+                let recorded = b.provenance.config["teacher"]
+                    .as_str()
+                    .map(PathBuf::from)
+                    .filter(|p| p.is_file());
+                let model = teacher_model.or(recorded.as_deref());
+                Some(Some(open_online_teacher(cfg, &b.teacher, model, device)?))
+            }
         };
         let (k, raw, pixels) = match &b.views {
             Some(bank) => {
@@ -258,7 +267,6 @@ impl DistillData {
                 probe,
                 temperature: cfg.temperature,
                 device: device.clone(),
-                needed: cfg.kl > 0.0 || cfg.cos > 0.0 || cfg.rkd > 0.0 || cfg.angle > 0.0,
             }),
             None => None,
         };
@@ -308,16 +316,15 @@ impl DistillData {
             .map(|(&i, p)| Ok(source.render(i, std::slice::from_ref(p))?.remove(0)))
             .collect::<Result<Vec<_>, TrainError>>()?;
         let pixels = views.iter().flat_map(|v| v.face.iter().copied()).collect();
-        if !t.needed {
+        let Some(net) = &t.net else {
             return Ok(OnlineBatch {
                 pixels,
                 targets: vec![],
                 probs: vec![],
             });
-        }
+        };
         let chips: Vec<u8> = views.iter().flat_map(|v| v.chip.iter().copied()).collect();
-        let mut targets = t
-            .net
+        let mut targets = net
             .descriptors(&chips, chunk.len())?
             .flatten_all()?
             .to_vec1::<f32>()?;

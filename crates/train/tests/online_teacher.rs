@@ -103,6 +103,27 @@ fn online_views_match_the_teacher_and_train() {
     for p in first.probs.chunks_exact(data.num_classes()) {
         assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-4, "{p:?}");
     }
+    // Labels alone on fresh views: the teacher is neither opened nor run.
+    let labels_only = DistillConfig {
+        kl: 0.0,
+        cos: 0.0,
+        rkd: 0.0,
+        ..cfg
+    };
+    let nowhere = dir.path().join("no-such-model.dat");
+    let d0 = DistillData::build(
+        &data,
+        &part.train,
+        &part.val,
+        &labels_only,
+        Some(&photos),
+        Some(&nowhere),
+        &device,
+    )
+    .unwrap();
+    let plain = d0.online_batch(&data.faces, &chunk, &mut rng).unwrap();
+    assert_eq!(plain.pixels.len(), chunk.len() * image_len);
+    assert!(plain.targets.is_empty() && plain.probs.is_empty());
     // Training with the online teacher: a few epochs, every term logged, the setting saved.
     let tc = train::TrainConfig {
         mode: train::TrainMode::Distill,
@@ -112,7 +133,7 @@ fn online_views_match_the_teacher_and_train() {
         patience: 0,
         distill: cfg,
         photos: Some(photos.clone()),
-        teacher_model: Some(model.clone()),
+        teacher_model: None, // the file the bottlenecks recorded
         student: model::StudentConfig::deep(),
         ..Default::default()
     };
