@@ -161,6 +161,7 @@ fn ci_options(shared: &Path, out: &Path) -> Options {
         modes: MODES.iter().map(|s| s.to_string()).collect(),
         views: 4,
         inception_views: 0,
+        online_teacher: false,
         device: "cpu".into(),
         seed: 42,
         config: Some(PathBuf::from("xtask/ci-pipeline.toml")),

@@ -53,6 +53,9 @@ pub struct Options {
     /// The same for Inception, whose passes cost ~8x the face teacher's (0 by default: its
     /// distill student then trains on the faces with one target each).
     pub inception_views: usize,
+    /// `--online-teacher`: the face teacher's distill student (and distill-base) train on
+    /// fresh views, the teacher run at every step (~3x an epoch's cost on a CPU).
+    pub online_teacher: bool,
     pub device: String,
     pub seed: u64,
     pub config: Option<PathBuf>,
@@ -91,7 +94,7 @@ impl Options {
             let a = args[i].as_str();
             if known.contains(&a) {
                 i += 2;
-            } else if a == "--install-deps" || a == "--download-lfw" {
+            } else if a == "--install-deps" || a == "--download-lfw" || a == "--online-teacher" {
                 i += 1;
             } else if let Some(n) = crate::slurm::SlurmOptions::arity(a) {
                 i += n;
@@ -129,6 +132,7 @@ impl Options {
             teacher_grid: number_flag(args, "--teacher-grid", 1)?,
             views: number_flag(args, "--views", DEFAULT_VIEWS)?,
             inception_views: number_flag(args, "--inception-views", 0)?,
+            online_teacher: has_flag(args, "--online-teacher"),
             modes,
             device: flag_value(args, "--device").unwrap_or_else(|| {
                 // --slurm-gpu: every job gets a GPU; the stages must be told to use it.
@@ -521,6 +525,12 @@ fn train_and_eval(
     let mut extra_train = extra_args(&o.config, "train")?;
     if VIEW_MODES.contains(&r.mode) {
         extra_train.extend(extra_args(&o.config, "train-distill")?);
+        // Fresh views need the face teacher (distill-base cuts the face teacher's views).
+        if o.online_teacher && (r.teacher == Some("face") || r.mode == "distill-base") {
+            extra_train.push("--online-teacher".into());
+            extra_train.push("--photos".into());
+            extra_train.push(o.data.display().to_string());
+        }
     }
     log.stage(
         &format!("train {tag}"),
