@@ -106,16 +106,7 @@ fn views_of_real_faces() {
     use preprocess::views::{ViewJitter, ViewRecipe};
     let dir = tempfile::tempdir().unwrap();
     let photos = dir.path().join("photos");
-    let src = test_support::shared().join("data/msceleb-samples/m.06w2sn5");
-    std::fs::create_dir_all(photos.join("p")).unwrap();
-    let mut files: Vec<_> = std::fs::read_dir(&src)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    for f in files.iter().take(8) {
-        std::fs::copy(f, photos.join("p").join(f.file_name().unwrap())).unwrap();
-    }
+    test_support::msceleb_photos(&photos, &["m.06w2sn5"], 8);
     let faces = dir.path().join("faces.safetensors");
     let mut pre = preprocess::PreprocessConfig::default();
     pre.detector.cnn_model = Some(test_support::cnn_detector_model());

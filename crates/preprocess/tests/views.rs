@@ -5,7 +5,6 @@
 use artifacts::Faces;
 use preprocess::views::{draw_views, ViewJitter, ViewParams, ViewSource};
 use preprocess::{run, PreprocessConfig};
-use test_support::shared;
 
 fn mirrored(img: &[u8], side: usize) -> Vec<u8> {
     img.chunks_exact(side * 3)
@@ -26,18 +25,7 @@ fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
 fn views_are_cut_from_the_photo_like_the_face() {
     let dir = tempfile::tempdir().unwrap();
     let photos = dir.path().join("photos");
-    let src = shared().join("data/msceleb-samples");
-    for person in ["m.01kk_s6", "m.0qfnmpt"] {
-        std::fs::create_dir_all(photos.join(person)).unwrap();
-        let mut files: Vec<_> = std::fs::read_dir(src.join(person))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        for f in files.iter().take(6) {
-            std::fs::copy(f, photos.join(person).join(f.file_name().unwrap())).unwrap();
-        }
-    }
+    test_support::msceleb_photos(&photos, &["m.01kk_s6", "m.0qfnmpt"], 6);
     let out = dir.path().join("faces.safetensors");
     let mut cfg = PreprocessConfig::default();
     cfg.detector.cnn_model = Some(test_support::cnn_detector_model());

@@ -49,6 +49,24 @@ pub fn descriptor_model() -> PathBuf {
     shared().join("models/dlib/dlib_face_recognition_resnet_model_v1.dat")
 }
 
+/// The first `n` photos (by name) of each msceleb-samples `person` copied into
+/// `dest/<person>/`: a small photo folder for the tests that run preprocess.
+pub fn msceleb_photos(dest: &Path, people: &[&str], n: usize) {
+    for person in people {
+        let src = shared().join("data/msceleb-samples").join(person);
+        std::fs::create_dir_all(dest.join(person)).expect("a photo folder");
+        let mut files: Vec<_> = std::fs::read_dir(&src)
+            .unwrap_or_else(|e| panic!("{}: {e}", src.display()))
+            .map(|e| e.expect("a folder entry").path())
+            .collect();
+        files.sort();
+        for f in files.iter().take(n) {
+            std::fs::copy(f, dest.join(person).join(f.file_name().expect("a file")))
+                .expect("a copied photo");
+        }
+    }
+}
+
 /// dlib's CNN face detector model in the shared data.
 pub fn cnn_detector_model() -> PathBuf {
     shared().join("models/dlib/mmod_human_face_detector.dat")

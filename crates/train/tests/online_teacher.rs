@@ -19,20 +19,7 @@ fn dist(a: &[f32], b: &[f32]) -> f32 {
 /// teacher's bottlenecks (no bank of views).
 fn two_people(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     let photos = dir.join("photos");
-    for person in ["m.01kk_s6", "m.01yrkh"] {
-        let src = test_support::shared()
-            .join("data/msceleb-samples")
-            .join(person);
-        std::fs::create_dir_all(photos.join(person)).unwrap();
-        let mut files: Vec<_> = std::fs::read_dir(&src)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        for f in files.iter().take(6) {
-            std::fs::copy(f, photos.join(person).join(f.file_name().unwrap())).unwrap();
-        }
-    }
+    test_support::msceleb_photos(&photos, &["m.01kk_s6", "m.01yrkh"], 6);
     let faces = dir.join("faces.safetensors");
     let mut pre = preprocess::PreprocessConfig::default();
     pre.detector.cnn_model = Some(test_support::cnn_detector_model());
@@ -48,7 +35,7 @@ fn two_people(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path:
 }
 
 fn face_model() -> std::path::PathBuf {
-    test_support::shared().join("models/dlib/dlib_face_recognition_resnet_model_v1.dat")
+    test_support::descriptor_model()
 }
 
 /// The online batch's teacher rows are the descriptors of the view the student sees: a
