@@ -30,7 +30,7 @@ commands:
                --views K (4: views per face the face teacher embeds for the distill modes)
                --inception-views K (0: the same for Inception, ~8x the cost a view)
                --online-teacher (face-distill and distill-base on fresh views, the face
-               teacher run at every step: ~3x an epoch's cost on a CPU)
+               teacher run at every step: ~3-5x an epoch's cost on a CPU)
                --device auto|cpu|cuda  --seed N (42)
                --config pipeline.toml  --features cuda  --install-deps
                --download-lfw (when data/raw is missing: fetch LFW, people with >= 20

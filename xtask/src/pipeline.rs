@@ -54,7 +54,7 @@ pub struct Options {
     /// distill student then trains on the faces with one target each).
     pub inception_views: usize,
     /// `--online-teacher`: the face teacher's distill student (and distill-base) train on
-    /// fresh views, the teacher run at every step (~3x an epoch's cost on a CPU).
+    /// fresh views, the teacher run at every step (~3-5x an epoch's cost on a CPU).
     pub online_teacher: bool,
     pub device: String,
     pub seed: u64,

@@ -104,7 +104,7 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub photos: Option<PathBuf>,
     /// --distill: run the face teacher on a fresh random view of every face at every step
-    /// (the recipe's way; ~3x slower an epoch on 2 CPU cores) instead of the bank's K views.
+    /// (the recipe's way; ~3-5x slower an epoch on 2 CPU cores) instead of the bank's K views.
     /// The bank (or the faces' one row) still fits the teacher's probe; needs --photos
     /// when the bottlenecks hold no views.
     #[arg(long)]
