@@ -31,7 +31,7 @@ pub use io::{digest_bytes, digest_file, read_header, write_atomic, write_json_at
 pub use pixels::Pixels;
 pub use shards::{JobPart, ShardRef};
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The `__metadata__` key holding the JSON document.
 pub const META_KEY: &str = "celeb_transfer";
@@ -244,4 +244,26 @@ pub const FACE_TEACHER_PREFIX: &str = "dlib-face:";
 /// True when `teacher` (a bottlenecks artifact's teacher id) is dlib's face descriptor.
 pub fn is_face_teacher(teacher: &str) -> bool {
     teacher.starts_with(FACE_TEACHER_PREFIX)
+}
+
+/// The teacher id of dlib's face descriptor read from `path` whose SHA-256 is `sha256_hex`:
+/// `dlib-face:<file name>#<first 16 hex digits>`. The one writer of that id.
+pub fn face_teacher_id(path: &Path, sha256_hex: &str) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let short = sha256_hex.get(..16).unwrap_or(sha256_hex);
+    format!("{FACE_TEACHER_PREFIX}{name}#{short}")
+}
+
+/// True when two face-teacher ids name the same weights (the digests agree; the file may
+/// have been renamed or moved).
+pub fn same_face_teacher(a: &str, b: &str) -> bool {
+    let digest = |t: &str| {
+        t.strip_prefix(FACE_TEACHER_PREFIX)
+            .and_then(|r| r.rsplit_once('#'))
+            .map(|(_, d)| d.to_string())
+    };
+    matches!((digest(a), digest(b)), (Some(x), Some(y)) if !x.is_empty() && x == y)
 }

@@ -424,3 +424,25 @@ fn sharded_faces_read_like_one_file_and_name_a_bad_shard() {
         "{m}"
     );
 }
+
+/// The face teacher's id has one writer; ids agree when the weights do, whatever the file
+/// is called, and an Inception id never matches one.
+#[test]
+fn face_teacher_ids_compare_by_digest() {
+    let hex = "55533b28a95800a5aaaabbbbccccdddd";
+    let a = face_teacher_id(
+        Path::new("/m/dlib_face_recognition_resnet_model_v1.dat"),
+        hex,
+    );
+    assert_eq!(
+        a,
+        "dlib-face:dlib_face_recognition_resnet_model_v1.dat#55533b28a95800a5"
+    );
+    assert!(is_face_teacher(&a));
+    let renamed = face_teacher_id(Path::new("copy.dat"), hex);
+    assert!(same_face_teacher(&a, &renamed));
+    let other = face_teacher_id(Path::new("copy.dat"), "0123456789abcdef00");
+    assert!(!same_face_teacher(&a, &other));
+    assert!(!same_face_teacher(&a, "dir:inception-v3#55533b28a95800a5"));
+    assert!(!same_face_teacher("dlib-face:x#", "dlib-face:y#"));
+}

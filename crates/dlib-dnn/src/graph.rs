@@ -49,6 +49,18 @@ pub enum Kernels {
     Candle,
 }
 
+impl Kernels {
+    /// The fastest kernels that run on `device` in `dtype`: the NHWC CPU kernels for f32 on
+    /// the CPU, candle's ops everywhere else (CUDA, half precision).
+    pub fn best_for(device: &Device, dtype: DType) -> Self {
+        if device.is_cpu() && dtype == DType::F32 {
+            Kernels::CpuNhwc
+        } else {
+            Kernels::Candle
+        }
+    }
+}
+
 /// A runnable network.
 pub struct Graph {
     ops: Vec<Op>,

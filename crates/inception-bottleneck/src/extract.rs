@@ -165,11 +165,7 @@ impl Teacher {
         let (device, dtype) = device_and_dtype(cfg)?;
         let path = face_teacher::locate(&cfg.teacher)?;
         let identity = face_teacher::identity(&path)?;
-        let kernels = if device.is_cpu() && dtype == DType::F32 {
-            dlib_dnn::Kernels::CpuNhwc
-        } else {
-            dlib_dnn::Kernels::Candle
-        };
+        let kernels = dlib_dnn::Kernels::best_for(&device, dtype);
         let net = dlib_dnn::FaceDescriptor::open(&path, kernels, &device, dtype)?;
         tracing::info!("teacher {identity} (dlib's face descriptor, 128-d, on dlib chips)");
         Ok(Teacher {

@@ -36,13 +36,5 @@ pub fn identity(path: &Path) -> Result<String, TeacherError> {
             path.display()
         );
     }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(format!(
-        "{}{name}#{}",
-        artifacts::FACE_TEACHER_PREFIX,
-        &hex[..16]
-    ))
+    Ok(artifacts::face_teacher_id(path, hex))
 }

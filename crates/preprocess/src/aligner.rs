@@ -57,11 +57,7 @@ impl Aligner {
         let cnn = match &cfg.detector.cnn_model {
             Some(path) if cfg.mode != Mode::AsIs => {
                 let device = kernels::device::pick(cfg.device).map_err(PreprocessError::Device)?;
-                let kernels = if device.is_cpu() {
-                    dlib_dnn::Kernels::CpuNhwc
-                } else {
-                    dlib_dnn::Kernels::Candle
-                };
+                let kernels = dlib_dnn::Kernels::best_for(&device, candle_core::DType::F32);
                 Some(
                     dlib_dnn::FaceDetector::open(path, kernels, &device, candle_core::DType::F32)
                         .map_err(PreprocessError::CnnModel)?,

@@ -381,19 +381,15 @@ fn open_online_teacher(
             }
         })?;
     let digest = artifacts::digest_file(&path)?;
-    let short = digest.trim_start_matches("sha256:").get(..16).unwrap_or("");
-    if teacher.rsplit_once('#').map(|(_, d)| d) != Some(short) {
+    let id = artifacts::face_teacher_id(&path, digest.trim_start_matches("sha256:"));
+    if !artifacts::same_face_teacher(teacher, &id) {
         return Err(ConfigError::OnlineOtherTeacher {
             path,
             teacher: teacher.into(),
         }
         .into());
     }
-    let kernels = if device.is_cpu() {
-        dlib_dnn::Kernels::CpuNhwc
-    } else {
-        dlib_dnn::Kernels::Candle
-    };
+    let kernels = dlib_dnn::Kernels::best_for(device, DType::F32);
     let net = dlib_dnn::FaceDescriptor::open(&path, kernels, device, DType::F32).map_err(|e| {
         ConfigError::OnlineModel {
             path: path.clone(),
