@@ -32,7 +32,9 @@ commands:
                --online-teacher (face-distill and distill-base on fresh views, the face
                teacher run at every step: ~3-5x an epoch's cost on a CPU)
                --device auto|cpu|cuda  --seed N (42)
-               --config pipeline.toml  --features cuda  --install-deps
+               --config pipeline.toml (each stage's extra flags: [preprocess], [bottleneck],
+               [train], [train-distill], one run's [train-<run>] e.g. [train-face-distill],
+               [eval])  --features cuda  --install-deps
                --download-lfw (when data/raw is missing: fetch LFW, people with >= 20
                photos, checksum verified; asked interactively without the flag)
                --add DIR (a `predict --group-unknowns` folder: its renamed groups join

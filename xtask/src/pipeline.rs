@@ -532,6 +532,8 @@ fn train_and_eval(
             extra_train.push(o.data.display().to_string());
         }
     }
+    // One run's own flags last (`[train-inception-distill]`, `[train-base]`, ...).
+    extra_train.extend(extra_args(&o.config, &format!("train-{tag}"))?);
     log.stage(
         &format!("train {tag}"),
         Command::new(bin("train"))
@@ -581,8 +583,8 @@ fn train_and_eval(
 /// `train`'s flags for a pipeline mode, and flags that must come after the config's
 /// (`distill-base` switches every teacher term off, whatever `[train-distill]` says).
 fn mode_args(mode: &str) -> (Vec<String>, Vec<&'static str>) {
-    // The distill modes' schedule (a config's `[train]` / `[train-distill]` flags come
-    // after these and win): chosen on validation accuracy, see the README.
+    // The distill modes' schedule (a config's `[train]` / `[train-distill]` /
+    // `[train-<run>]` flags come after these and win): chosen on validation accuracy, see the README.
     let distill = || -> Vec<String> { DISTILL_TRAIN.iter().map(|s| s.to_string()).collect() };
     match mode {
         "distill" => (distill(), vec![]),
