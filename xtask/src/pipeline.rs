@@ -584,7 +584,8 @@ fn train_and_eval(
 /// (`distill-base` switches every teacher term off, whatever `[train-distill]` says).
 fn mode_args(mode: &str) -> (Vec<String>, Vec<&'static str>) {
     // The distill modes' schedule (a config's `[train]` / `[train-distill]` /
-    // `[train-<run>]` flags come after these and win): chosen on validation accuracy, see the README.
+    // `[train-<run>]` flags come after these and win): chosen on validation accuracy, see
+    // the README.
     let distill = || -> Vec<String> { DISTILL_TRAIN.iter().map(|s| s.to_string()).collect() };
     match mode {
         "distill" => (distill(), vec![]),

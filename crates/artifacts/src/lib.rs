@@ -260,10 +260,9 @@ pub fn face_teacher_id(path: &Path, sha256_hex: &str) -> String {
 /// True when two face-teacher ids name the same weights (the digests agree; the file may
 /// have been renamed or moved).
 pub fn same_face_teacher(a: &str, b: &str) -> bool {
-    let digest = |t: &str| {
-        t.strip_prefix(FACE_TEACHER_PREFIX)
-            .and_then(|r| r.rsplit_once('#'))
-            .map(|(_, d)| d.to_string())
-    };
-    matches!((digest(a), digest(b)), (Some(x), Some(y)) if !x.is_empty() && x == y)
+    fn digest(t: &str) -> Option<&str> {
+        let (_, d) = t.strip_prefix(FACE_TEACHER_PREFIX)?.rsplit_once('#')?;
+        Some(d).filter(|d| !d.is_empty())
+    }
+    matches!((digest(a), digest(b)), (Some(x), Some(y)) if x == y)
 }
