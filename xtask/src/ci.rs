@@ -2,7 +2,7 @@
 //! then the pipeline on the study's photos with the offline stand-in teacher, and the
 //! checks on what it made (faces kept, the front page's links, planted errors, predict).
 
-use crate::pipeline::{self, bin, Options, MODES, TEACHERS};
+use crate::pipeline::{self, bin, Options, StageArgs, MODES, TEACHERS};
 use crate::util::{self, cargo, has_flag, read_json, run as sh, run_capture, shared_dir};
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
@@ -47,8 +47,8 @@ impl Steps {
 /// study's split (their own command: `cargo test --release -p train --test seed_4x20 --
 /// --ignored`, about 20 min; with them `distill` on the same split), adding
 /// grouped strangers as people (`cargo test --release -p predict --test add_people --
-/// --ignored`: two pipeline runs, about 10 min), and predict's msceleb checks
-/// ([`PREDICT_PIPELINE_TESTS`]), run after the pipeline on its faces and models instead
+/// --ignored`: two pipeline runs, about 10 min), and the msceleb checks of
+/// [`PIPELINE_OUTPUT_TESTS`], run after the pipeline on its faces and models instead
 /// (they would otherwise preprocess the photos again).
 const CI_SKIPS: &[&str] = &[
     "five_seeds",
@@ -57,10 +57,14 @@ const CI_SKIPS: &[&str] = &[
     "named_groups_teach",
 ];
 
-/// predict's msceleb checks (`crates/predict/tests/shared_data.rs`): skipped in the main
+/// The msceleb checks that read a pipeline run's output when `CELEB_PIPELINE_OUT` names it
+/// (the `shared_data.rs` tests of preprocess, eval-tsne and predict): skipped in the main
 /// test run, run on the pipeline's output after it; the names also filter
-/// `--workspace --test shared_data` down to them.
-const PREDICT_PIPELINE_TESTS: &[&str] = &[
+/// `--workspace --test shared_data` down to them. Each whole-folder preprocess they spare
+/// is ~70 s of CI.
+const PIPELINE_OUTPUT_TESTS: &[&str] = &[
+    "msceleb_detection_share_and_landmark_spread",
+    "msceleb_end_to_end",
     "predict_agrees_with_eval",
     "strangers_are_called_unknown",
     "a_photo_with_two_faces",
@@ -111,7 +115,7 @@ fn ci_tests(steps: &mut Steps) -> Result<()> {
     test.args(["test", "--workspace", "--release", "--"]);
     if shared.is_some() {
         test.arg("--include-ignored");
-        for skip in CI_SKIPS.iter().chain(PREDICT_PIPELINE_TESTS) {
+        for skip in CI_SKIPS.iter().chain(PIPELINE_OUTPUT_TESTS) {
             test.args(["--skip", skip]);
         }
     } else {
@@ -145,8 +149,8 @@ fn ci_slurm(steps: &mut Steps) -> Result<()> {
 
 /// The pipeline's settings on ../shared: the study's photos, the offline stand-in
 /// Inception, dlib's face descriptor and detector, every mode.
-fn ci_options(shared: &Path, out: &Path) -> Options {
-    Options {
+fn ci_options(shared: &Path, out: &Path) -> Result<Options> {
+    Ok(Options {
         data: shared.join("data/msceleb-samples"),
         out: out.to_path_buf(),
         teacher: shared
@@ -171,13 +175,13 @@ fn ci_options(shared: &Path, out: &Path) -> Options {
         online_teacher: false,
         device: "cpu".into(),
         seed: 42,
-        config: Some(PathBuf::from("xtask/ci-pipeline.toml")),
+        stage_args: StageArgs::read(Path::new("xtask/ci-pipeline.toml"))?,
         cuda: false,
         install_deps: util::is_root(),
         download_lfw: false,
         add: None,
         slurm: None,
-    }
+    })
 }
 
 fn ci_pipeline(args: &[String], steps: &mut Steps) -> Result<()> {
@@ -189,7 +193,7 @@ fn ci_pipeline(args: &[String], steps: &mut Steps) -> Result<()> {
         return Ok(());
     }
     let out = PathBuf::from("target/ci-pipeline");
-    let o = ci_options(&shared, &out);
+    let o = ci_options(&shared, &out)?;
     let summary = steps.time("pipeline on msceleb-samples", || run_pipeline_checked(&o))?;
     check_faces_kept(&o)?;
     check_transfer(&summary)?;
@@ -197,11 +201,12 @@ fn ci_pipeline(args: &[String], steps: &mut Steps) -> Result<()> {
     steps.time("planted label errors and strangers", || {
         planted_checks(&out, &shared)
     })?;
-    // predict on the pipeline's models (#18): eval's labels again from the raw photos,
-    // strangers left out of training called unknown, a two-face photo.
-    steps.time("predict checks (msceleb)", || {
-        // `--workspace` (with filters naming predict's tests) keeps the tests' build:
-        // `-p predict` alone would resolve other features and rebuild.
+    // The checks on the pipeline's faces and models: detection share and alignment spread,
+    // an evaluation, and predict (#18): eval's labels again from the raw photos, strangers
+    // left out of training called unknown, a two-face photo.
+    steps.time("checks on the pipeline's output", || {
+        // `--workspace` (with filters naming the tests) keeps the tests' build: `-p
+        // predict` alone would resolve other features and rebuild.
         sh(cargo()
             .args([
                 "test",
@@ -215,7 +220,7 @@ fn ci_pipeline(args: &[String], steps: &mut Steps) -> Result<()> {
                 "--test-threads",
                 "1",
             ])
-            .args(PREDICT_PIPELINE_TESTS)
+            .args(PIPELINE_OUTPUT_TESTS)
             .env("CELEB_PIPELINE_OUT", std::fs::canonicalize(&out)?))
     })?;
     // A second run must skip every stage.

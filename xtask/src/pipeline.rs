@@ -7,6 +7,7 @@ use crate::util::{
 };
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -58,7 +59,8 @@ pub struct Options {
     pub online_teacher: bool,
     pub device: String,
     pub seed: u64,
-    pub config: Option<PathBuf>,
+    /// Each stage's extra flags from the config file (`--config`, else `pipeline.toml`).
+    pub stage_args: StageArgs,
     pub cuda: bool,
     pub install_deps: bool,
     pub download_lfw: bool,
@@ -112,9 +114,13 @@ impl Options {
         if !features.is_empty() && features != "cuda" {
             bail!("--features: only `cuda` is known");
         }
-        let config = flag_value(args, "--config")
-            .map(PathBuf::from)
-            .or_else(|| Some(PathBuf::from("pipeline.toml")).filter(|p| p.exists()));
+        let stage_args = match flag_value(args, "--config") {
+            Some(path) => StageArgs::read(Path::new(&path))?,
+            None if Path::new("pipeline.toml").exists() => {
+                StageArgs::read(Path::new("pipeline.toml"))?
+            }
+            None => StageArgs::default(),
+        };
         Ok(Options {
             data: flag_value(args, "--data")
                 .unwrap_or_else(|| "data/raw".into())
@@ -144,7 +150,7 @@ impl Options {
                 .into()
             }),
             seed: number_flag(args, "--seed", 42)?,
-            config,
+            stage_args,
             cuda: features == "cuda",
             install_deps: has_flag(args, "--install-deps"),
             download_lfw: has_flag(args, "--download-lfw"),
@@ -186,29 +192,42 @@ where
 
 /// Extra per-stage arguments from `pipeline.toml`: `[preprocess] args = [...]`, and the
 /// same for `bottleneck`, `train` and `eval` (a flag there is the stage's own CLI flag,
-/// so there is one definition of each setting: the stage's).
-fn extra_args(config: &Option<PathBuf>, stage: &str) -> Result<Vec<String>> {
-    let Some(path) = config else {
-        return Ok(vec![]);
-    };
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    let doc: toml::Table = text
-        .parse()
-        .with_context(|| format!("{}: not valid TOML", path.display()))?;
-    let Some(section) = doc.get(stage) else {
-        return Ok(vec![]);
-    };
-    let args = section
-        .get("args")
-        .and_then(|a| a.as_array())
-        .cloned()
-        .unwrap_or_default();
-    args.iter()
-        .map(|v| match v {
-            toml::Value::String(s) => Ok(s.clone()),
-            other => Ok(other.to_string()),
-        })
-        .collect()
+/// so there is one definition of each setting: the stage's), `[train-distill]` and
+/// `[train-<run>]` after `[train]`. Read once, when the options are parsed, so a bad file
+/// fails before any stage runs.
+#[derive(Debug, Clone, Default)]
+pub struct StageArgs(BTreeMap<String, Vec<String>>);
+
+impl StageArgs {
+    pub fn read(path: &Path) -> Result<StageArgs> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+        let doc: toml::Table = text
+            .parse()
+            .with_context(|| format!("{}: not valid TOML", path.display()))?;
+        let mut sections = BTreeMap::new();
+        for (stage, section) in doc {
+            let Some(args) = section.get("args") else {
+                continue;
+            };
+            let Some(args) = args.as_array() else {
+                bail!("{}: [{stage}] args must be a list of flags", path.display());
+            };
+            let args = args
+                .iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            sections.insert(stage, args);
+        }
+        Ok(StageArgs(sections))
+    }
+
+    /// The flags of `[stage]` (none when the file has no such section).
+    pub fn get(&self, stage: &str) -> &[String] {
+        self.0.get(stage).map(Vec::as_slice).unwrap_or_default()
+    }
 }
 
 /// A stage binary, as `build_stages` leaves it.
@@ -404,7 +423,7 @@ fn preprocess(o: &Options, log: &mut StageLog) -> Result<PathBuf> {
             )?;
         }
     }
-    log.stage("preprocess", pre.args(extra_args(&o.config, "preprocess")?))?;
+    log.stage("preprocess", pre.args(o.stage_args.get("preprocess")))?;
     Ok(faces)
 }
 
@@ -442,7 +461,7 @@ fn bottlenecks<'a>(
                 "--grid",
                 &o.teacher_grid.to_string(),
             ])
-            .args(extra_args(&o.config, "bottleneck")?);
+            .args(o.stage_args.get("bottleneck"));
         }
         let views = if t == "face" {
             o.views
@@ -522,9 +541,9 @@ fn train_and_eval(
     let seed = o.seed.to_string();
     let ck = o.out.join(format!("student-{tag}.safetensors"));
     let (mode_args, extra) = mode_args(r.mode);
-    let mut extra_train = extra_args(&o.config, "train")?;
+    let mut extra_train = o.stage_args.get("train").to_vec();
     if VIEW_MODES.contains(&r.mode) {
-        extra_train.extend(extra_args(&o.config, "train-distill")?);
+        extra_train.extend_from_slice(o.stage_args.get("train-distill"));
         // Fresh views need the face teacher (distill-base cuts the face teacher's views).
         if o.online_teacher && (r.teacher == Some("face") || r.mode == "distill-base") {
             extra_train.push("--online-teacher".into());
@@ -533,7 +552,7 @@ fn train_and_eval(
         }
     }
     // One run's own flags last (`[train-inception-distill]`, `[train-base]`, ...).
-    extra_train.extend(extra_args(&o.config, &format!("train-{tag}"))?);
+    extra_train.extend_from_slice(o.stage_args.get(&format!("train-{tag}")));
     log.stage(
         &format!("train {tag}"),
         Command::new(bin("train"))
@@ -575,7 +594,7 @@ fn train_and_eval(
             .arg("--out")
             .arg(&eval_dir)
             .args(excl_args)
-            .args(extra_args(&o.config, "eval")?),
+            .args(o.stage_args.get("eval")),
     )?;
     result_row(r, &ck, &eval_dir)
 }
@@ -792,7 +811,7 @@ mod tests {
 
     #[test]
     fn options_parse_defaults_lists_and_numbers() {
-        let o = Options::parse(&args(&["--config", "none.toml"])).unwrap();
+        let o = Options::parse(&args(&[])).unwrap();
         assert_eq!(o.modes, MODES);
         assert_eq!(o.teachers, TEACHERS);
         assert_eq!((o.seed, o.teacher_grid), (42, 1));
@@ -821,6 +840,35 @@ mod tests {
         );
         assert!(err(&["--seed", "x"]).starts_with("--seed: "));
         assert!(err(&["--teacher-grid", "-1"]).starts_with("--teacher-grid: "));
+    }
+
+    #[test]
+    fn stage_args_are_read_once_and_bad_sections_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "[train]\nargs = [\"--epochs\", 8]\n[train-face-distill]\nargs = [\"--kl\", \"0\"]\n[eval]\n",
+        )
+        .unwrap();
+        let a = StageArgs::read(&path).unwrap();
+        assert_eq!(a.get("train"), ["--epochs", "8"]);
+        assert_eq!(a.get("train-face-distill"), ["--kl", "0"]);
+        assert!(a.get("eval").is_empty() && a.get("preprocess").is_empty());
+        std::fs::write(&path, "[train]\nargs = \"--epochs 8\"\n").unwrap();
+        let err = format!("{:#}", StageArgs::read(&path).unwrap_err());
+        assert!(
+            err.ends_with("[train] args must be a list of flags"),
+            "{err}"
+        );
+        std::fs::write(&path, "[train\n").unwrap();
+        let err = format!("{:#}", StageArgs::read(&path).unwrap_err());
+        assert!(err.contains("not valid TOML"), "{err}");
+        let err = format!(
+            "{:#}",
+            Options::parse(&args(&["--config", "no/such.toml"])).unwrap_err()
+        );
+        assert!(err.starts_with("no/such.toml"), "{err}");
     }
 
     #[test]

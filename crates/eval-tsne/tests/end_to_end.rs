@@ -1,5 +1,5 @@
 //! Hermetic: a tiny trained student through the whole evaluation (report, PNGs, HTML).
-//! With ../shared: the same on the study's msceleb faces.
+//! The same on the study's msceleb faces is in `shared_data.rs`.
 
 use artifacts::{Faces, Provenance, Split};
 use eval_tsne::{evaluate, EvalConfig};
@@ -109,41 +109,4 @@ fn report_and_pictures_are_produced() {
     let emb = artifacts::Embeddings::read(&out.join("embeddings.safetensors")).unwrap();
     assert_eq!(emb.len(), 45);
     assert!(eval_tsne::up_to_date(&ecfg));
-}
-
-#[test]
-#[ignore = "needs ../shared and Debian data packages"]
-fn msceleb_end_to_end() {
-    let shared = test_support::shared();
-    let dir = tempfile::tempdir().unwrap();
-    let faces = dir.path().join("faces.safetensors");
-    let s = preprocess::run(
-        &shared.join("data/msceleb-samples"),
-        &faces,
-        &preprocess::PreprocessConfig::default(),
-    )
-    .unwrap();
-    assert!(s.faces > 1000);
-    let cfg = TrainConfig {
-        mode: TrainMode::Base,
-        epochs: 6,
-        min_steps: 0,
-        device: kernels::device::DeviceChoice::Cpu,
-        ..Default::default()
-    };
-    let ck = train_student(&faces, None, &cfg, dir.path());
-    let out = dir.path().join("eval");
-    let r = evaluate(&EvalConfig {
-        checkpoint: ck,
-        faces,
-        bottlenecks: None,
-        out: out.clone(),
-        ..Default::default()
-    })
-    .unwrap();
-    let test = r.test.unwrap();
-    assert_eq!(test.per_class.len(), 14);
-    assert!(test.top1 > 3.0 / 14.0, "{}", test.top1);
-    assert!(!r.suspects.is_empty(), "dirty folders give suspects");
-    assert!(out.join("report.html").exists());
 }

@@ -4,7 +4,7 @@
 //!
 //! The faces and face descriptors of msceleb-samples are made once per test binary, or
 //! taken from a pipeline run when `CELEB_PIPELINE_OUT` names its folder (`cargo xtask ci`
-//! does, after its pipeline).
+//! does, after its pipeline; [`test_support::pipeline_out`]).
 
 use artifacts::{Bottlenecks, Faces, Split};
 use std::path::{Path, PathBuf};
@@ -24,8 +24,7 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        if let Some(out) = std::env::var_os("CELEB_PIPELINE_OUT") {
-            let out = PathBuf::from(out);
+        if let Some(out) = test_support::pipeline_out() {
             return Fixture {
                 faces: out.join("faces.safetensors"),
                 bottlenecks: out.join("bottlenecks-face.safetensors"),
@@ -118,7 +117,7 @@ fn agree_with(runs: &[(PathBuf, PathBuf)], faces: &Faces) {
 fn predict_agrees_with_eval_on_the_test_photos() {
     let f = fixture();
     let faces = Faces::read(&f.faces).unwrap();
-    if let Some(out) = std::env::var_os("CELEB_PIPELINE_OUT").map(PathBuf::from) {
+    if let Some(out) = test_support::pipeline_out() {
         let summary: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
                 .unwrap();

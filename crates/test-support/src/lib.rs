@@ -39,6 +39,13 @@ fn shared_candidate() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("../shared"))
 }
 
+/// The folder of a finished pipeline run on msceleb-samples when `CELEB_PIPELINE_OUT`
+/// names one (`cargo xtask ci` sets it after its pipeline): the tests on the study's photos
+/// then read its faces, descriptors and models instead of preprocessing the photos again.
+pub fn pipeline_out() -> Option<PathBuf> {
+    std::env::var_os("CELEB_PIPELINE_OUT").map(PathBuf::from)
+}
+
 /// The workspace's root folder (the one holding `crates/`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
