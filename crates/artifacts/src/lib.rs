@@ -257,6 +257,18 @@ pub fn face_teacher_id(path: &Path, sha256_hex: &str) -> String {
     format!("{FACE_TEACHER_PREFIX}{name}#{short}")
 }
 
+/// The face-teacher id of the model file at `path` (its content digested), and whether the
+/// file is dlib's published model: what the teacher stage records and the online teacher
+/// checks against the bottlenecks' teacher.
+pub fn face_teacher_of_file(path: &Path) -> Result<(String, bool)> {
+    let d = digest_file(path)?;
+    let hex = d.trim_start_matches("sha256:");
+    Ok((
+        face_teacher_id(path, hex),
+        hex == models::FACE_DESCRIPTOR.sha256,
+    ))
+}
+
 /// True when two face-teacher ids name the same weights (the digests agree; the file may
 /// have been renamed or moved).
 pub fn same_face_teacher(a: &str, b: &str) -> bool {

@@ -445,4 +445,13 @@ fn face_teacher_ids_compare_by_digest() {
     assert!(!same_face_teacher(&a, &other));
     assert!(!same_face_teacher(&a, "dir:inception-v3#55533b28a95800a5"));
     assert!(!same_face_teacher("dlib-face:x#", "dlib-face:y#"));
+    // From a file: its content's digest, and not dlib's published model.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("my-face-model.dat");
+    std::fs::write(&file, b"not dlib's weights").unwrap();
+    let (id, published) = artifacts::face_teacher_of_file(&file).unwrap();
+    let hex = artifacts::digest_file(&file).unwrap();
+    assert_eq!(id, face_teacher_id(&file, &hex["sha256:".len()..]));
+    assert!(id.starts_with("dlib-face:my-face-model.dat#") && !published);
+    assert!(artifacts::face_teacher_of_file(&dir.path().join("missing.dat")).is_err());
 }

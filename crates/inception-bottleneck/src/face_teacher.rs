@@ -25,16 +25,16 @@ pub fn locate(spec: &str) -> Result<PathBuf, TeacherError> {
 
 /// `dlib-face:<file>#<digest>`, warning when the file is not dlib's published model.
 pub fn identity(path: &Path) -> Result<String, TeacherError> {
-    let d = artifacts::digest_file(path).map_err(|e| TeacherError::BadFile {
-        path: path.to_path_buf(),
-        problem: e.to_string(),
-    })?;
-    let hex = d.trim_start_matches("sha256:");
-    if hex != FACE_DESCRIPTOR.sha256 {
+    let (id, published) =
+        artifacts::face_teacher_of_file(path).map_err(|e| TeacherError::BadFile {
+            path: path.to_path_buf(),
+            problem: e.to_string(),
+        })?;
+    if !published {
         tracing::warn!(
-            "{}: SHA-256 {hex} is not dlib's published face model; using it anyway",
+            "{}: {id} is not dlib's published face model; using it anyway",
             path.display()
         );
     }
-    Ok(artifacts::face_teacher_id(path, hex))
+    Ok(id)
 }

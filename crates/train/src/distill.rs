@@ -380,8 +380,7 @@ fn open_online_teacher(
                 problem: e.problem,
             }
         })?;
-    let digest = artifacts::digest_file(&path)?;
-    let id = artifacts::face_teacher_id(&path, digest.trim_start_matches("sha256:"));
+    let (id, _) = artifacts::face_teacher_of_file(&path)?;
     if !artifacts::same_face_teacher(teacher, &id) {
         return Err(ConfigError::OnlineOtherTeacher {
             path,
