@@ -199,6 +199,7 @@ where
 pub struct StageArgs(BTreeMap<String, Vec<String>>);
 
 impl StageArgs {
+    /// The `args` list of every section of the TOML file at `path`.
     pub fn read(path: &Path) -> Result<StageArgs> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
         let doc: toml::Table = text
