@@ -39,6 +39,7 @@ fn whole_folder() -> WholeFolder {
             let dir = tempfile::tempdir().unwrap();
             let faces = dir.path().join("faces.safetensors");
             let s = run(&input, &faces, &with_cnn()).unwrap();
+            assert_eq!(s.candidates, photos);
             assert_eq!(s.rejected, s.candidates - s.faces);
             (faces, Some(dir))
         }
@@ -48,12 +49,14 @@ fn whole_folder() -> WholeFolder {
         serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
     };
     let rejects = side("rejects.json");
+    let count = rejects["count"].as_u64().unwrap() as usize;
     let rejects: Vec<String> = rejects["rejects"]
         .as_array()
         .unwrap()
         .iter()
         .map(|r| r["reason"].as_str().unwrap().to_string())
         .collect();
+    assert_eq!(count, rejects.len(), "rejects.json's count and its list");
     let quality = side("alignment-quality.json");
     WholeFolder {
         photos,
