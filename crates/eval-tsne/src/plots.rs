@@ -213,6 +213,7 @@ pub fn curve_png(
     chart
         .configure_mesh()
         .x_desc("epoch")
+        .x_label_formatter(&|e| epoch_label(*e))
         .y_desc("accuracy")
         .label_style(("sans-serif", 13))
         .draw()?;
@@ -238,6 +239,15 @@ pub fn curve_png(
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// An epoch tick's label: whole epochs without a decimal point ("400", not "400.0").
+fn epoch_label(e: f64) -> String {
+    if e.fract() == 0.0 {
+        format!("{e:.0}")
+    } else {
+        format!("{e:.1}")
+    }
 }
 
 /// A face with its caption lines.
@@ -299,4 +309,16 @@ pub fn montage_png(
         path: path.to_path_buf(),
         error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::epoch_label;
+
+    #[test]
+    fn epoch_ticks_are_whole_numbers_unless_they_fall_between_epochs() {
+        assert_eq!(epoch_label(0.0), "0");
+        assert_eq!(epoch_label(1600.0), "1600");
+        assert_eq!(epoch_label(2.5), "2.5");
+    }
 }
