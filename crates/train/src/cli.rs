@@ -89,7 +89,9 @@ pub struct Cli {
     /// --distill: weight of the RKD angle loss (the batch's triplets).
     #[arg(long, default_value_t = 0.0)]
     pub angle: f64,
-    /// --distill: share of batches mixed up (pixels and every target blended).
+    /// --distill: share of batches mixed up (two faces' pixels blended, and the labels;
+    /// with --online-teacher the teacher runs on the blended chips, with a bank its two
+    /// outputs are blended).
     #[arg(long, default_value_t = 0.0)]
     pub mixup: f64,
     /// --distill: compare each view with the teacher's output on that view (`consistent`)

@@ -54,7 +54,8 @@ pub struct DistillConfig {
     pub rkd: f64,
     /// RKD angle loss on the batch's triplets.
     pub angle: f64,
-    /// Share of batches mixed up (two views blended, and their targets).
+    /// Share of batches mixed up (two views blended, and their targets; online, the
+    /// teacher's outputs are its own on the blend).
     pub mixup: f64,
     pub view_targets: ViewTargets,
     /// Use only the bank's first views (0 = all): the ablation of K without another
@@ -132,12 +133,50 @@ struct OnlineTeacher {
     device: Device,
 }
 
-/// One `--online-teacher` batch: the fresh views' student pixels and the teacher's
-/// outputs on them (empty when no term reads the teacher).
+/// One `--online-teacher` batch: the fresh views' student pixels (unmixed: the caller
+/// blends them as it blends a bank's) and the teacher's outputs on them (empty when no
+/// term reads the teacher), computed on the mixed chips when the batch is mixed up.
 pub struct OnlineBatch {
     pub pixels: Vec<u8>,
     pub targets: Vec<f32>,
     pub probs: Vec<f32>,
+}
+
+/// A mixed-up batch: row j is `lam[j]` x (sample j) + (1 - `lam[j]`) x (sample
+/// `partner[j]`), positions within the batch.
+pub struct Mixup {
+    pub partner: Vec<usize>,
+    pub lam: Vec<f32>,
+}
+
+impl Mixup {
+    /// Blends rows of `width` values (row j of `rows` with its partner's row).
+    pub fn blend(&self, rows: &[f32], width: usize) -> Vec<f32> {
+        let row = |j: usize| &rows[j * width..(j + 1) * width];
+        (0..self.lam.len())
+            .flat_map(|j| {
+                let l = self.lam[j];
+                row(j)
+                    .iter()
+                    .zip(row(self.partner[j]))
+                    .map(move |(a, b)| l * a + (1.0 - l) * b)
+            })
+            .collect()
+    }
+
+    /// The mixed image the teacher sees: the blend of two `u8` chips, rounded.
+    fn blend_u8(&self, rows: &[u8], width: usize) -> Vec<u8> {
+        let row = |j: usize| &rows[j * width..(j + 1) * width];
+        (0..self.lam.len())
+            .flat_map(|j| {
+                let l = self.lam[j];
+                row(j)
+                    .iter()
+                    .zip(row(self.partner[j]))
+                    .map(move |(&a, &b)| (l * a as f32 + (1.0 - l) * b as f32).round() as u8)
+            })
+            .collect()
+    }
 }
 
 impl DistillData {
@@ -293,11 +332,14 @@ impl DistillData {
 
     /// `--online-teacher`: one fresh view of each face of `chunk` (its jitter drawn from
     /// `rng`), cut from its photo, and the teacher's centred descriptor and probe
-    /// probabilities on that view.
+    /// probabilities on that view, or with `mix` on the blend of two views' chips: the
+    /// recipe's function matching, the teacher's output on the very image the student
+    /// sees, which a blend of two outputs is not.
     pub fn online_batch(
         &self,
         faces: &artifacts::Faces,
         chunk: &[usize],
+        mix: Option<&Mixup>,
         rng: &mut impl rand::Rng,
     ) -> Result<OnlineBatch, TrainError> {
         let t = self.online.as_ref().expect("an online teacher");
@@ -323,7 +365,10 @@ impl DistillData {
                 probs: vec![],
             });
         };
-        let chips: Vec<u8> = views.iter().flat_map(|v| v.chip.iter().copied()).collect();
+        let mut chips: Vec<u8> = views.iter().flat_map(|v| v.chip.iter().copied()).collect();
+        if let Some(m) = mix {
+            chips = m.blend_u8(&chips, chips.len() / chunk.len());
+        }
         let mut targets = net
             .descriptors(&chips, chunk.len())?
             .flatten_all()?
@@ -523,5 +568,22 @@ impl Probe {
             .filter(|(p, &i)| **p == labels[i])
             .count();
         Ok(Some(ok as f64 / idx.len() as f64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Mixup;
+
+    #[test]
+    fn mixup_blends_each_row_with_its_partner() {
+        let m = Mixup {
+            partner: vec![1, 0, 2],
+            lam: vec![0.25, 1.0, 0.5],
+        };
+        let rows = [0.0, 4.0, 8.0, 0.0, 2.0, 2.0];
+        assert_eq!(m.blend(&rows, 2), vec![6.0, 1.0, 8.0, 0.0, 2.0, 2.0]);
+        let chips = [0u8, 255, 100, 0, 7, 9];
+        assert_eq!(m.blend_u8(&chips, 2), vec![75, 64, 100, 0, 7, 9]);
     }
 }

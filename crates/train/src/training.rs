@@ -1014,7 +1014,8 @@ impl<'a> Trainer<'a> {
 
     /// One `--distill` batch: a random view of each face (drawn before dropout), mixed up
     /// with another face of the batch when the batch is chosen for it, and the teacher's
-    /// outputs on exactly those views (mixed alike).
+    /// outputs on exactly those views: a bank's outputs mixed alike, the online teacher's
+    /// computed on the mixed chips.
     fn distill_batch(
         &self,
         d: &DistillData,
@@ -1024,21 +1025,20 @@ impl<'a> Trainer<'a> {
         ph: &Phase,
     ) -> Result<(model::StudentOutput, losses::LossTerms), TrainError> {
         let n = chunk.len();
+        let views: Vec<usize> = match d.is_online() {
+            true => vec![0; n],
+            false => chunk.iter().map(|_| rng.gen_range(0..d.k)).collect(),
+        };
+        let mix = (self.cfg.distill.mixup > 0.0 && rng.gen_bool(self.cfg.distill.mixup.min(1.0)))
+            .then(|| {
+                let mut partner: Vec<usize> = (0..n).collect();
+                partner.shuffle(rng);
+                let lam = (0..n).map(|_| rng.gen::<f32>()).collect();
+                crate::distill::Mixup { partner, lam }
+            });
         let online = match d.is_online() {
-            true => Some(d.online_batch(&self.data.faces, chunk, rng)?),
+            true => Some(d.online_batch(&self.data.faces, chunk, mix.as_ref(), rng)?),
             false => None,
-        };
-        let views: Vec<usize> = match online {
-            Some(_) => vec![0; n],
-            None => chunk.iter().map(|_| rng.gen_range(0..d.k)).collect(),
-        };
-        let mix = self.cfg.distill.mixup > 0.0 && rng.gen_bool(self.cfg.distill.mixup.min(1.0));
-        let (partner, lam): (Vec<usize>, Vec<f32>) = if mix {
-            let mut p: Vec<usize> = (0..n).collect();
-            p.shuffle(rng);
-            (p, (0..n).map(|_| rng.gen::<f32>()).collect())
-        } else {
-            ((0..n).collect(), vec![1.0; n])
         };
         let (h, w) = (self.data.faces.height, self.data.faces.width);
         let aug = (d.plain && self.cfg.augment).then(|| flips_and_shifts(rng, n));
@@ -1054,52 +1054,55 @@ impl<'a> Trainer<'a> {
             aug.as_deref(),
             &self.device,
         )?;
-        let classes = d.classes;
-        // Row j is lam_j * (sample j) + (1 - lam_j) * (sample partner_j).
-        let blend =
-            |width: usize, row: &dyn Fn(usize) -> Vec<f32>| -> candle_core::Result<Tensor> {
-                let mut out = Vec::with_capacity(n * width);
-                for j in 0..n {
-                    let (a, b) = (row(j), row(partner[j]));
-                    out.extend(
-                        a.iter()
-                            .zip(&b)
-                            .map(|(a, b)| lam[j] * a + (1.0 - lam[j]) * b),
-                    );
-                }
-                Tensor::from_vec(out, (n, width), &self.device)
-            };
-        let x = if mix {
-            let l = Tensor::from_slice(&lam, (n, 1, 1, 1), &self.device)?;
-            let p: Vec<u32> = partner.iter().map(|&j| j as u32).collect();
-            let xp = x.index_select(&Tensor::from_vec(p, n, &self.device)?, 0)?;
-            (x.broadcast_mul(&l)? + xp.broadcast_mul(&(1.0 - &l)?)?)?
-        } else {
-            x
+        let x = match &mix {
+            Some(m) => {
+                let l = Tensor::from_slice(&m.lam, (n, 1, 1, 1), &self.device)?;
+                let p: Vec<u32> = m.partner.iter().map(|&j| j as u32).collect();
+                let xp = x.index_select(&Tensor::from_vec(p, n, &self.device)?, 0)?;
+                (x.broadcast_mul(&l)? + xp.broadcast_mul(&(1.0 - &l)?)?)?
+            }
+            None => x,
         };
-        let labels = blend(classes, &|j| {
-            let mut v = vec![0f32; classes];
-            v[self.data.faces.labels[chunk[j]] as usize] = 1.0;
-            v
-        })?;
-        let (teacher, probs) = match &online {
+        // Rows of `width` values per face, mixed alike unless `mixed` already (the online
+        // teacher's outputs on the mixed chips).
+        let rows = |v: Vec<f32>, width: usize, mixed: bool| {
+            let v = match (&mix, mixed) {
+                (Some(m), false) => m.blend(&v, width),
+                _ => v,
+            };
+            Tensor::from_vec(v, (n, width), &self.device)
+        };
+        let classes = d.classes;
+        let mut onehot = vec![0f32; n * classes];
+        for (j, &i) in chunk.iter().enumerate() {
+            onehot[j * classes + self.data.faces.labels[i] as usize] = 1.0;
+        }
+        let labels = rows(onehot, classes, false)?;
+        let (teacher, probs) = match online {
             Some(o) => {
-                let rows = |v: &[f32], w: usize, j: usize| v[j * w..(j + 1) * w].to_vec();
                 let t = (!o.targets.is_empty())
-                    .then(|| blend(d.dim, &|j| rows(&o.targets, d.dim, j)))
+                    .then(|| rows(o.targets, d.dim, true))
                     .transpose()?;
                 let p = (!o.probs.is_empty())
-                    .then(|| blend(classes, &|j| rows(&o.probs, classes, j)))
+                    .then(|| rows(o.probs, classes, true))
                     .transpose()?;
                 (t, p)
             }
             None => {
-                let t = blend(d.dim, &|j| d.target(chunk[j], views[j]).to_vec())?;
+                let gather =
+                    |f: &dyn Fn(usize) -> Vec<f32>| -> Vec<f32> { (0..n).flat_map(f).collect() };
+                let t = rows(
+                    gather(&|j| d.target(chunk[j], views[j]).to_vec()),
+                    d.dim,
+                    false,
+                )?;
                 let p = (!d.probs.is_empty())
                     .then(|| {
-                        blend(classes, &|j| {
-                            d.prob(chunk[j], views[j]).unwrap_or(&[]).to_vec()
-                        })
+                        rows(
+                            gather(&|j| d.prob(chunk[j], views[j]).unwrap_or(&[]).to_vec()),
+                            classes,
+                            false,
+                        )
                     })
                     .transpose()?;
                 (Some(t), p)

@@ -68,8 +68,8 @@ fn online_views_match_the_teacher_and_train() {
     let b = Bottlenecks::read(&b_path).unwrap();
     let chunk: Vec<usize> = part.train.iter().copied().take(4).collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let first = d.online_batch(&data.faces, &chunk, &mut rng).unwrap();
-    let second = d.online_batch(&data.faces, &chunk, &mut rng).unwrap();
+    let first = d.online_batch(&data.faces, &chunk, None, &mut rng).unwrap();
+    let second = d.online_batch(&data.faces, &chunk, None, &mut rng).unwrap();
     let image_len = data.faces.height * data.faces.width * 3;
     assert_eq!(first.pixels.len(), chunk.len() * image_len);
     assert_eq!(first.probs.len(), chunk.len() * data.num_classes());
@@ -90,6 +90,31 @@ fn online_views_match_the_teacher_and_train() {
     for p in first.probs.chunks_exact(data.num_classes()) {
         assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-4, "{p:?}");
     }
+    // Mixed up, the teacher runs on the blended chips (function matching): a row blended
+    // with weight 1 is the unmixed row, a half-and-half row is the teacher's output on
+    // the half-and-half image, which is not the blend of the two outputs. The student's
+    // pixels come back unmixed (the trainer blends them as a bank's).
+    let mix = train::distill::Mixup {
+        partner: vec![1, 0, 3, 2],
+        lam: vec![1.0, 0.0, 0.5, 0.5],
+    };
+    let draw = |m: Option<&train::distill::Mixup>| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        d.online_batch(&data.faces, &chunk, m, &mut rng).unwrap()
+    };
+    let (plain, mixed) = (draw(None), draw(Some(&mix)));
+    assert_eq!(plain.pixels, mixed.pixels);
+    let row = |v: &[f32], j: usize| v[j * d.dim..(j + 1) * d.dim].to_vec();
+    assert_eq!(row(&mixed.targets, 0), row(&plain.targets, 0));
+    assert_eq!(row(&mixed.targets, 1), row(&plain.targets, 0));
+    let halfway = mix.blend(&plain.targets, d.dim);
+    let same = dist(&row(&mixed.targets, 2), &row(&mixed.targets, 3));
+    assert!(same < 1e-4, "one mixed chip, two batch rows: {same}");
+    let off = dist(&row(&mixed.targets, 2), &row(&halfway, 2));
+    assert!(
+        off > 0.05,
+        "the teacher on the mixed chip vs the mixed outputs: {off}"
+    );
     // Labels alone on fresh views: the teacher is neither opened nor run.
     let labels_only = DistillConfig {
         kl: 0.0,
@@ -108,17 +133,20 @@ fn online_views_match_the_teacher_and_train() {
         &device,
     )
     .unwrap();
-    let plain = d0.online_batch(&data.faces, &chunk, &mut rng).unwrap();
+    let plain = d0
+        .online_batch(&data.faces, &chunk, None, &mut rng)
+        .unwrap();
     assert_eq!(plain.pixels.len(), chunk.len() * image_len);
     assert!(plain.targets.is_empty() && plain.probs.is_empty());
-    // Training with the online teacher: a few epochs, every term logged, the setting saved.
+    // Training with the online teacher (half the batches mixed up): a few epochs, every
+    // term logged, the setting saved.
     let tc = train::TrainConfig {
         mode: train::TrainMode::Distill,
         epochs: 2,
         batch: 4,
         min_steps: 0,
         patience: 0,
-        distill: cfg,
+        distill: DistillConfig { mixup: 0.5, ..cfg },
         photos: Some(photos.clone()),
         teacher_model: None, // the file the bottlenecks recorded
         student: model::StudentConfig::deep(),
