@@ -152,30 +152,24 @@ pub struct Mixup {
 impl Mixup {
     /// Blends rows of `width` values (row j of `rows` with its partner's row).
     pub fn blend(&self, rows: &[f32], width: usize) -> Vec<f32> {
-        let row = |j: usize| &rows[j * width..(j + 1) * width];
-        (0..self.lam.len())
-            .flat_map(|j| {
-                let l = self.lam[j];
-                row(j)
-                    .iter()
-                    .zip(row(self.partner[j]))
-                    .map(move |(a, b)| l * a + (1.0 - l) * b)
-            })
-            .collect()
+        self.rows(rows, width, |l, a, b| l * a + (1.0 - l) * b)
     }
 
     /// The mixed image the teacher sees: the blend of two `u8` chips, rounded.
     fn blend_u8(&self, rows: &[u8], width: usize) -> Vec<u8> {
+        self.rows(rows, width, |l, a, b| {
+            (l * a as f32 + (1.0 - l) * b as f32).round() as u8
+        })
+    }
+
+    /// `mix(lam[j], value of row j, value of its partner's row)` for every value.
+    fn rows<T: Copy, U>(&self, rows: &[T], width: usize, mix: impl Fn(f32, T, T) -> U) -> Vec<U> {
         let row = |j: usize| &rows[j * width..(j + 1) * width];
-        (0..self.lam.len())
-            .flat_map(|j| {
-                let l = self.lam[j];
-                row(j)
-                    .iter()
-                    .zip(row(self.partner[j]))
-                    .map(move |(&a, &b)| (l * a as f32 + (1.0 - l) * b as f32).round() as u8)
-            })
-            .collect()
+        let mut out = Vec::with_capacity(self.lam.len() * width);
+        for (j, (&l, &p)) in self.lam.iter().zip(&self.partner).enumerate() {
+            out.extend(row(j).iter().zip(row(p)).map(|(&a, &b)| mix(l, a, b)));
+        }
+        out
     }
 }
 
