@@ -1089,20 +1089,14 @@ impl<'a> Trainer<'a> {
                 (t, p)
             }
             None => {
-                let gather =
-                    |f: &dyn Fn(usize) -> Vec<f32>| -> Vec<f32> { (0..n).flat_map(f).collect() };
-                let t = rows(
-                    gather(&|j| d.target(chunk[j], views[j]).to_vec()),
-                    d.dim,
-                    false,
-                )?;
+                let t = (0..n).flat_map(|j| d.target(chunk[j], views[j]).iter().copied());
+                let t = rows(t.collect(), d.dim, false)?;
                 let p = (!d.probs.is_empty())
                     .then(|| {
-                        rows(
-                            gather(&|j| d.prob(chunk[j], views[j]).unwrap_or(&[]).to_vec()),
-                            classes,
-                            false,
-                        )
+                        let p = (0..n).flat_map(|j| {
+                            d.prob(chunk[j], views[j]).unwrap_or(&[]).iter().copied()
+                        });
+                        rows(p.collect(), classes, false)
                     })
                     .transpose()?;
                 (Some(t), p)
